@@ -1,0 +1,572 @@
+//! A blocking client of the protocol, for Rust apps, tests and benchmarks.
+//!
+//! One [`Client`] is one session: it is `Send` but not shared; calls take
+//! `&mut self`. A call writes its request, then waits for the answer with
+//! the idle strategy (spin, yield, then sleep on the socket).
+//!
+//! Reconnection: when the runtime goes away (its socket closes), the call in
+//! progress is retried once on a new session if the runtime had not read the
+//! request yet; otherwise it fails with UNAVAILABLE and the next call
+//! connects again. With `reconnect: false` the session's error is returned
+//! instead.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::code;
+use crate::control::{self, Goodbye, Hello, Welcome, GOODBYE_BYTE, MAPPED_MAGIC};
+use crate::idle::{IdleConfig, Idler};
+use crate::layout::{Header, RingId, SESSION_CLOSED};
+use crate::record::{decode_envelope, flags, Envelope, ENVELOPE_LEN};
+use crate::ring::{Consumer, PollError, Producer};
+use crate::segment::Segment;
+
+/// A gRPC-style status: code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u32,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(code::UNAVAILABLE, message)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Must match the runtime's `--app-id`.
+    pub app_id: String,
+    /// The runtime's API token, when it has one.
+    pub api_token: Option<String>,
+    /// Request ring size (power of two; 0: the runtime's default, 1 MiB).
+    pub request_ring: u32,
+    /// Response ring size (power of two; 0: the runtime's default).
+    pub response_ring: u32,
+    /// How this side waits for answers.
+    pub idle: IdleConfig,
+    /// Reconnect (and retry a call the runtime had not read) when the
+    /// session is lost.
+    pub reconnect: bool,
+    /// A call that gets no answer this long is cancelled with DEADLINE_EXCEEDED.
+    pub call_timeout: Duration,
+    /// Limit on connecting and the handshake.
+    pub connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(app_id: &str) -> Self {
+        Self {
+            app_id: app_id.to_string(),
+            api_token: None,
+            request_ring: 0,
+            response_ring: 0,
+            idle: IdleConfig::default(),
+            reconnect: true,
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A response record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub envelope: Envelope,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    /// The body, or the error this record carries.
+    pub fn into_result(self) -> Result<Vec<u8>, Status> {
+        if self.envelope.status == code::OK {
+            Ok(self.body)
+        } else {
+            Err(Status::new(self.envelope.status, String::from_utf8_lossy(&self.body)))
+        }
+    }
+}
+
+struct Session {
+    sock: UnixStream,
+    seg: Arc<Segment>,
+    tx: Producer,
+    rx: Consumer,
+    dead: Option<Status>,
+}
+
+/// Why waiting stopped.
+enum WaitError {
+    /// The session ended; `consumed` says whether the runtime had read our
+    /// request (when it had not, retrying is safe).
+    Dead { status: Status, consumed: bool },
+    Other(Status),
+}
+
+/// A session with a runtime.
+pub struct Client {
+    path: PathBuf,
+    opts: ClientOptions,
+    session: Option<Session>,
+    next_correlation: u64,
+    live: HashMap<u64, VecDeque<Frame>>,
+    idler: Idler,
+    last_goodbye: Option<Status>,
+}
+
+impl Client {
+    /// Connects to the runtime's shared-memory socket and maps the segment.
+    pub fn connect(path: impl AsRef<Path>, opts: ClientOptions) -> Result<Self, Status> {
+        let mut c = Self {
+            path: path.as_ref().to_path_buf(),
+            idler: Idler::new(opts.idle),
+            opts,
+            session: None,
+            next_correlation: 1,
+            live: HashMap::new(),
+            last_goodbye: None,
+        };
+        c.session = Some(c.handshake()?);
+        Ok(c)
+    }
+
+    fn handshake(&self) -> Result<Session, Status> {
+        let path = &self.path;
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("weft shared-memory socket {}: {what}: {e}", path.display()))
+        };
+        let mut sock = UnixStream::connect(path).map_err(|e| fail("cannot connect", &e))?;
+        sock.set_read_timeout(Some(self.opts.connect_timeout))
+            .and_then(|_| sock.set_write_timeout(Some(self.opts.connect_timeout)))
+            .map_err(|e| fail("cannot configure", &e))?;
+        let hello = Hello::new(
+            &self.opts.app_id,
+            self.opts.api_token.as_deref().unwrap_or(""),
+            self.opts.request_ring,
+            self.opts.response_ring,
+        );
+        sock.write_all(&hello.encode()).map_err(|e| fail("cannot send hello", &e))?;
+        let welcome = Welcome::read_from(&mut sock).map_err(|e| fail("no welcome", &e))?;
+        if welcome.status != code::OK {
+            return Err(Status::new(welcome.status, welcome.text));
+        }
+        let seg_path = Path::new(&welcome.text);
+        let (seg, header) =
+            Segment::open(seg_path).map_err(|e| Status::new(code::INTERNAL, format!("cannot map segment {}: {e}", seg_path.display())))?;
+        check_header(&header)?;
+        sock.write_all(&MAPPED_MAGIC).map_err(|e| fail("cannot acknowledge the mapping", &e))?;
+        // Sleeping on the socket wakes at least this often to check the
+        // call's deadline.
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| fail("cannot configure", &e))?;
+        let tx = seg.producer(&header.layout, RingId::AppToRuntime);
+        let rx = seg.consumer(&header.layout, RingId::RuntimeToApp);
+        Ok(Session {
+            sock,
+            seg,
+            tx,
+            rx,
+            dead: None,
+        })
+    }
+
+    /// Connects again if the session was lost (and reconnecting is on).
+    fn ensure_session(&mut self) -> Result<(), Status> {
+        match &self.session {
+            Some(s) if s.dead.is_none() => return Ok(()),
+            Some(s) if !self.opts.reconnect => return Err(s.dead.clone().expect("dead")),
+            _ => {}
+        }
+        self.session = None;
+        self.live.clear();
+        self.session = Some(self.handshake()?);
+        Ok(())
+    }
+
+    /// The reason the runtime gave when it last ended a session.
+    pub fn last_goodbye(&self) -> Option<&Status> {
+        self.last_goodbye.as_ref()
+    }
+
+    /// Whether the current session has ended.
+    pub fn is_dead(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.dead.is_some())
+    }
+
+    /// The largest request body this session accepts.
+    pub fn max_request_body(&self) -> usize {
+        self.session.as_ref().map(|s| s.tx.max_payload() - ENVELOPE_LEN).unwrap_or(0)
+    }
+
+    /// A unary call with raw bytes: returns the response body.
+    pub fn call(&mut self, method: u32, body: &[u8]) -> Result<Vec<u8>, Status> {
+        for attempt in 0..2 {
+            self.ensure_session()?;
+            let corr = self.take_correlation();
+            self.live.insert(corr, VecDeque::new());
+            let sent_at = match self.send(method, 0, corr, body) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.live.remove(&corr);
+                    match e {
+                        WaitError::Dead { consumed: false, .. } if self.opts.reconnect && attempt == 0 => continue,
+                        WaitError::Dead { status, .. } | WaitError::Other(status) => return Err(status),
+                    }
+                }
+            };
+            let r = self.wait_end(corr, Instant::now() + self.opts.call_timeout, sent_at, true);
+            self.live.remove(&corr);
+            match r {
+                Ok(f) => return f.into_result(),
+                Err(WaitError::Dead { consumed: false, .. }) if self.opts.reconnect && attempt == 0 => continue,
+                Err(WaitError::Dead { status, .. }) | Err(WaitError::Other(status)) => return Err(status),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// A unary call with protobuf messages.
+    pub fn unary<Req: prost::Message, Resp: prost::Message + Default>(&mut self, method: u32, req: &Req) -> Result<Resp, Status> {
+        let body = self.call(method, &req.encode_to_vec())?;
+        Resp::decode(&body[..]).map_err(|e| Status::new(code::INTERNAL, format!("cannot decode the response to method {method}: {e}")))
+    }
+
+    /// A one-way message: the runtime answers nothing, not even errors.
+    pub fn send_oneway(&mut self, method: u32, body: &[u8]) -> Result<(), Status> {
+        self.ensure_session()?;
+        let corr = self.take_correlation();
+        match self.send(method, flags::NO_REPLY, corr, body) {
+            Ok(_) => Ok(()),
+            Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => Err(status),
+        }
+    }
+
+    /// Starts a server stream; read it with [`Client::next_item`].
+    pub fn open_stream(&mut self, method: u32, body: &[u8]) -> Result<u64, Status> {
+        self.ensure_session()?;
+        let corr = self.take_correlation();
+        self.live.insert(corr, VecDeque::new());
+        match self.send(method, 0, corr, body) {
+            Ok(_) => Ok(corr),
+            Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => {
+                self.live.remove(&corr);
+                Err(status)
+            }
+        }
+    }
+
+    /// The next item of a stream: `Ok(Some(body))`, `Ok(None)` once it has
+    /// ended normally, `Err` for its error (or DEADLINE_EXCEEDED when
+    /// nothing arrived within `timeout`; the stream stays open then).
+    pub fn next_item(&mut self, stream: u64, timeout: Duration) -> Result<Option<Vec<u8>>, Status> {
+        if !self.live.contains_key(&stream) {
+            return Ok(None);
+        }
+        let r = self.wait_end(stream, Instant::now() + timeout, 0, false);
+        match r {
+            Ok(f) if f.envelope.is_end() => {
+                self.live.remove(&stream);
+                f.into_result().map(|_| None)
+            }
+            Ok(f) => f.into_result().map(Some),
+            Err(WaitError::Other(s)) if s.code == code::DEADLINE_EXCEEDED => Err(s),
+            Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => {
+                self.live.remove(&stream);
+                Err(status)
+            }
+        }
+    }
+
+    /// Cancels a call or stream; later records for it are dropped.
+    pub fn cancel(&mut self, correlation: u64) -> Result<(), Status> {
+        self.live.remove(&correlation);
+        if self.is_dead() {
+            return Ok(());
+        }
+        match self.send(0, flags::CANCEL, correlation, &[]) {
+            Ok(_) => Ok(()),
+            Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => Err(status),
+        }
+    }
+
+    fn take_correlation(&mut self) -> u64 {
+        let c = self.next_correlation;
+        self.next_correlation += 1;
+        c
+    }
+
+    /// Writes one request record; returns the ring position before it.
+    fn send(&mut self, method: u32, flags: u32, correlation: u64, body: &[u8]) -> Result<u64, WaitError> {
+        let env = Envelope {
+            method,
+            flags,
+            correlation,
+            status: 0,
+        }
+        .encode();
+        let deadline = Instant::now() + self.opts.call_timeout;
+        let s = self.session.as_mut().expect("session");
+        if ENVELOPE_LEN + body.len() > s.tx.max_payload() {
+            return Err(WaitError::Other(Status::new(
+                code::RESOURCE_EXHAUSTED,
+                format!(
+                    "a request of {} bytes exceeds the largest shared-memory message ({} bytes, half the request ring); use a larger ring or gRPC",
+                    body.len(),
+                    s.tx.max_payload() - ENVELOPE_LEN
+                ),
+            )));
+        }
+        let sent_at = s.tx.position();
+        let mut spins = 0u32;
+        loop {
+            let s = self.session.as_mut().expect("session");
+            match s.tx.try_write(&[&env, body]) {
+                Ok(true) => break,
+                Ok(false) => {
+                    // Full: keep draining responses so the runtime can make
+                    // progress, and notice if it went away.
+                    self.pump().map_err(|st| self.dead(st, sent_at))?;
+                    let s = self.session.as_mut().expect("session");
+                    if s.seg.session_state() == SESSION_CLOSED || control::peer_closed(&s.sock) {
+                        let st = self.read_goodbye();
+                        return Err(self.dead(st, sent_at));
+                    }
+                    if s.tx.consumer_needs_wakeup() {
+                        let _ = control::send_wake(&s.sock);
+                    }
+                    spins += 1;
+                    if spins > 1000 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    if Instant::now() > deadline {
+                        return Err(WaitError::Other(Status::new(code::DEADLINE_EXCEEDED, "the request ring stayed full")));
+                    }
+                }
+                Err(e) => {
+                    let st = Status::new(code::INTERNAL, format!("protocol error: {e}"));
+                    return Err(self.dead(st, sent_at));
+                }
+            }
+        }
+        let s = self.session.as_mut().expect("session");
+        if s.tx.consumer_needs_wakeup() {
+            if let Err(e) = control::send_wake(&s.sock) {
+                let st = Status::unavailable(format!("weft closed the shared-memory session: {e}"));
+                return Err(self.dead(st, sent_at));
+            }
+        }
+        Ok(sent_at)
+    }
+
+    /// Marks the session dead and says whether the request at `sent_at`
+    /// had been read by the runtime.
+    fn dead(&mut self, status: Status, sent_at: u64) -> WaitError {
+        let s = self.session.as_mut().expect("session");
+        let consumed = s.tx.consumer_position().map(|h| h > sent_at).unwrap_or(true);
+        if s.dead.is_none() {
+            s.dead = Some(status.clone());
+        }
+        WaitError::Dead {
+            status: s.dead.clone().unwrap_or(status),
+            consumed,
+        }
+    }
+
+    /// Moves available response records into their calls' queues.
+    fn pump(&mut self) -> Result<usize, Status> {
+        let s = self.session.as_mut().expect("session");
+        let live = &mut self.live;
+        s.rx.poll(256, |payload| {
+            let (envelope, body) = decode_envelope(payload)?;
+            if let Some(q) = live.get_mut(&envelope.correlation) {
+                q.push_back(Frame {
+                    envelope,
+                    body: body.to_vec(),
+                });
+            }
+            Ok(())
+        })
+        .map_err(|e: PollError<crate::record::EnvelopeError>| match e {
+            PollError::Ring(e) => Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}")),
+            PollError::Handler(e) => Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}")),
+        })
+    }
+
+    /// Waits for the next record of `corr`.
+    fn wait_end(&mut self, corr: u64, deadline: Instant, sent_at: u64, cancel_on_timeout: bool) -> Result<Frame, WaitError> {
+        self.idler.reset();
+        let mut checks = 0u32;
+        loop {
+            if let Some(f) = self.live.get_mut(&corr).and_then(|q| q.pop_front()) {
+                return Ok(f);
+            }
+            match self.pump() {
+                Ok(0) => {}
+                Ok(_) => {
+                    self.idler.reset();
+                    continue;
+                }
+                Err(st) => return Err(self.dead(st, sent_at)),
+            }
+            checks = checks.wrapping_add(1);
+            let s = self.session.as_mut().expect("session");
+            if checks % 64 == 0 {
+                if s.seg.session_state() == SESSION_CLOSED {
+                    let st = self.read_goodbye();
+                    return Err(self.dead(st, sent_at));
+                }
+                if Instant::now() > deadline {
+                    return Err(self.timed_out(corr, cancel_on_timeout));
+                }
+            }
+            if !self.idler.idle() {
+                continue;
+            }
+            // Sleep: raise the flag, fence, re-check, then block on the socket.
+            s.rx.arm_wakeup();
+            let empty = s.rx.is_empty();
+            match empty {
+                Ok(false) => {
+                    s.rx.disarm_wakeup();
+                    continue;
+                }
+                Err(e) => {
+                    let st = Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}"));
+                    return Err(self.dead(st, sent_at));
+                }
+                Ok(true) => {}
+            }
+            let mut buf = [0u8; 64];
+            let r = s.sock.read(&mut buf);
+            s.rx.disarm_wakeup();
+            match r {
+                Ok(0) => {
+                    let st = Status::unavailable("weft closed the shared-memory session (the runtime stopped or crashed)");
+                    return Err(self.dead(st, sent_at));
+                }
+                Ok(n) => {
+                    if let Some(i) = buf[..n].iter().position(|b| *b == GOODBYE_BYTE) {
+                        let st = self.parse_goodbye(&buf[i + 1..n]);
+                        return Err(self.dead(st, sent_at));
+                    }
+                    self.idler.reset();
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                    if Instant::now() > deadline {
+                        return Err(self.timed_out(corr, cancel_on_timeout));
+                    }
+                }
+                Err(e) => {
+                    let st = Status::unavailable(format!("weft shared-memory socket failed: {e}"));
+                    return Err(self.dead(st, sent_at));
+                }
+            }
+        }
+    }
+
+    fn timed_out(&mut self, corr: u64, cancel: bool) -> WaitError {
+        if cancel {
+            let _ = self.cancel(corr);
+        }
+        WaitError::Other(Status::new(code::DEADLINE_EXCEEDED, "no answer from weft within the call timeout"))
+    }
+
+    /// Reads the goodbye frame after the runtime marked the session closed.
+    fn read_goodbye(&mut self) -> Status {
+        let s = self.session.as_mut().expect("session");
+        let _ = s.sock.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut byte = [0u8; 1];
+        loop {
+            match s.sock.read(&mut byte) {
+                Ok(1) if byte[0] == GOODBYE_BYTE => return self.parse_goodbye(&[]),
+                Ok(1) => continue,
+                _ => return Status::unavailable("weft closed the shared-memory session"),
+            }
+        }
+    }
+
+    /// Parses a goodbye whose first bytes (after 0xFF) are `head`.
+    fn parse_goodbye(&mut self, head: &[u8]) -> Status {
+        let s = self.session.as_mut().expect("session");
+        let _ = s.sock.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut r = head.chain(&mut s.sock);
+        let st = match Goodbye::read_after_marker(&mut r) {
+            Ok(g) => Status::new(g.code, format!("weft ended the shared-memory session: {}", g.message)),
+            Err(e) => Status::unavailable(format!("weft ended the shared-memory session (unreadable reason: {e})")),
+        };
+        self.last_goodbye = Some(st.clone());
+        st
+    }
+
+    /// Test hook for hostile-peer tests: the mapped segment.
+    #[doc(hidden)]
+    pub fn hostile_segment(&self) -> Option<Arc<Segment>> {
+        self.session.as_ref().map(|s| s.seg.clone())
+    }
+
+    /// Test hook for hostile-peer tests: the request ring's producer and
+    /// the socket (to send a wake-up after scribbling).
+    #[doc(hidden)]
+    pub fn hostile_request_ring(&mut self) -> Option<(&mut Producer, &UnixStream)> {
+        self.session.as_mut().map(|s| (&mut s.tx, &s.sock))
+    }
+
+    /// Waits (at most `within`) for the runtime to end the session and
+    /// returns its reason.
+    pub fn wait_for_goodbye(&mut self, within: Duration) -> Option<Status> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let s = self.session.as_mut()?;
+            if let Some(d) = &s.dead {
+                return Some(d.clone());
+            }
+            let mut buf = [0u8; 64];
+            match s.sock.read(&mut buf) {
+                Ok(0) => {
+                    s.dead = Some(Status::unavailable("weft closed the shared-memory session"));
+                }
+                Ok(n) => {
+                    if let Some(i) = buf[..n].iter().position(|b| *b == GOODBYE_BYTE) {
+                        let st = self.parse_goodbye(&buf[i + 1..n]);
+                        self.session.as_mut()?.dead = Some(st);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.session.as_ref()?.dead.clone()
+    }
+}
+
+fn check_header(h: &Header) -> Result<(), Status> {
+    if h.app_pid != std::process::id() {
+        return Err(Status::new(
+            code::PERMISSION_DENIED,
+            format!("segment belongs to pid {}, not to this process ({})", h.app_pid, std::process::id()),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! HTTP endpoints: health (the Dapr SDKs wait on /v1.0/healthz/outbound),
+//! metadata and shutdown.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use weft_proto::runtime as pb;
+
+use super::grpc::{constant_time_eq, API_TOKEN_HEADER};
+use crate::blocks::Blocks;
+use crate::error::ApiError;
+
+#[derive(Clone)]
+struct HttpState {
+    blocks: Arc<Blocks>,
+    token: Option<Arc<str>>,
+}
+
+/// The HTTP router. Health endpoints never need the API token.
+pub fn router(blocks: Arc<Blocks>, api_token: Option<String>, max_body_size: usize) -> Router {
+    let state = HttpState {
+        blocks,
+        token: api_token.map(Arc::from),
+    };
+    Router::new()
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz))
+        .route("/v1.0/metadata", get(metadata))
+        .route("/v1.0/metadata/{key}", put(set_metadata))
+        .route("/v1.0/shutdown", post(shutdown))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_size))
+        .with_state(state)
+}
+
+/// Dapr's JSON error body.
+fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "errorCode": code, "message": message.into() })),
+    )
+        .into_response()
+}
+
+/// `None` when the call may proceed, else the 401 response to send.
+fn check_token(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    let expected = state.token.as_ref()?;
+    match headers.get(API_TOKEN_HEADER) {
+        Some(v) if constant_time_eq(v.as_bytes(), expected.as_bytes()) => None,
+        _ => Some(error_response(
+            StatusCode::UNAUTHORIZED,
+            "ERR_UNAUTHORIZED",
+            format!("missing or wrong {API_TOKEN_HEADER} header"),
+        )),
+    }
+}
+
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if state.blocks.shutdown.is_triggered() {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ERR_HEALTH_NOT_READY",
+            "the runtime is shutting down",
+        )
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+async fn metadata(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = check_token(&state, &headers) {
+        return r;
+    }
+    Json(state.blocks.metadata.json()).into_response()
+}
+
+async fn set_metadata(
+    State(state): State<HttpState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(r) = check_token(&state, &headers) {
+        return r;
+    }
+    match state
+        .blocks
+        .metadata
+        .set_metadata(pb::SetMetadataRequest { key, value: body })
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(ApiError { message, .. }) => {
+            error_response(StatusCode::BAD_REQUEST, "ERR_METADATA_SET", message)
+        }
+    }
+}
+
+async fn shutdown(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = check_token(&state, &headers) {
+        return r;
+    }
+    state.blocks.shutdown.trigger("HTTP /v1.0/shutdown");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "ERR_NOT_FOUND",
+        format!("no HTTP route for {}: this runtime serves the Dapr API over gRPC; HTTP has health, metadata and shutdown", uri.path()),
+    )
+}

@@ -1,0 +1,6 @@
+//! Transports. They decode requests and call the building blocks; they hold
+//! no business logic.
+
+pub mod grpc;
+pub mod http;
+pub mod shm;

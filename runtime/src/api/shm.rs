@@ -1,0 +1,844 @@
+//! The shared-memory transport (docs/shm-protocol.md): a Unix socket for the
+//! handshake, wake-ups and liveness, and one segment with two rings per
+//! connected app.
+//!
+//! Each session runs on its own OS thread that consumes the request ring
+//! (spin, yield, then sleep on the socket). A request is decoded into the
+//! same protobuf message the gRPC API uses and handed to the same
+//! building-block method; its future is polled once on the session thread
+//! (an in-memory state read completes there, with no thread hop) and moved
+//! to a tokio task only when it has to wait. Answers go to the response
+//! ring through one lock shared by the session thread and those tasks.
+//!
+//! Anything that breaks the protocol ends only that session, with a
+//! goodbye frame (status code and message) on its socket.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use prost::Message;
+use tokio::task::{AbortHandle, JoinHandle};
+use tonic::Code;
+use weft_proto::runtime as pb;
+use weft_shm::control::{self, Goodbye, Hello, Welcome, MAPPED_MAGIC};
+use weft_shm::idle::{IdleConfig, Idler};
+use weft_shm::layout::{Header, Layout, RingId, DEFAULT_RING, PROTOCOL_VERSION, SESSION_CLOSED};
+use weft_shm::method;
+use weft_shm::record::{decode_envelope, flags, Envelope, ENVELOPE_LEN};
+use weft_shm::ring::{Consumer, PollError, Producer};
+use weft_shm::segment::{self, Segment};
+
+use crate::api::grpc::constant_time_eq;
+use crate::blocks::configuration::SubscriptionStream;
+use crate::blocks::Blocks;
+use crate::config::{RuntimeConfig, ShmSettings};
+use crate::error::ApiError;
+use crate::shutdown::Shutdown;
+
+/// How long a client may take over the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A sleeping session thread wakes at least this often to check for
+/// shutdown.
+const SLEEP_SLICE: Duration = Duration::from_millis(250);
+/// Records consumed before the head is published.
+const BATCH: usize = 64;
+/// Calls one session may have waiting in tokio before the session thread
+/// stops reading requests (back-pressure through the ring).
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Settings shared by every session.
+struct ServerCtx {
+    blocks: Arc<Blocks>,
+    handle: tokio::runtime::Handle,
+    app_id: String,
+    api_token: Option<String>,
+    max_body_size: usize,
+    segment_dir: PathBuf,
+    idle: IdleConfig,
+    stopping: AtomicBool,
+    sessions: AtomicUsize,
+    next_session: AtomicU64,
+}
+
+/// Binds the socket, sweeps stale segments and starts accepting. Returns
+/// the socket path and the server task, which ends (after closing every
+/// session) once shutdown starts.
+pub fn start(
+    settings: &ShmSettings,
+    config: &RuntimeConfig,
+    blocks: Arc<Blocks>,
+    shutdown: Shutdown,
+) -> anyhow::Result<(PathBuf, JoinHandle<anyhow::Result<()>>)> {
+    let segment_dir = settings.segment_dir.clone();
+    match segment::sweep_stale(&segment_dir) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(count = removed.len(), dir = %segment_dir.display(), "removed stale shared-memory segments")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(dir = %segment_dir.display(), error = %e, "cannot sweep stale shared-memory segments"),
+    }
+    let listener = bind(&settings.socket)?;
+    let ctx = Arc::new(ServerCtx {
+        blocks,
+        handle: tokio::runtime::Handle::current(),
+        app_id: config.app_id.clone(),
+        api_token: config.api_token.clone(),
+        max_body_size: config.max_body_size,
+        segment_dir,
+        idle: IdleConfig {
+            spin: settings.spin,
+            yield_for: settings.yield_for,
+        },
+        stopping: AtomicBool::new(false),
+        sessions: AtomicUsize::new(0),
+        next_session: AtomicU64::new(1),
+    });
+    tracing::info!(socket = %settings.socket.display(), segments = %ctx.segment_dir.display(), "shared-memory transport listening");
+    let path = settings.socket.clone();
+    let task = tokio::spawn(accept_loop(listener, path.clone(), ctx, shutdown));
+    Ok((path, task))
+}
+
+fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(anyhow!(
+                "cannot listen on --shm-socket {}: another process is serving on it",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket --shm-socket {}", path.display()))?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory for --shm-socket {}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on --shm-socket {}", path.display()))?;
+    // Peer credentials are checked per connection; the mode keeps other
+    // users from connecting at all.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of --shm-socket {}", path.display()))?;
+    Ok(l)
+}
+
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    ctx: Arc<ServerCtx>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let uid = control::current_uid();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared-memory socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let peer = stream.peer_cred().ok();
+        let peer_pid = peer.and_then(|c| c.pid()).unwrap_or(0).max(0) as u32;
+        let allowed = peer.is_some_and(|c| c.uid() == uid || c.uid() == 0);
+        let sock = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|_| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared-memory socket: cannot take the connection");
+                continue;
+            }
+        };
+        let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+        ctx.sessions.fetch_add(1, Ordering::AcqRel);
+        let ctx2 = ctx.clone();
+        let spawned = std::thread::Builder::new().name(format!("weft-shm-{id}")).spawn(move || {
+            run_session(&ctx2, sock, id, peer_pid, allowed);
+            ctx2.sessions.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            ctx.sessions.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(error = %e, "shared-memory socket: cannot start a session thread");
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    ctx.stopping.store(true, Ordering::Release);
+    // Session threads notice within one sleep slice and say goodbye.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ctx.sessions.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+// === impl session ===
+
+/// Why a session ended.
+struct End {
+    code: Code,
+    message: String,
+    /// Send a goodbye (false when the peer is already gone).
+    goodbye: bool,
+}
+
+impl End {
+    fn protocol(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: format!("protocol error: {}", message.into()),
+            goodbye: true,
+        }
+    }
+}
+
+/// State a session's tokio tasks share with its thread.
+struct Shared {
+    seg: Arc<Segment>,
+    tx: Mutex<Producer>,
+    /// A second handle on the socket for wake-ups.
+    wake: UnixStream,
+    closed: AtomicBool,
+    /// Set when a task hit a protocol error; the thread ends the session.
+    fatal: Mutex<Option<String>>,
+    /// Calls answered from tokio tasks: correlation id → task.
+    in_flight: Mutex<HashMap<u64, Option<AbortHandle>>>,
+}
+
+enum TryRespond {
+    Written,
+    Full,
+}
+
+impl Shared {
+    /// Writes one response record, or says the ring is full. A body too
+    /// large for the ring is replaced by a RESOURCE_EXHAUSTED error.
+    fn try_respond(&self, env: Envelope, body: &[u8]) -> Result<TryRespond, String> {
+        let mut tx = self.tx.lock().map_err(|_| "response ring lock poisoned".to_string())?;
+        let max = tx.max_payload() - ENVELOPE_LEN;
+        let too_large;
+        let (env, body) = if body.len() > max {
+            too_large = format!(
+                "the response of {} bytes exceeds the largest shared-memory message ({max} bytes, half the runtime->app ring); use a larger response ring or gRPC",
+                body.len()
+            );
+            (
+                Envelope {
+                    status: Code::ResourceExhausted as u32,
+                    flags: env.flags | flags::END,
+                    ..env
+                },
+                too_large.as_bytes(),
+            )
+        } else {
+            (env, body)
+        };
+        match tx.try_write(&[&env.encode(), body]) {
+            Ok(true) => {
+                if tx.consumer_needs_wakeup() {
+                    let _ = control::send_wake(&self.wake);
+                }
+                Ok(TryRespond::Written)
+            }
+            Ok(false) => Ok(TryRespond::Full),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Answers from the session thread, waiting while the ring is full.
+    fn respond_blocking(&self, env: Envelope, body: &[u8]) -> Result<(), End> {
+        let mut waits = 0u32;
+        loop {
+            match self.try_respond(env, body) {
+                Ok(TryRespond::Written) => return Ok(()),
+                Ok(TryRespond::Full) => {}
+                Err(e) => return Err(End::protocol(Code::InvalidArgument, e)),
+            }
+            if control::peer_closed(&self.wake) {
+                return Err(End {
+                    code: Code::Unavailable,
+                    message: "app closed the connection".into(),
+                    goodbye: false,
+                });
+            }
+            waits += 1;
+            if waits < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
+    /// Answers from a tokio task, waiting while the ring is full.
+    async fn respond_async(&self, env: Envelope, body: &[u8]) {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match self.try_respond(env, body) {
+                Ok(TryRespond::Written) => return,
+                Ok(TryRespond::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    /// Ends the session from a task: records the reason and wakes the thread.
+    fn fail(&self, reason: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(reason);
+        }
+        let _ = self.wake.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Takes a call out of the in-flight table: `true` when the caller is
+    /// the one to send its final record.
+    fn finish(&self, corr: u64) -> bool {
+        self.in_flight.lock().map(|mut m| m.remove(&corr).is_some()).unwrap_or(false)
+    }
+
+    fn is_live(&self, corr: u64) -> bool {
+        self.in_flight.lock().map(|m| m.contains_key(&corr)).unwrap_or(false)
+    }
+}
+
+fn welcome_error(sock: &mut UnixStream, code: Code, text: String) {
+    tracing::warn!(code = ?code, reason = %text, "shared-memory handshake refused");
+    let w = Welcome {
+        version: PROTOCOL_VERSION,
+        status: code as u32,
+        text,
+    };
+    let _ = sock.write_all(&w.encode());
+}
+
+fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, allowed: bool) {
+    if sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() || sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+        return;
+    }
+    let hello = match Hello::read_from(&mut sock) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(session = id, error = %e, "shared-memory handshake failed");
+            return;
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return welcome_error(
+            &mut sock,
+            Code::FailedPrecondition,
+            format!("protocol version {} is not supported; this runtime speaks {PROTOCOL_VERSION}", hello.version),
+        );
+    }
+    if !allowed {
+        return welcome_error(
+            &mut sock,
+            Code::PermissionDenied,
+            "the connecting process runs as another user than the runtime".into(),
+        );
+    }
+    if hello.app_id != ctx.app_id {
+        return welcome_error(
+            &mut sock,
+            Code::PermissionDenied,
+            format!("app id '{}' does not match this runtime's app id '{}'", hello.app_id, ctx.app_id),
+        );
+    }
+    if let Some(token) = &ctx.api_token {
+        if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
+            return welcome_error(
+                &mut sock,
+                Code::Unauthenticated,
+                "this runtime requires an API token: the hello's token is missing or does not match".into(),
+            );
+        }
+    }
+    let size = |s: u32| u64::from(if s == 0 { DEFAULT_RING } else { s });
+    let layout = match Layout::new(size(hello.a2r_capacity), size(hello.r2a_capacity)) {
+        Ok(l) => l,
+        Err(e) => return welcome_error(&mut sock, Code::InvalidArgument, e.to_string()),
+    };
+    let header = Header {
+        runtime_pid: std::process::id(),
+        app_pid: peer_pid,
+        session_id: id,
+        layout,
+    };
+    let seg = match Segment::create(&ctx.segment_dir, &segment::segment_name(std::process::id(), id), &header) {
+        Ok(s) => s,
+        Err(e) => {
+            return welcome_error(
+                &mut sock,
+                Code::ResourceExhausted,
+                format!("cannot create a shared-memory segment in {}: {e}", ctx.segment_dir.display()),
+            )
+        }
+    };
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        status: 0,
+        text: seg.path().display().to_string(),
+    };
+    let mut ack = [0u8; 8];
+    let acked = sock.write_all(&welcome.encode()).and_then(|_| sock.read_exact(&mut ack));
+    // Both sides have mapped it (or the app failed): the file can go, so a
+    // crash leaves nothing behind.
+    let _ = seg.unlink();
+    if acked.is_err() || ack != MAPPED_MAGIC {
+        tracing::debug!(session = id, "shared-memory handshake: no mapping acknowledgement");
+        return;
+    }
+    let (wake, rx) = match sock.try_clone() {
+        Ok(w) => (w, seg.consumer(&layout, RingId::AppToRuntime)),
+        Err(_) => return,
+    };
+    let shared = Arc::new(Shared {
+        tx: Mutex::new(seg.producer(&layout, RingId::RuntimeToApp)),
+        seg,
+        wake,
+        closed: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        in_flight: Mutex::new(HashMap::new()),
+    });
+    tracing::info!(session = id, app_pid = peer_pid, a2r = layout.a2r_capacity, r2a = layout.r2a_capacity, "shared-memory session opened");
+    let session = Session {
+        ctx,
+        shared,
+        sock,
+        id,
+    };
+    let mut rx = rx;
+    let end = session.serve(&mut rx);
+    session.close(end);
+}
+
+struct Session<'a> {
+    ctx: &'a ServerCtx,
+    shared: Arc<Shared>,
+    sock: UnixStream,
+    id: u64,
+}
+
+impl Session<'_> {
+    fn serve(&self, rx: &mut Consumer) -> End {
+        let mut sock = &self.sock;
+        if sock.set_read_timeout(Some(SLEEP_SLICE)).is_err() {
+            return End::protocol(Code::Internal, "cannot configure the socket");
+        }
+        let mut idler = Idler::new(self.ctx.idle);
+        loop {
+            if self.ctx.stopping.load(Ordering::Acquire) {
+                return End {
+                    code: Code::Unavailable,
+                    message: "weft is shutting down".into(),
+                    goodbye: true,
+                };
+            }
+            if let Some(reason) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
+                return End::protocol(Code::InvalidArgument, reason);
+            }
+            if self.in_flight() >= MAX_IN_FLIGHT {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            let polled = rx.poll(BATCH, |payload| self.handle(payload));
+            match polled {
+                Ok(0) => {}
+                Ok(_) => {
+                    idler.reset();
+                    continue;
+                }
+                Err(PollError::Ring(e)) => return End::protocol(Code::InvalidArgument, e.to_string()),
+                Err(PollError::Handler(end)) => return end,
+            }
+            if !idler.idle() {
+                continue;
+            }
+            // Sleep: raise the flag, fence, re-check, then block on the socket.
+            rx.arm_wakeup();
+            match rx.is_empty() {
+                Ok(true) => {}
+                Ok(false) => {
+                    rx.disarm_wakeup();
+                    continue;
+                }
+                Err(e) => return End::protocol(Code::InvalidArgument, e.to_string()),
+            }
+            let mut buf = [0u8; 256];
+            let r = sock.read(&mut buf);
+            rx.disarm_wakeup();
+            match r {
+                Ok(0) => {
+                    if let Some(reason) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
+                        return End::protocol(Code::InvalidArgument, reason);
+                    }
+                    return End {
+                        code: Code::Unavailable,
+                        message: "app closed the connection".into(),
+                        goodbye: false,
+                    };
+                }
+                Ok(_) => idler.reset(),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e) => {
+                    return End {
+                        code: Code::Unavailable,
+                        message: format!("socket failed: {e}"),
+                        goodbye: false,
+                    }
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Handles one request record.
+    fn handle(&self, payload: &[u8]) -> Result<(), End> {
+        let (env, body) = decode_envelope(payload).map_err(|e| End::protocol(Code::InvalidArgument, e.to_string()))?;
+        let corr = env.correlation;
+        if env.flags & flags::CANCEL != 0 {
+            return self.cancel(corr);
+        }
+        if env.status != 0 || env.flags & flags::END != 0 {
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!("request {corr} carries a status or the END flag, which only responses may"),
+            ));
+        }
+        let Some(m) = method::by_id(env.method) else {
+            return Err(End::protocol(
+                Code::Unimplemented,
+                format!("unknown method id {} (request {corr})", env.method),
+            ));
+        };
+        let reply = env.flags & flags::NO_REPLY == 0;
+        let answer = Envelope {
+            method: env.method,
+            flags: flags::END,
+            correlation: corr,
+            status: 0,
+        };
+        if body.len() > self.ctx.max_body_size {
+            let msg = format!(
+                "{} request of {} bytes is larger than the runtime's --max-body-size ({} bytes)",
+                m.name,
+                body.len(),
+                self.ctx.max_body_size
+            );
+            return self.answer(reply, answer, Err(ApiError::new(Code::ResourceExhausted, msg)));
+        }
+        if m.id == method::WEFT_ECHO {
+            return if reply { self.shared.respond_blocking(answer, body) } else { Ok(()) };
+        }
+        if reply && self.shared.is_live(corr) {
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!("correlation id {corr} reused while its call is in flight"),
+            ));
+        }
+        let call = dispatch(&self.ctx.blocks, m.id, body)
+            .map_err(|e| End::protocol(Code::InvalidArgument, format!("cannot decode the {} request {corr}: {e}", m.name)))?;
+        match call {
+            Call::Unary(mut fut) => {
+                // Poll once here: calls that do not wait finish without a
+                // thread hop.
+                let polled = {
+                    let _rt = self.ctx.handle.enter();
+                    fut.as_mut().poll(&mut TaskContext::from_waker(Waker::noop()))
+                };
+                match polled {
+                    Poll::Ready(r) => self.answer(reply, answer, r),
+                    Poll::Pending => {
+                        self.spawn(corr, reply, async move {
+                            let r = fut.await;
+                            move |shared: Arc<Shared>| async move {
+                                if shared.finish(corr) {
+                                    respond_result(&shared, answer, r).await;
+                                }
+                            }
+                        });
+                        Ok(())
+                    }
+                }
+            }
+            Call::Stream(fut) => {
+                let stream_env = Envelope { flags: 0, ..answer };
+                self.spawn(corr, reply, async move {
+                    let r = fut.await;
+                    move |shared: Arc<Shared>| async move { stream_out(&shared, stream_env, r).await }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `work` on tokio; its output then runs with the session's shared
+    /// state. Registered in the in-flight table (for cancellation) unless
+    /// the call wants no reply.
+    fn spawn<W, F, G>(&self, corr: u64, reply: bool, work: W)
+    where
+        W: Future<Output = F> + Send + 'static,
+        F: FnOnce(Arc<Shared>) -> G + Send + 'static,
+        G: Future<Output = ()> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        if reply {
+            if let Ok(mut m) = shared.in_flight.lock() {
+                m.insert(corr, None);
+            }
+        }
+        let task_shared = shared.clone();
+        let handle = self.ctx.handle.spawn(async move {
+            let then = work.await;
+            if reply {
+                then(task_shared).await;
+            } else {
+                // One-way: the outcome is dropped, as the spec says.
+                drop(then);
+            }
+        });
+        if reply {
+            if let Ok(mut m) = shared.in_flight.lock() {
+                if let Some(slot) = m.get_mut(&corr) {
+                    *slot = Some(handle.abort_handle());
+                }
+            }
+        }
+    }
+
+    fn answer(&self, reply: bool, env: Envelope, r: Result<Vec<u8>, ApiError>) -> Result<(), End> {
+        if !reply {
+            return Ok(());
+        }
+        match r {
+            Ok(body) => self.shared.respond_blocking(env, &body),
+            Err(e) => self.shared.respond_blocking(
+                Envelope {
+                    status: e.code as u32,
+                    ..env
+                },
+                e.message.as_bytes(),
+            ),
+        }
+    }
+
+    fn cancel(&self, corr: u64) -> Result<(), End> {
+        let task = self.shared.in_flight.lock().ok().and_then(|mut m| m.remove(&corr));
+        let Some(task) = task else {
+            return Ok(()); // already finished: nothing to do
+        };
+        if let Some(h) = task {
+            h.abort();
+        }
+        let env = Envelope {
+            method: 0,
+            flags: flags::END,
+            correlation: corr,
+            status: Code::Cancelled as u32,
+        };
+        self.shared.respond_blocking(env, b"cancelled by the app")
+    }
+
+    fn close(self, end: End) {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        shared.seg.set_session_state(SESSION_CLOSED);
+        if let Ok(mut m) = shared.in_flight.lock() {
+            for (_, task) in m.drain() {
+                if let Some(h) = task {
+                    h.abort();
+                }
+            }
+        }
+        if end.goodbye {
+            let g = Goodbye {
+                code: end.code as u32,
+                message: end.message.clone(),
+            };
+            let _ = self.sock.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = (&self.sock).write_all(&g.encode());
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let _ = shared.seg.unlink();
+        if end.goodbye && end.code != Code::Unavailable {
+            tracing::warn!(session = self.id, code = ?end.code, reason = %end.message, "shared-memory session closed");
+        } else {
+            tracing::info!(session = self.id, reason = %end.message, "shared-memory session ended");
+        }
+    }
+}
+
+async fn respond_result(shared: &Shared, env: Envelope, r: Result<Vec<u8>, ApiError>) {
+    match r {
+        Ok(body) => shared.respond_async(env, &body).await,
+        Err(e) => {
+            shared
+                .respond_async(
+                    Envelope {
+                        status: e.code as u32,
+                        ..env
+                    },
+                    e.message.as_bytes(),
+                )
+                .await
+        }
+    }
+}
+
+/// Sends a server stream: every item, then the END marker.
+async fn stream_out(shared: &Shared, env: Envelope, r: Result<SubscriptionStream, ApiError>) {
+    let end = Envelope {
+        flags: flags::END,
+        ..env
+    };
+    let mut rx = match r {
+        Ok(rx) => rx,
+        Err(e) => {
+            if shared.finish(env.correlation) {
+                respond_result(shared, end, Err(e)).await;
+            }
+            return;
+        }
+    };
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(msg) => {
+                if !shared.is_live(env.correlation) {
+                    return;
+                }
+                shared.respond_async(env, &msg.encode_to_vec()).await;
+            }
+            Err(e) => {
+                if shared.finish(env.correlation) {
+                    respond_result(shared, end, Err(e)).await;
+                }
+                return;
+            }
+        }
+    }
+    if shared.finish(env.correlation) {
+        shared.respond_async(end, &[]).await;
+    }
+}
+
+// === impl dispatch ===
+
+type UnaryFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, ApiError>> + Send>>;
+type StreamFuture = Pin<Box<dyn Future<Output = Result<SubscriptionStream, ApiError>> + Send>>;
+
+/// A decoded request bound to its building-block method.
+pub enum Call {
+    Unary(UnaryFuture),
+    Stream(StreamFuture),
+}
+
+fn unary<Req, Resp, Fut>(body: &[u8], f: impl FnOnce(Req) -> Fut) -> Result<Call, prost::DecodeError>
+where
+    Req: Message + Default,
+    Resp: Message,
+    Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
+{
+    let fut = f(Req::decode(body)?);
+    Ok(Call::Unary(Box::pin(async move { fut.await.map(|r| r.encode_to_vec()) })))
+}
+
+fn unimplemented<Req: Message + Default>(body: &[u8], block: &'static str) -> Result<Call, prost::DecodeError> {
+    Req::decode(body)?;
+    Ok(Call::Unary(Box::pin(async move { Err(ApiError::unimplemented_block(block)) })))
+}
+
+/// Decodes a request for `method` (an id from the method table) and binds it
+/// to the building-block method gRPC calls for the same RPC.
+pub fn dispatch(blocks: &Arc<Blocks>, method: u32, body: &[u8]) -> Result<Call, prost::DecodeError> {
+    use weft_shm::method::*;
+    let b = blocks.clone();
+    match method {
+        INVOKE_SERVICE => unimplemented::<pb::InvokeServiceRequest>(body, "service invocation"),
+        GET_STATE => unary(body, move |r| async move { b.state.get_state(r).await }),
+        GET_BULK_STATE => unary(body, move |r| async move { b.state.get_bulk_state(r).await }),
+        SAVE_STATE => unary(body, move |r| async move { b.state.save_state(r).await }),
+        QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "state query"),
+        DELETE_STATE => unary(body, move |r| async move { b.state.delete_state(r).await }),
+        DELETE_BULK_STATE => unary(body, move |r| async move { b.state.delete_bulk_state(r).await }),
+        EXECUTE_STATE_TRANSACTION => unary(body, move |r| async move { b.state.execute_state_transaction(r).await }),
+        PUBLISH_EVENT => unimplemented::<pb::PublishEventRequest>(body, "pub/sub"),
+        BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => unimplemented::<pb::BulkPublishRequest>(body, "pub/sub"),
+        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => unimplemented::<pb::SubscribeTopicEventsRequestAlpha1>(body, "pub/sub"),
+        INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "bindings"),
+        GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "secrets"),
+        GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "secrets"),
+        GET_CONFIGURATION_ALPHA1 | GET_CONFIGURATION => {
+            unary(body, move |r| async move { b.configuration.get_configuration(r).await })
+        }
+        SUBSCRIBE_CONFIGURATION_ALPHA1 | SUBSCRIBE_CONFIGURATION => {
+            let req = pb::SubscribeConfigurationRequest::decode(body)?;
+            Ok(Call::Stream(Box::pin(async move { b.configuration.subscribe_configuration(req).await })))
+        }
+        UNSUBSCRIBE_CONFIGURATION_ALPHA1 | UNSUBSCRIBE_CONFIGURATION => {
+            unary(body, move |r| async move { b.configuration.unsubscribe_configuration(r).await })
+        }
+        TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "distributed lock"),
+        UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "distributed lock"),
+        GET_METADATA => unary(body, move |_: pb::GetMetadataRequest| async move { Ok(b.metadata.get_metadata()) }),
+        SET_METADATA => unary(body, move |r| async move { b.metadata.set_metadata(r) }),
+        SHUTDOWN => unary(body, move |_: pb::ShutdownRequest| async move {
+            b.shutdown.trigger("Shutdown RPC (shared memory)");
+            Ok(())
+        }),
+        WEFT_ECHO => {
+            let body = body.to_vec();
+            Ok(Call::Unary(Box::pin(async move { Ok(body) })))
+        }
+        other => {
+            // The method table and this match must cover the same ids.
+            debug_assert!(method::by_id(other).is_none());
+            Ok(Call::Unary(Box::pin(async move {
+                Err(ApiError::new(Code::Unimplemented, format!("method id {other} is not served")))
+            })))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id in the method table binds to a call, so the shared-memory
+    /// transport reaches exactly what the table (and so gRPC) lists.
+    #[test]
+    fn every_method_id_dispatches() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let argv = ["weft", "run", "--app-id", "t", "--data-dir", dir.path().to_str().unwrap()];
+            let crate::config::Command::Run(args) = <crate::config::Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
+            let cfg = RuntimeConfig::resolve(&args, |_| None).unwrap();
+            let blocks = Blocks::build(&cfg, vec![], Shutdown::new()).await.unwrap();
+            for m in method::ALL {
+                let call = dispatch(&blocks, m.id, &[]).unwrap();
+                let streaming = matches!(call, Call::Stream(_));
+                assert_eq!(streaming, m.kind == method::Kind::ServerStream, "{}", m.name);
+                if let Call::Unary(f) = call {
+                    if let Err(e) = f.await {
+                        assert_ne!(e.message, format!("method id {} is not served", m.id), "{}", m.name);
+                    }
+                }
+            }
+        });
+    }
+}

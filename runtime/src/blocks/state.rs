@@ -1,0 +1,544 @@
+//! State building block: validates Dapr state requests, namespaces keys and
+//! calls the named store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use weft_components::state::{
+    Concurrency, Consistency, DeleteRequest, Feature, Operation, SetRequest, StateEntry,
+    StateError, StateStore,
+};
+use weft_proto::common::{self, state_options::StateConcurrency, state_options::StateConsistency};
+use weft_proto::runtime as pb;
+
+use super::time::rfc3339;
+use crate::error::ApiError;
+
+/// Separator between a key prefix and the app's key, as in Dapr.
+pub const KEY_SEPARATOR: &str = "||";
+/// Request metadata giving an item's time to live in seconds (-1: none).
+pub const TTL_METADATA: &str = "ttlInSeconds";
+/// Response metadata giving when an item expires (RFC 3339, UTC).
+pub const TTL_EXPIRE_METADATA: &str = "ttlExpireTime";
+
+/// How a store's keys are namespaced (`keyPrefix` component metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPrefix {
+    /// `none`: keys are stored as given.
+    None,
+    /// `appid` (default), `name` or any other string: `<prefix>||<key>`.
+    Fixed(String),
+}
+
+impl KeyPrefix {
+    /// Reads Dapr's `keyPrefix` setting for a component.
+    pub fn from_setting(
+        setting: Option<&str>,
+        app_id: &str,
+        component: &str,
+    ) -> Result<Self, String> {
+        let prefix = match setting.map(str::trim) {
+            None | Some("") | Some("appid") => app_id.to_string(),
+            Some("name") => component.to_string(),
+            Some("none") => return Ok(KeyPrefix::None),
+            Some(custom) => custom.to_string(),
+        };
+        if prefix.contains(KEY_SEPARATOR) {
+            return Err(format!(
+                "key prefix '{prefix}' must not contain '{KEY_SEPARATOR}'"
+            ));
+        }
+        Ok(KeyPrefix::Fixed(prefix))
+    }
+}
+
+/// A state store as the building block sees it.
+#[derive(Clone)]
+pub struct StoreHandle {
+    pub store: Arc<dyn StateStore>,
+    pub prefix: KeyPrefix,
+}
+
+/// The state building block.
+pub struct StateBlock {
+    stores: BTreeMap<String, StoreHandle>,
+}
+
+impl StateBlock {
+    pub fn new(stores: BTreeMap<String, StoreHandle>) -> Self {
+        Self { stores }
+    }
+
+    /// Names of the configured stores.
+    pub fn store_names(&self) -> impl Iterator<Item = &str> {
+        self.stores.keys().map(String::as_str)
+    }
+
+    /// Closes every store.
+    pub async fn close(&self) {
+        for (name, h) in &self.stores {
+            tracing::debug!(component = %name, "closing state store");
+            h.store.close().await;
+        }
+    }
+
+    fn store(&self, name: &str) -> Result<&StoreHandle, ApiError> {
+        if name.is_empty() {
+            return Err(ApiError::missing_field("store_name"));
+        }
+        self.stores.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.store_names().collect();
+            ApiError::invalid_argument(if known.is_empty() {
+                format!("state store '{name}' is not found: no state stores are configured")
+            } else {
+                format!(
+                    "state store '{name}' is not found; configured state stores: {}",
+                    known.join(", ")
+                )
+            })
+        })
+    }
+
+    pub async fn get_state(
+        &self,
+        req: pb::GetStateRequest,
+    ) -> Result<pb::GetStateResponse, ApiError> {
+        let h = self.store(&req.store_name)?;
+        let key = storage_key(h, &req.key, "key")?;
+        let consistency = consistency(req.consistency);
+        let entry = h
+            .store
+            .get(&key, consistency)
+            .await
+            .map_err(|e| state_error(h, &req.store_name, e))?;
+        Ok(match entry {
+            Some(e) => pb::GetStateResponse {
+                metadata: entry_metadata(&e),
+                data: e.value,
+                etag: e.etag,
+            },
+            None => pb::GetStateResponse::default(),
+        })
+    }
+
+    pub async fn get_bulk_state(
+        &self,
+        req: pb::GetBulkStateRequest,
+    ) -> Result<pb::GetBulkStateResponse, ApiError> {
+        let h = self.store(&req.store_name)?;
+        if req.parallelism < 0 {
+            return Err(ApiError::invalid_argument(format!(
+                "parallelism must not be negative, got {}",
+                req.parallelism
+            )));
+        }
+        let mut keys = Vec::with_capacity(req.keys.len());
+        for (i, k) in req.keys.iter().enumerate() {
+            keys.push(storage_key(h, k, &format!("keys[{i}]"))?);
+        }
+        let entries = h
+            .store
+            .bulk_get(&keys)
+            .await
+            .map_err(|e| state_error(h, &req.store_name, e))?;
+        let items = req
+            .keys
+            .into_iter()
+            .zip(entries)
+            .map(|(key, entry)| match entry {
+                Some(e) => pb::BulkStateItem {
+                    key,
+                    metadata: entry_metadata(&e),
+                    data: e.value,
+                    etag: e.etag,
+                    error: String::new(),
+                },
+                None => pb::BulkStateItem {
+                    key,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(pb::GetBulkStateResponse { items })
+    }
+
+    pub async fn save_state(&self, req: pb::SaveStateRequest) -> Result<(), ApiError> {
+        let h = self.store(&req.store_name)?;
+        let mut sets = Vec::with_capacity(req.states.len());
+        for (i, item) in req.states.into_iter().enumerate() {
+            sets.push(set_request(h, item, &format!("states[{i}]"))?);
+        }
+        for set in sets {
+            h.store
+                .set(set)
+                .await
+                .map_err(|e| state_error(h, &req.store_name, e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_state(&self, req: pb::DeleteStateRequest) -> Result<(), ApiError> {
+        let h = self.store(&req.store_name)?;
+        let del = DeleteRequest {
+            key: storage_key(h, &req.key, "key")?,
+            etag: etag_of(req.etag),
+            concurrency: concurrency(req.options.as_ref()),
+            consistency: consistency(req.options.as_ref().map_or(0, |o| o.consistency)),
+        };
+        h.store
+            .delete(del)
+            .await
+            .map_err(|e| state_error(h, &req.store_name, e))
+    }
+
+    pub async fn delete_bulk_state(&self, req: pb::DeleteBulkStateRequest) -> Result<(), ApiError> {
+        let h = self.store(&req.store_name)?;
+        let mut dels = Vec::with_capacity(req.states.len());
+        for (i, item) in req.states.into_iter().enumerate() {
+            dels.push(delete_request(h, item, &format!("states[{i}]"))?);
+        }
+        for del in dels {
+            h.store
+                .delete(del)
+                .await
+                .map_err(|e| state_error(h, &req.store_name, e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn execute_state_transaction(
+        &self,
+        req: pb::ExecuteStateTransactionRequest,
+    ) -> Result<(), ApiError> {
+        let h = self.store(&req.store_name)?;
+        if !h.store.features().contains(&Feature::Transactional) {
+            return Err(ApiError::invalid_argument(format!(
+                "state store '{}' does not support transactions",
+                req.store_name
+            )));
+        }
+        let mut ops = Vec::with_capacity(req.operations.len());
+        for (i, op) in req.operations.into_iter().enumerate() {
+            let at = format!("operations[{i}]");
+            let item = op
+                .request
+                .ok_or_else(|| ApiError::missing_field(&format!("{at}.request")))?;
+            ops.push(match op.operation_type.as_str() {
+                "upsert" => Operation::Set(set_request(h, item, &format!("{at}.request"))?),
+                "delete" => Operation::Delete(delete_request(h, item, &format!("{at}.request"))?),
+                other => {
+                    return Err(ApiError::invalid_argument(format!(
+                        "{at}.operationType '{other}' is not supported; use 'upsert' or 'delete'"
+                    )))
+                }
+            });
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        h.store
+            .transact(ops)
+            .await
+            .map_err(|e| state_error(h, &req.store_name, e))
+    }
+}
+
+/// Converts a store error, showing the app's key rather than the stored one.
+fn state_error(h: &StoreHandle, store: &str, err: StateError) -> ApiError {
+    let unprefix = |key: String| match &h.prefix {
+        KeyPrefix::Fixed(p) => key
+            .strip_prefix(p.as_str())
+            .and_then(|k| k.strip_prefix(KEY_SEPARATOR))
+            .map(str::to_string)
+            .unwrap_or(key),
+        KeyPrefix::None => key,
+    };
+    let err = match err {
+        StateError::EtagMismatch { key } => StateError::EtagMismatch { key: unprefix(key) },
+        StateError::EtagInvalid { key, etag } => StateError::EtagInvalid {
+            key: unprefix(key),
+            etag,
+        },
+        other => other,
+    };
+    ApiError::from_state(store, err)
+}
+
+fn storage_key(h: &StoreHandle, key: &str, field: &str) -> Result<String, ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::missing_field(field));
+    }
+    match &h.prefix {
+        KeyPrefix::None => Ok(key.to_string()),
+        KeyPrefix::Fixed(prefix) => {
+            if key.contains(KEY_SEPARATOR) {
+                return Err(ApiError::invalid_argument(format!(
+                    "{field} '{key}' must not contain '{KEY_SEPARATOR}'"
+                )));
+            }
+            Ok(format!("{prefix}{KEY_SEPARATOR}{key}"))
+        }
+    }
+}
+
+fn etag_of(etag: Option<common::Etag>) -> Option<String> {
+    etag.map(|e| e.value).filter(|v| !v.is_empty())
+}
+
+fn concurrency(options: Option<&common::StateOptions>) -> Concurrency {
+    match options.map(|o| o.concurrency()) {
+        Some(StateConcurrency::ConcurrencyFirstWrite) => Concurrency::FirstWrite,
+        Some(StateConcurrency::ConcurrencyLastWrite) => Concurrency::LastWrite,
+        _ => Concurrency::Unspecified,
+    }
+}
+
+fn consistency(raw: i32) -> Consistency {
+    match StateConsistency::try_from(raw) {
+        Ok(StateConsistency::ConsistencyEventual) => Consistency::Eventual,
+        Ok(StateConsistency::ConsistencyStrong) => Consistency::Strong,
+        _ => Consistency::Unspecified,
+    }
+}
+
+fn ttl_of(metadata: &HashMap<String, String>, field: &str) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = metadata.get(TTL_METADATA) else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(n) if n > 0 => Ok(Some(Duration::from_secs(n as u64))),
+        _ => Err(ApiError::invalid_argument(format!(
+            "{field}.metadata.{TTL_METADATA} '{raw}' must be -1 (no expiry) or a positive number of seconds"
+        ))),
+    }
+}
+
+fn set_request(h: &StoreHandle, item: common::StateItem, at: &str) -> Result<SetRequest, ApiError> {
+    let key = storage_key(h, &item.key, &format!("{at}.key"))?;
+    let ttl = ttl_of(&item.metadata, at)?;
+    if ttl.is_some() && !h.store.features().contains(&Feature::Ttl) {
+        return Err(ApiError::invalid_argument(format!(
+            "{at}.metadata.{TTL_METADATA}: this state store does not support TTL"
+        )));
+    }
+    Ok(SetRequest {
+        key,
+        concurrency: concurrency(item.options.as_ref()),
+        consistency: consistency(item.options.as_ref().map_or(0, |o| o.consistency)),
+        etag: etag_of(item.etag),
+        value: item.value,
+        ttl,
+    })
+}
+
+fn delete_request(
+    h: &StoreHandle,
+    item: common::StateItem,
+    at: &str,
+) -> Result<DeleteRequest, ApiError> {
+    Ok(DeleteRequest {
+        key: storage_key(h, &item.key, &format!("{at}.key"))?,
+        concurrency: concurrency(item.options.as_ref()),
+        consistency: consistency(item.options.as_ref().map_or(0, |o| o.consistency)),
+        etag: etag_of(item.etag),
+    })
+}
+
+fn entry_metadata(e: &StateEntry) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if let Some(at) = e.expires_at {
+        if let Ok(d) = at.duration_since(SystemTime::UNIX_EPOCH) {
+            m.insert(TTL_EXPIRE_METADATA.to_string(), rfc3339(d));
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+    use weft_components::state::memory::MemoryStore;
+
+    fn block() -> StateBlock {
+        let mut stores = BTreeMap::new();
+        stores.insert(
+            "s".to_string(),
+            StoreHandle {
+                store: Arc::new(MemoryStore::new()),
+                prefix: KeyPrefix::Fixed("app".into()),
+            },
+        );
+        StateBlock::new(stores)
+    }
+
+    fn item(key: &str, value: &[u8]) -> common::StateItem {
+        common::StateItem {
+            key: key.into(),
+            value: value.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_unknown_store() {
+        let b = block();
+        b.save_state(pb::SaveStateRequest {
+            store_name: "s".into(),
+            states: vec![item("k", b"v")],
+        })
+        .await
+        .unwrap();
+        let got = b
+            .get_state(pb::GetStateRequest {
+                store_name: "s".into(),
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.data, b"v");
+        assert!(!got.etag.is_empty());
+        let err = b
+            .get_state(pb::GetStateRequest {
+                store_name: "nope".into(),
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        assert!(
+            err.message.contains("'nope'") && err.message.contains("configured state stores: s"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_fields_are_named() {
+        let b = block();
+        let e = b
+            .get_state(pb::GetStateRequest {
+                store_name: "s".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Code::InvalidArgument, "key is required and was empty")
+        );
+        let e = b
+            .save_state(pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![item("ok", b""), item("a||b", b"")],
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("states[1].key"), "{}", e.message);
+        let mut ttl = item("t", b"");
+        ttl.metadata.insert(TTL_METADATA.into(), "soon".into());
+        let e = b
+            .save_state(pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![ttl],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("states[0].metadata.ttlInSeconds"),
+            "{}",
+            e.message
+        );
+        let e = b
+            .execute_state_transaction(pb::ExecuteStateTransactionRequest {
+                store_name: "s".into(),
+                operations: vec![pb::TransactionalStateOperation {
+                    operation_type: "merge".into(),
+                    request: Some(item("k", b"")),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("operations[0].operationType 'merge'"),
+            "{}",
+            e.message
+        );
+        // Nothing from the rejected batch was written.
+        let got = b
+            .get_state(pb::GetStateRequest {
+                store_name: "s".into(),
+                key: "ok".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(got.etag.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stale_etag_with_first_write_is_aborted() {
+        let b = block();
+        b.save_state(pb::SaveStateRequest {
+            store_name: "s".into(),
+            states: vec![item("k", b"1")],
+        })
+        .await
+        .unwrap();
+        let mut stale = item("k", b"2");
+        stale.etag = Some(common::Etag {
+            value: "stale".into(),
+        });
+        stale.options = Some(common::StateOptions {
+            concurrency: StateConcurrency::ConcurrencyFirstWrite as i32,
+            consistency: 0,
+        });
+        let e = b
+            .save_state(pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![stale.clone()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Aborted);
+        assert!(
+            e.message.contains("etag mismatch") && e.message.contains("'s'"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("key 'k'"),
+            "the app's key, not the stored one: {}",
+            e.message
+        );
+        stale.options.as_mut().unwrap().concurrency = StateConcurrency::ConcurrencyLastWrite as i32;
+        b.save_state(pb::SaveStateRequest {
+            store_name: "s".into(),
+            states: vec![stale],
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn key_prefix_settings() {
+        assert_eq!(
+            KeyPrefix::from_setting(None, "app", "c").unwrap(),
+            KeyPrefix::Fixed("app".into())
+        );
+        assert_eq!(
+            KeyPrefix::from_setting(Some("name"), "app", "c").unwrap(),
+            KeyPrefix::Fixed("c".into())
+        );
+        assert_eq!(
+            KeyPrefix::from_setting(Some("none"), "app", "c").unwrap(),
+            KeyPrefix::None
+        );
+        assert!(KeyPrefix::from_setting(Some("a||b"), "app", "c").is_err());
+    }
+}

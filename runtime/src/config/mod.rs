@@ -1,0 +1,329 @@
+//! Runtime configuration: command-line flags (with `WEFT_*` and Dapr
+//! environment fallbacks) and component resource files.
+
+pub mod resources;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Weft: an application runtime that gives an app state, configuration,
+/// pub/sub and service invocation through the Dapr v1 API.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the runtime beside an application.
+    Run(RunArgs),
+}
+
+/// Flags of `weft run`. Every flag has a `WEFT_*` environment fallback; the
+/// ports also honour Dapr's `DAPR_GRPC_PORT` and `DAPR_HTTP_PORT`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The application's id: names the runtime, prefixes its state keys and
+    /// will identify it to other runtimes.
+    #[arg(long, env = "WEFT_APP_ID", value_parser = parse_app_id)]
+    pub app_id: String,
+
+    /// Directory of component files (Dapr's YAML shape). Without it the
+    /// runtime starts on embedded defaults: `statestore` (SQLite) and
+    /// `configstore` (a YAML file), both under --data-dir.
+    #[arg(long, env = "WEFT_RESOURCES_PATH", alias = "components-path")]
+    pub resources_path: Option<PathBuf>,
+
+    /// gRPC API port (Dapr v1 API). Also read from DAPR_GRPC_PORT.
+    #[arg(long, env = "WEFT_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+
+    /// HTTP port: health, metadata. Also read from DAPR_HTTP_PORT.
+    #[arg(long, env = "WEFT_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Address the TCP listeners bind to.
+    #[arg(long, env = "WEFT_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub listen_address: IpAddr,
+
+    /// Also serve the gRPC API on this Unix domain socket path.
+    #[arg(long, env = "WEFT_UDS")]
+    pub uds: Option<PathBuf>,
+
+    /// The application's port, where it serves Dapr's AppCallback service.
+    #[arg(long, env = "WEFT_APP_PORT")]
+    pub app_port: Option<u16>,
+
+    /// Protocol of the application's port. Only `grpc` is supported.
+    #[arg(long, env = "WEFT_APP_PROTOCOL", default_value = "grpc", value_parser = ["grpc"])]
+    pub app_protocol: String,
+
+    /// Directory for embedded state (SQLite files, default configuration).
+    /// Defaults to `$XDG_DATA_HOME/weft/<app-id>` or `~/.local/share/weft/<app-id>`.
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes (gRPC messages included).
+    #[arg(long, env = "WEFT_MAX_BODY_SIZE", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..=(1 << 30)))]
+    pub max_body_size: u32,
+
+    /// How long in-flight calls may take to finish after a shutdown starts.
+    #[arg(long, env = "WEFT_GRACEFUL_SHUTDOWN_SECONDS", default_value_t = 5)]
+    pub graceful_shutdown_seconds: u64,
+
+    /// API token every call must present (header `dapr-api-token`). Read
+    /// from DAPR_API_TOKEN when the flag is not given.
+    #[arg(long, env = "WEFT_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Worker threads of the async runtime. 1 (the default) runs everything
+    /// on one thread, which gives the lowest latency on the local hop and
+    /// leaves the other cores to the app; raise it for heavy fan-out.
+    #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
+    /// Log filter, e.g. `info` or `weft=debug` (RUST_LOG works too).
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+
+    // === shared-memory transport (docs/shm-protocol.md) ===
+    /// Unix socket of the shared-memory transport. Defaults to
+    /// `<data-dir>/shm.sock`.
+    #[arg(long, env = "WEFT_SHM_SOCKET")]
+    pub shm_socket: Option<PathBuf>,
+
+    /// Do not serve the shared-memory transport.
+    #[arg(long, env = "WEFT_NO_SHM")]
+    pub no_shm: bool,
+
+    /// Directory of shared-memory segments (files mode 0600, unlinked as
+    /// soon as both sides have mapped them). Defaults to /dev/shm.
+    #[arg(long, env = "WEFT_SHM_DIR")]
+    pub shm_dir: Option<PathBuf>,
+
+    /// Microseconds a shared-memory session busy-waits for the next request
+    /// before yielding (lower latency, more CPU while an app is active).
+    #[arg(long, env = "WEFT_SHM_SPIN_MICROS", default_value_t = 50)]
+    pub shm_spin_micros: u64,
+
+    /// Microseconds a shared-memory session then yields before it sleeps on
+    /// its socket (an idle session uses no CPU).
+    #[arg(long, env = "WEFT_SHM_YIELD_MICROS", default_value_t = 50)]
+    pub shm_yield_micros: u64,
+}
+
+/// Settings of the shared-memory transport.
+#[derive(Debug, Clone)]
+pub struct ShmSettings {
+    /// The Unix socket apps connect to.
+    pub socket: PathBuf,
+    /// Where segments are created.
+    pub segment_dir: PathBuf,
+    /// Busy-wait this long after the last request.
+    pub spin: Duration,
+    /// Then yield this long before sleeping on the socket.
+    pub yield_for: Duration,
+}
+
+/// Dapr's default gRPC port.
+pub const DEFAULT_GRPC_PORT: u16 = 50001;
+/// Dapr's default HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 3500;
+
+fn parse_app_id(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 63
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !raw.starts_with(['-', '.']);
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "'{raw}' is not a valid app id: use 1-63 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+        ))
+    }
+}
+
+/// The resolved settings a runtime starts with.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub app_id: String,
+    pub resources_path: Option<PathBuf>,
+    pub listen_address: IpAddr,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub uds: Option<PathBuf>,
+    pub app_port: Option<u16>,
+    pub data_dir: PathBuf,
+    pub max_body_size: usize,
+    pub graceful_shutdown: Duration,
+    pub api_token: Option<String>,
+    /// `None` with `--no-shm`.
+    pub shm: Option<ShmSettings>,
+}
+
+impl RuntimeConfig {
+    /// Resolves flags against an environment lookup (kept as a parameter so
+    /// precedence is testable): flag or `WEFT_*` first, then `DAPR_*`, then
+    /// the defaults.
+    pub fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let port_from =
+            |name: &str| -> Result<Option<u16>, String> {
+                match env(name) {
+                    None => Ok(None),
+                    Some(v) if v.trim().is_empty() => Ok(None),
+                    Some(v) => v.trim().parse::<u16>().map(Some).map_err(|_| {
+                        format!("environment variable {name}='{v}' is not a port number")
+                    }),
+                }
+            };
+        let grpc_port = match args.grpc_port {
+            Some(p) => p,
+            None => port_from("DAPR_GRPC_PORT")?.unwrap_or(DEFAULT_GRPC_PORT),
+        };
+        let http_port = match args.http_port {
+            Some(p) => p,
+            None => port_from("DAPR_HTTP_PORT")?.unwrap_or(DEFAULT_HTTP_PORT),
+        };
+        if grpc_port != 0 && grpc_port == http_port {
+            return Err(format!(
+                "--grpc-port and --http-port are both {grpc_port}: they must differ"
+            ));
+        }
+        let data_dir = match &args.data_dir {
+            Some(d) => d.clone(),
+            None => default_data_dir(&env).join(&args.app_id),
+        };
+        let api_token = args
+            .api_token
+            .clone()
+            .or_else(|| env("DAPR_API_TOKEN"))
+            .filter(|t| !t.is_empty());
+        let shm = (!args.no_shm).then(|| ShmSettings {
+            socket: args.shm_socket.clone().unwrap_or_else(|| data_dir.join("shm.sock")),
+            segment_dir: args.shm_dir.clone().unwrap_or_else(weft_shm::segment::default_dir),
+            spin: Duration::from_micros(args.shm_spin_micros),
+            yield_for: Duration::from_micros(args.shm_yield_micros),
+        });
+        Ok(Self {
+            app_id: args.app_id.clone(),
+            resources_path: args.resources_path.clone(),
+            listen_address: args.listen_address,
+            grpc_port,
+            http_port,
+            uds: args.uds.clone(),
+            app_port: args.app_port,
+            data_dir,
+            max_body_size: args.max_body_size as usize,
+            graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
+            api_token,
+            shm,
+        })
+    }
+}
+
+fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(xdg) = env("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("weft");
+    }
+    if let Some(home) = env("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/weft");
+    }
+    std::env::temp_dir().join("weft")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["weft", "run", "--app-id", "orders"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => a,
+        }
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_daprs_ports() {
+        let c = RuntimeConfig::resolve(&args(&[]), env_of(&[("HOME", "/home/u")])).unwrap();
+        assert_eq!((c.grpc_port, c.http_port), (50001, 3500));
+        assert_eq!(
+            c.data_dir,
+            PathBuf::from("/home/u/.local/share/weft/orders")
+        );
+        assert_eq!(c.api_token, None);
+    }
+
+    #[test]
+    fn dapr_env_is_honoured_and_flags_win() {
+        let env = env_of(&[
+            ("DAPR_GRPC_PORT", "6000"),
+            ("DAPR_HTTP_PORT", "6001"),
+            ("DAPR_API_TOKEN", "t"),
+        ]);
+        let c = RuntimeConfig::resolve(&args(&[]), &env).unwrap();
+        assert_eq!((c.grpc_port, c.http_port), (6000, 6001));
+        assert_eq!(c.api_token.as_deref(), Some("t"));
+        let c = RuntimeConfig::resolve(&args(&["--grpc-port", "7000"]), &env).unwrap();
+        assert_eq!(c.grpc_port, 7000);
+    }
+
+    #[test]
+    fn bad_env_port_is_named() {
+        let err =
+            RuntimeConfig::resolve(&args(&[]), env_of(&[("DAPR_GRPC_PORT", "abc")])).unwrap_err();
+        assert!(err.contains("DAPR_GRPC_PORT"), "{err}");
+    }
+
+    #[test]
+    fn same_ports_are_refused() {
+        let err = RuntimeConfig::resolve(
+            &args(&["--grpc-port", "5000", "--http-port", "5000"]),
+            env_of(&[]),
+        )
+        .unwrap_err();
+        assert!(err.contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn app_id_is_validated() {
+        assert!(Cli::try_parse_from(["weft", "run", "--app-id", "bad id"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "run", "--app-id", ""]).is_err());
+        assert!(Cli::try_parse_from(["weft", "run"]).is_err());
+    }
+
+    #[test]
+    fn shm_defaults_and_opt_out() {
+        let c = RuntimeConfig::resolve(&args(&["--data-dir", "/d"]), env_of(&[])).unwrap();
+        let shm = c.shm.expect("shared memory is on by default");
+        assert_eq!(shm.socket, PathBuf::from("/d/shm.sock"));
+        assert_eq!(shm.spin, Duration::from_micros(50));
+        let c = RuntimeConfig::resolve(&args(&["--no-shm"]), env_of(&[])).unwrap();
+        assert!(c.shm.is_none());
+    }
+
+    #[test]
+    fn only_grpc_app_protocol() {
+        assert!(
+            Cli::try_parse_from(["weft", "run", "--app-id", "a", "--app-protocol", "http"])
+                .is_err()
+        );
+    }
+}

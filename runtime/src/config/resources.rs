@@ -1,0 +1,431 @@
+//! Component resource files in Dapr's YAML shape:
+//!
+//! ```yaml
+//! apiVersion: dapr.io/v1alpha1
+//! kind: Component
+//! metadata:
+//!   name: statestore
+//! spec:
+//!   type: state.postgresql
+//!   version: v1
+//!   metadata:
+//!     - name: connectionString
+//!       value: postgres://weft@127.0.0.1:5432/weft
+//! scopes: [orders]        # optional: only these app ids load it
+//! ```
+//!
+//! Every `*.yaml` / `*.yml` file in the resources directory is read (several
+//! documents per file are allowed, separated by `---`). Documents of other
+//! kinds (`Subscription`, `Configuration`, `Resiliency`, …) are skipped with
+//! a log line. Any error names the file, the component and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+/// A component definition read from a file (or a built-in default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentSpec {
+    /// `metadata.name`: the name apps use (`store_name`, `pubsub_name`).
+    pub name: String,
+    /// `spec.type`, e.g. `state.sqlite`.
+    pub kind: String,
+    /// `spec.version`, `v1` when absent.
+    pub version: String,
+    /// `spec.metadata` as name → value.
+    pub metadata: BTreeMap<String, String>,
+    /// Where it came from: a file path, or `<built-in default>`.
+    pub source: String,
+}
+
+impl ComponentSpec {
+    /// The building block this component belongs to (`state`, `configuration`, …).
+    pub fn block(&self) -> &str {
+        self.kind.split('.').next().unwrap_or_default()
+    }
+}
+
+/// A resource file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceError {
+    pub file: String,
+    pub component: Option<String>,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ResourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(c) = &self.component {
+            write!(f, ": component '{c}'")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field '{field}'")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ResourceError {}
+
+/// Reads every component in `dir` that is in scope for `app_id`.
+pub fn load_dir(dir: &Path, app_id: &str) -> Result<Vec<ComponentSpec>, ResourceError> {
+    let io_err = |e: std::io::Error| ResourceError {
+        file: dir.display().to_string(),
+        component: None,
+        field: None,
+        reason: format!("cannot read resources directory: {e}"),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+    let mut out: Vec<ComponentSpec> = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| ResourceError {
+            file: file.display().to_string(),
+            component: None,
+            field: None,
+            reason: format!("cannot read file: {e}"),
+        })?;
+        for spec in parse_file(&file.display().to_string(), &text, app_id)? {
+            if let Some(prev) = out.iter().find(|c| c.name == spec.name) {
+                return Err(ResourceError {
+                    file: spec.source.clone(),
+                    component: Some(spec.name.clone()),
+                    field: Some("metadata.name".into()),
+                    reason: format!(
+                        "a component with this name is already defined in {}",
+                        prev.source
+                    ),
+                });
+            }
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the documents of one file; `file` is used in error messages.
+pub fn parse_file(
+    file: &str,
+    text: &str,
+    app_id: &str,
+) -> Result<Vec<ComponentSpec>, ResourceError> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| ResourceError {
+            file: file.to_string(),
+            component: None,
+            field: None,
+            reason: format!("invalid YAML (document {}): {e}", index + 1),
+        })?;
+        if value.is_null() {
+            continue; // empty document, e.g. a trailing `---`
+        }
+        if let Some(spec) = parse_document(file, &value, app_id)? {
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_document(
+    file: &str,
+    doc: &Value,
+    app_id: &str,
+) -> Result<Option<ComponentSpec>, ResourceError> {
+    let mut err = ResourceError {
+        file: file.to_string(),
+        component: None,
+        field: None,
+        reason: String::new(),
+    };
+    let fail = |err: &ResourceError, field: &str, reason: String| -> ResourceError {
+        ResourceError {
+            field: Some(field.to_string()),
+            reason,
+            ..err.clone()
+        }
+    };
+    if !doc.is_mapping() {
+        return Err(fail(
+            &err,
+            "<document>",
+            "expected a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    }
+    let kind = string_at(doc, &["kind"])
+        .ok_or_else(|| fail(&err, "kind", "missing or not a string".into()))?;
+    if kind != "Component" {
+        tracing::info!(
+            file,
+            kind,
+            "skipping resource of a kind this runtime does not load"
+        );
+        return Ok(None);
+    }
+    let name = string_at(doc, &["metadata", "name"])
+        .ok_or_else(|| fail(&err, "metadata.name", "missing or not a string".into()))?;
+    if !valid_name(&name) {
+        return Err(fail(
+            &err,
+            "metadata.name",
+            format!("'{name}' is not a valid component name (letters, digits, '-', '_', '.'; at most 253 characters)"),
+        ));
+    }
+    err.component = Some(name.clone());
+    match string_at(doc, &["apiVersion"]) {
+        Some(v) if v == "dapr.io/v1alpha1" => {}
+        Some(v) => {
+            return Err(fail(
+                &err,
+                "apiVersion",
+                format!("'{v}' is not supported; use dapr.io/v1alpha1"),
+            ))
+        }
+        None => {
+            return Err(fail(
+                &err,
+                "apiVersion",
+                "missing; use dapr.io/v1alpha1".into(),
+            ))
+        }
+    }
+    if let Some(scopes) = doc.get("scopes") {
+        let list = scopes
+            .as_sequence()
+            .ok_or_else(|| fail(&err, "scopes", "must be a list of app ids".into()))?;
+        let mut in_scope = list.is_empty();
+        for s in list {
+            let s = s
+                .as_str()
+                .ok_or_else(|| fail(&err, "scopes", "must be a list of app ids".into()))?;
+            in_scope |= s == app_id;
+        }
+        if !in_scope {
+            tracing::info!(file, component = %name, "component is not scoped to this app id; skipping");
+            return Ok(None);
+        }
+    }
+    let spec = doc
+        .get("spec")
+        .filter(|s| s.is_mapping())
+        .ok_or_else(|| fail(&err, "spec", "missing or not a mapping".into()))?;
+    let kind = string_at(spec, &["type"])
+        .ok_or_else(|| fail(&err, "spec.type", "missing or not a string".into()))?;
+    if !kind.contains('.') || kind.starts_with('.') || kind.ends_with('.') {
+        return Err(fail(
+            &err,
+            "spec.type",
+            format!("'{kind}' is not of the form <block>.<backend>, e.g. state.sqlite"),
+        ));
+    }
+    let version = match spec.get("version") {
+        None | Some(Value::Null) => "v1".to_string(),
+        Some(v) => scalar_string(v)
+            .ok_or_else(|| fail(&err, "spec.version", "must be a string such as v1".into()))?,
+    };
+    if version != "v1" {
+        return Err(fail(
+            &err,
+            "spec.version",
+            format!("version '{version}' is not available for {kind}; use v1"),
+        ));
+    }
+    let mut metadata = BTreeMap::new();
+    match spec.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("spec.metadata[{i}]");
+                let field_name = string_at(item, &["name"]).ok_or_else(|| {
+                    fail(
+                        &err,
+                        &format!("{at}.name"),
+                        "missing or not a string".into(),
+                    )
+                })?;
+                if item.get("secretKeyRef").is_some() {
+                    return Err(fail(
+                        &err,
+                        &format!("spec.metadata.{field_name}"),
+                        "secretKeyRef is not supported yet: give the value inline or through an environment-specific file".into(),
+                    ));
+                }
+                let value = match item.get("value") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(v) => scalar_string(v).ok_or_else(|| {
+                        fail(
+                            &err,
+                            &format!("spec.metadata.{field_name}"),
+                            "value must be a string, number or boolean".into(),
+                        )
+                    })?,
+                };
+                if metadata.insert(field_name.clone(), value).is_some() {
+                    return Err(fail(
+                        &err,
+                        &format!("spec.metadata.{field_name}"),
+                        "given more than once".into(),
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(fail(
+                &err,
+                "spec.metadata",
+                "must be a list of {name, value} entries".into(),
+            ))
+        }
+    }
+    Ok(Some(ComponentSpec {
+        name,
+        kind,
+        version,
+        metadata,
+        source: file.to_string(),
+    }))
+}
+
+fn string_at(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str().map(str::to_string)
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The components a runtime starts with when no resources path is given.
+pub fn embedded_defaults() -> Vec<ComponentSpec> {
+    let default = |name: &str, kind: &str| ComponentSpec {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        version: "v1".to_string(),
+        metadata: BTreeMap::new(),
+        source: "<built-in default>".to_string(),
+    };
+    vec![
+        default("statestore", "state.sqlite"),
+        default("configstore", "configuration.file"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: statestore
+spec:
+  type: state.postgresql
+  version: v1
+  metadata:
+    - name: connectionString
+      value: postgres://x
+    - name: maxConns
+      value: 5
+---
+apiVersion: dapr.io/v1alpha1
+kind: Subscription
+metadata:
+  name: ignored
+"#;
+
+    #[test]
+    fn parses_components_and_skips_other_kinds() {
+        let specs = parse_file("a.yaml", GOOD, "app").unwrap();
+        assert_eq!(specs.len(), 1);
+        let s = &specs[0];
+        assert_eq!(
+            (s.name.as_str(), s.kind.as_str(), s.version.as_str()),
+            ("statestore", "state.postgresql", "v1")
+        );
+        assert_eq!(s.metadata["maxConns"], "5");
+        assert_eq!(s.block(), "state");
+    }
+
+    fn error_of(text: &str) -> ResourceError {
+        parse_file("bad.yaml", text, "app").unwrap_err()
+    }
+
+    #[test]
+    fn bad_yaml_names_the_file() {
+        let e = error_of("kind: [unclosed");
+        assert_eq!(e.file, "bad.yaml");
+        assert!(e.to_string().contains("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {version: v1}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.type"));
+        assert_eq!(e.component.as_deref(), Some("s"));
+        let e =
+            error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nspec: {type: state.sqlite}\n");
+        assert_eq!(e.field.as_deref(), Some("metadata.name"));
+        let e = error_of("kind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite}\n");
+        assert_eq!(e.field.as_deref(), Some("apiVersion"));
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, version: v2}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.version"));
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{value: x}]}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.metadata[0].name"));
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{name: p, secretKeyRef: {name: a, key: b}}]}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.metadata.p"));
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: sqlite}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.type"));
+    }
+
+    #[test]
+    fn scopes_filter_by_app_id() {
+        let text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite}\nscopes: [other]\n";
+        assert!(parse_file("f", text, "app").unwrap().is_empty());
+        assert_eq!(parse_file("f", text, "other").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn directory_loading_rejects_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite}\n";
+        std::fs::write(dir.path().join("a.yaml"), one).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        assert_eq!(load_dir(dir.path(), "app").unwrap().len(), 1);
+        std::fs::write(dir.path().join("b.yml"), one).unwrap();
+        let e = load_dir(dir.path(), "app").unwrap_err();
+        assert!(e.to_string().contains("already defined"), "{e}");
+        assert!(load_dir(&dir.path().join("missing"), "app").is_err());
+    }
+}

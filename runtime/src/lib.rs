@@ -1,0 +1,226 @@
+//! The Weft runtime: configuration → components → building blocks →
+//! transports.
+//!
+//! * [`config`]: flags, environment and component files;
+//! * [`blocks`]: one handler per API operation;
+//! * [`api`]: transports (gRPC on TCP and a Unix socket, HTTP, shared memory);
+//! * [`Runtime`]: starts everything and shuts it down in order.
+
+pub mod api;
+pub mod blocks;
+pub mod config;
+pub mod error;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use tokio::task::JoinHandle;
+
+use crate::blocks::Blocks;
+use crate::config::resources;
+use crate::config::RuntimeConfig;
+use crate::shutdown::Shutdown;
+
+/// A started runtime: its bound addresses and its server tasks.
+pub struct Runtime {
+    pub blocks: Arc<Blocks>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub uds_path: Option<PathBuf>,
+    /// The shared-memory transport's socket, unless `--no-shm`.
+    pub shm_socket: Option<PathBuf>,
+    config: RuntimeConfig,
+    servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Runtime {
+    /// Loads components and starts the servers. Fails, naming the file,
+    /// component, field or flag at fault, when anything is misconfigured.
+    pub async fn start(config: RuntimeConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create --data-dir {}", config.data_dir.display()))?;
+        let specs = match &config.resources_path {
+            Some(dir) => resources::load_dir(dir, &config.app_id).map_err(|e| anyhow!("{e}"))?,
+            None => {
+                tracing::info!(data_dir = %config.data_dir.display(), "no --resources-path: using embedded defaults");
+                resources::embedded_defaults()
+            }
+        };
+        let blocks = Blocks::build(&config, specs, shutdown.clone())
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+
+        let grpc_listener = bind_tcp(&config, config.grpc_port, "--grpc-port").await?;
+        let http_listener = bind_tcp(&config, config.http_port, "--http-port").await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let uds_listener = match &config.uds {
+            Some(path) => Some(bind_uds(path)?),
+            None => None,
+        };
+
+        let api = api::grpc::DaprApi::new(blocks.clone());
+        let routes = tonic::service::Routes::new(
+            api.into_service(config.api_token.clone(), config.max_body_size),
+        );
+        let mut servers = Vec::new();
+
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        servers.push((
+            "grpc-tcp",
+            tokio::spawn(serve_grpc(routes.clone(), incoming, shutdown.clone())),
+        ));
+        if let Some(l) = uds_listener {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            servers.push((
+                "grpc-uds",
+                tokio::spawn(serve_grpc(routes, incoming, shutdown.clone())),
+            ));
+        }
+        // === shared-memory transport ===
+        let shm_socket = match &config.shm {
+            Some(settings) => {
+                let (path, task) =
+                    api::shm::start(settings, &config, blocks.clone(), shutdown.clone())?;
+                servers.push(("shm", task));
+                Some(path)
+            }
+            None => None,
+        };
+        let router = api::http::router(
+            blocks.clone(),
+            config.api_token.clone(),
+            config.max_body_size,
+        );
+        let http_shutdown = shutdown.clone();
+        servers.push((
+            "http",
+            tokio::spawn(async move {
+                axum::serve(http_listener, router)
+                    .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                    .await
+                    .context("HTTP server failed")
+            }),
+        ));
+
+        tracing::info!(
+            app_id = %config.app_id,
+            grpc = %grpc_addr,
+            http = %http_addr,
+            uds = ?config.uds,
+            version = blocks::metadata::RUNTIME_VERSION,
+            "weft is ready"
+        );
+        Ok(Self {
+            blocks,
+            grpc_addr,
+            http_addr,
+            uds_path: config.uds.clone(),
+            shm_socket,
+            config,
+            servers,
+        })
+    }
+
+    /// Waits for shutdown, lets in-flight calls finish within the grace
+    /// period, then closes every component.
+    pub async fn run_until_shutdown(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut failure = None;
+        let mut servers = self.servers;
+        // A server that fails on its own also stops the runtime.
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            (res, idx, _) = futures::future::select_all(servers.iter_mut().map(|(_, h)| h)) => {
+                let name = servers[idx].0;
+                servers.remove(idx);
+                let err = match res {
+                    // Servers return once shutdown starts: that is the normal path.
+                    Ok(Ok(())) if shutdown.is_triggered() => None,
+                    Ok(Ok(())) => Some(anyhow!("{name} server stopped unexpectedly")),
+                    Ok(Err(e)) => Some(e.context(format!("{name} server"))),
+                    Err(e) => Some(anyhow!("{name} server task failed: {e}")),
+                };
+                if let Some(err) = err {
+                    tracing::error!(error = %format!("{err:#}"), "server failed");
+                    failure = Some(err);
+                    shutdown.trigger("server failure");
+                }
+            }
+        }
+        let grace = self.config.graceful_shutdown;
+        let drain = futures::future::join_all(servers.into_iter().map(|(_, h)| h));
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "in-flight calls did not finish within the grace period"
+            );
+        }
+        self.blocks.close().await;
+        if let Some(p) = &self.uds_path {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!("weft stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn serve_grpc<I, IO, IE>(
+    routes: tonic::service::Routes,
+    incoming: I,
+    shutdown: Shutdown,
+) -> anyhow::Result<()>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await
+        .context("gRPC server failed")
+}
+
+async fn bind_tcp(
+    config: &RuntimeConfig,
+    port: u16,
+    flag: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::new(config.listen_address, port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({flag})"))
+}
+
+fn bind_uds(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        // A socket left by a runtime that crashed: remove it unless something answers.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(anyhow!(
+                "cannot listen on --uds {}: another process is serving on it",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket --uds {}", path.display()))?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory for --uds {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on --uds {}", path.display()))
+}

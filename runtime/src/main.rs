@@ -1,0 +1,91 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use weft::config::{Cli, Command, RunArgs, RuntimeConfig};
+use weft::shutdown::Shutdown;
+use weft::Runtime;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> std::process::ExitCode {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&args.log).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match RuntimeConfig::resolve(&args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        spawn_signal_handler(shutdown.clone());
+        let runtime = Runtime::start(config, shutdown.clone()).await?;
+        runtime.run_until_shutdown(shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!(
+                "cannot install signal handlers; stop the runtime with the Shutdown API"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => shutdown.trigger("SIGTERM"),
+            _ = int.recv() => shutdown.trigger("SIGINT"),
+        }
+        // A second signal while draining stops at once.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+}
