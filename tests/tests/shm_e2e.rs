@@ -22,7 +22,10 @@ struct Env {
 }
 
 fn start_with(app: &str, extra: &[&str], dir: Option<tempfile::TempDir>) -> Env {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let res = dir.path().join("resources");
     let seg_dir = dir.path().join("segments");
@@ -32,7 +35,12 @@ fn start_with(app: &str, extra: &[&str], dir: Option<tempfile::TempDir>) -> Env 
         std::fs::create_dir_all(&seg_dir).unwrap();
         std::fs::write(&config_file, "color: blue\nsize: 3\n").unwrap();
         write_component(&res, "statestore", "state.in-memory", &[]);
-        write_component(&res, "configstore", "configuration.file", &[("path", config_file.to_str().unwrap())]);
+        write_component(
+            &res,
+            "configstore",
+            "configuration.file",
+            &[("path", config_file.to_str().unwrap())],
+        );
     }
     let socket = dir.path().join("shm.sock");
     let mut opts = WeftOptions::new(app)
@@ -86,7 +94,11 @@ fn save(key: &str, value: &[u8]) -> pb::SaveStateRequest {
 
 fn segment_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,11 +110,16 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     // runtime does so right after reading the acknowledgement).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !segment_files(&env.seg_dir).is_empty() {
-        assert!(Instant::now() < deadline, "{:?}", segment_files(&env.seg_dir));
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            segment_files(&env.seg_dir)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 
-    c.unary::<_, ()>(m::SAVE_STATE, &save("k1", b"hello")).unwrap();
+    c.unary::<_, ()>(m::SAVE_STATE, &save("k1", b"hello"))
+        .unwrap();
     let got: pb::GetStateResponse = c.unary(m::GET_STATE, &get("k1")).unwrap();
     assert_eq!(got.data, b"hello");
     // Same store, same code path: gRPC sees what shared memory wrote.
@@ -163,11 +180,14 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     .unwrap();
 
     // Errors carry the same code and message as gRPC.
-    let err = c.unary::<_, pb::GetStateResponse>(m::GET_STATE, &pb::GetStateRequest {
-        store_name: "nope".into(),
-        key: "k".into(),
-        ..Default::default()
-    });
+    let err = c.unary::<_, pb::GetStateResponse>(
+        m::GET_STATE,
+        &pb::GetStateRequest {
+            store_name: "nope".into(),
+            key: "k".into(),
+            ..Default::default()
+        },
+    );
     let grpc_err = env.rt.block_on(async {
         let mut g = env.weft.client().await;
         g.get_state(pb::GetStateRequest {
@@ -193,7 +213,9 @@ fn every_implemented_rpc_answers_as_over_grpc() {
         assert!(e.message.contains(block), "{e}");
     }
 
-    let md: pb::GetMetadataResponse = c.unary(m::GET_METADATA, &pb::GetMetadataRequest::default()).unwrap();
+    let md: pb::GetMetadataResponse = c
+        .unary(m::GET_METADATA, &pb::GetMetadataRequest::default())
+        .unwrap();
     assert_eq!(md.id, "shm-rpc");
     c.unary::<_, ()>(
         m::SET_METADATA,
@@ -221,9 +243,13 @@ fn every_implemented_rpc_answers_as_over_grpc() {
         keys: vec!["color".into()],
         ..Default::default()
     };
-    let stream = c.open_stream(m::SUBSCRIBE_CONFIGURATION, &sub.encode_to_vec()).unwrap();
+    let stream = c
+        .open_stream(m::SUBSCRIBE_CONFIGURATION, &sub.encode_to_vec())
+        .unwrap();
     let first = pb::SubscribeConfigurationResponse::decode(
-        &c.next_item(stream, Duration::from_secs(10)).unwrap().unwrap()[..],
+        &c.next_item(stream, Duration::from_secs(10))
+            .unwrap()
+            .unwrap()[..],
     )
     .unwrap();
     assert!(!first.id.is_empty());
@@ -232,7 +258,10 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     std::fs::write(&tmp, "color: red\nsize: 3\n").unwrap();
     std::fs::rename(&tmp, &env.config_file).unwrap();
     let changed = loop {
-        let item = c.next_item(stream, Duration::from_secs(15)).unwrap().unwrap();
+        let item = c
+            .next_item(stream, Duration::from_secs(15))
+            .unwrap()
+            .unwrap();
         let r = pb::SubscribeConfigurationResponse::decode(&item[..]).unwrap();
         if r.items.get("color").is_some_and(|i| i.value == "red") {
             break r;
@@ -249,12 +278,20 @@ fn every_implemented_rpc_answers_as_over_grpc() {
         )
         .unwrap();
     assert!(un.ok, "{}", un.message);
-    assert_eq!(c.next_item(stream, Duration::from_secs(10)).unwrap(), None, "END marker after unsubscribe");
+    assert_eq!(
+        c.next_item(stream, Duration::from_secs(10)).unwrap(),
+        None,
+        "END marker after unsubscribe"
+    );
 
     // Cancelling a stream ends the subscription in the runtime.
-    let stream = c.open_stream(m::SUBSCRIBE_CONFIGURATION_ALPHA1, &sub.encode_to_vec()).unwrap();
+    let stream = c
+        .open_stream(m::SUBSCRIBE_CONFIGURATION_ALPHA1, &sub.encode_to_vec())
+        .unwrap();
     let first = pb::SubscribeConfigurationResponse::decode(
-        &c.next_item(stream, Duration::from_secs(10)).unwrap().unwrap()[..],
+        &c.next_item(stream, Duration::from_secs(10))
+            .unwrap()
+            .unwrap()[..],
     )
     .unwrap();
     c.cancel(stream).unwrap();
@@ -272,7 +309,10 @@ fn every_implemented_rpc_answers_as_over_grpc() {
         if !un.ok {
             break; // already gone: the cancel ended it
         }
-        assert!(Instant::now() < deadline, "cancel did not end the subscription");
+        assert!(
+            Instant::now() < deadline,
+            "cancel did not end the subscription"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -293,9 +333,13 @@ fn every_implemented_rpc_answers_as_over_grpc() {
 #[test]
 fn handshake_checks_app_id_token_and_ring_sizes() {
     let env = start_with("shm-auth", &["--api-token", "s3cret"], None);
-    let e = Client::connect(&env.socket, opts("shm-auth")).err().unwrap();
+    let e = Client::connect(&env.socket, opts("shm-auth"))
+        .err()
+        .unwrap();
     assert_eq!(e.code, code::UNAUTHENTICATED, "{e}");
-    let e = Client::connect(&env.socket, opts("someone-else")).err().unwrap();
+    let e = Client::connect(&env.socket, opts("someone-else"))
+        .err()
+        .unwrap();
     assert_eq!(e.code, code::PERMISSION_DENIED, "{e}");
     assert!(e.message.contains("someone-else"), "{e}");
     let mut o = opts("shm-auth");
@@ -324,14 +368,23 @@ fn child_helper_connects_and_waits() {
 fn peer_killed_is_detected_and_cleaned_up() {
     let env = start("shm-live");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_helper_connects_and_waits", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_helper_connects_and_waits",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("WEFT_SHM_TEST_CHILD_SOCKET", &env.socket)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !env.weft.logs().contains("shared-memory session opened") {
-        assert!(Instant::now() < deadline, "child did not connect:\n{}", env.weft.logs());
+        assert!(
+            Instant::now() < deadline,
+            "child did not connect:\n{}",
+            env.weft.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -339,7 +392,11 @@ fn peer_killed_is_detected_and_cleaned_up() {
     let killed = Instant::now();
     child.wait().unwrap();
     while !env.weft.logs().contains("app closed the connection") {
-        assert!(Instant::now() < killed + Duration::from_secs(20), "kill not detected:\n{}", env.weft.logs());
+        assert!(
+            Instant::now() < killed + Duration::from_secs(20),
+            "kill not detected:\n{}",
+            env.weft.logs()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("peer death detected after {:?}", killed.elapsed());
@@ -365,7 +422,8 @@ fn restart_makes_clients_reconnect_and_stale_segments_are_swept() {
         ..
     } = env;
     weft.signal("KILL");
-    rt.block_on(weft.wait_exit(Duration::from_secs(10))).unwrap();
+    rt.block_on(weft.wait_exit(Duration::from_secs(10)))
+        .unwrap();
     drop(weft);
     // A segment left by a dead runtime (a pid that cannot exist).
     let stale = seg_dir.join("weft-4000000000-1-deadbeef");
@@ -388,7 +446,12 @@ fn restart_makes_clients_reconnect_and_stale_segments_are_swept() {
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -426,8 +489,15 @@ fn hostile(env: &Env, name: &str, attack: impl FnOnce(&mut Client), expect: &str
         reason.message.contains(expect),
         "{name}: reason {reason} does not mention {expect:?}"
     );
-    assert!(victim.call(m::WEFT_ECHO, b"x").is_err(), "{name}: victim still served");
-    assert_eq!(bystander.call(m::WEFT_ECHO, b"still").unwrap(), b"still", "{name}");
+    assert!(
+        victim.call(m::WEFT_ECHO, b"x").is_err(),
+        "{name}: victim still served"
+    );
+    assert_eq!(
+        bystander.call(m::WEFT_ECHO, b"still").unwrap(),
+        b"still",
+        "{name}"
+    );
     let got: pb::GetStateResponse = bystander.unary(m::GET_STATE, &get("x")).unwrap();
     assert!(got.data.is_empty());
 }
@@ -541,9 +611,20 @@ fn hostile_input_closes_only_that_session() {
         let _ = weft_shm::control::send_wake(sock);
         let _ = victim.call(m::WEFT_ECHO, b"x");
         let reason = victim.wait_for_goodbye(Duration::from_secs(10));
-        assert!(reason.is_some(), "seed {seed}: random bytes did not end the session");
-        assert_eq!(bystander.call(m::WEFT_ECHO, b"ok").unwrap(), b"ok", "seed {seed}");
+        assert!(
+            reason.is_some(),
+            "seed {seed}: random bytes did not end the session"
+        );
+        assert_eq!(
+            bystander.call(m::WEFT_ECHO, b"ok").unwrap(),
+            b"ok",
+            "seed {seed}"
+        );
     }
-    assert!(env.weft.logs().contains("protocol error"), "{}", env.weft.logs());
+    assert!(
+        env.weft.logs().contains("protocol error"),
+        "{}",
+        env.weft.logs()
+    );
     let _ = &env.dir;
 }

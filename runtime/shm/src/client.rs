@@ -103,7 +103,10 @@ impl Frame {
         if self.envelope.status == code::OK {
             Ok(self.body)
         } else {
-            Err(Status::new(self.envelope.status, String::from_utf8_lossy(&self.body)))
+            Err(Status::new(
+                self.envelope.status,
+                String::from_utf8_lossy(&self.body),
+            ))
         }
     }
 }
@@ -120,7 +123,10 @@ struct Session {
 enum WaitError {
     /// The session ended; `consumed` says whether the runtime had read our
     /// request (when it had not, retrying is safe).
-    Dead { status: Status, consumed: bool },
+    Dead {
+        status: Status,
+        consumed: bool,
+    },
     Other(Status),
 }
 
@@ -154,7 +160,10 @@ impl Client {
     fn handshake(&self) -> Result<Session, Status> {
         let path = &self.path;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("weft shared-memory socket {}: {what}: {e}", path.display()))
+            Status::unavailable(format!(
+                "weft shared-memory socket {}: {what}: {e}",
+                path.display()
+            ))
         };
         let mut sock = UnixStream::connect(path).map_err(|e| fail("cannot connect", &e))?;
         sock.set_read_timeout(Some(self.opts.connect_timeout))
@@ -166,16 +175,22 @@ impl Client {
             self.opts.request_ring,
             self.opts.response_ring,
         );
-        sock.write_all(&hello.encode()).map_err(|e| fail("cannot send hello", &e))?;
+        sock.write_all(&hello.encode())
+            .map_err(|e| fail("cannot send hello", &e))?;
         let welcome = Welcome::read_from(&mut sock).map_err(|e| fail("no welcome", &e))?;
         if welcome.status != code::OK {
             return Err(Status::new(welcome.status, welcome.text));
         }
         let seg_path = Path::new(&welcome.text);
-        let (seg, header) =
-            Segment::open(seg_path).map_err(|e| Status::new(code::INTERNAL, format!("cannot map segment {}: {e}", seg_path.display())))?;
+        let (seg, header) = Segment::open(seg_path).map_err(|e| {
+            Status::new(
+                code::INTERNAL,
+                format!("cannot map segment {}: {e}", seg_path.display()),
+            )
+        })?;
         check_header(&header)?;
-        sock.write_all(&MAPPED_MAGIC).map_err(|e| fail("cannot acknowledge the mapping", &e))?;
+        sock.write_all(&MAPPED_MAGIC)
+            .map_err(|e| fail("cannot acknowledge the mapping", &e))?;
         // Sleeping on the socket wakes at least this often to check the
         // call's deadline.
         sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -216,7 +231,10 @@ impl Client {
 
     /// The largest request body this session accepts.
     pub fn max_request_body(&self) -> usize {
-        self.session.as_ref().map(|s| s.tx.max_payload() - ENVELOPE_LEN).unwrap_or(0)
+        self.session
+            .as_ref()
+            .map(|s| s.tx.max_payload() - ENVELOPE_LEN)
+            .unwrap_or(0)
     }
 
     /// A unary call with raw bytes: returns the response body.
@@ -230,8 +248,12 @@ impl Client {
                 Err(e) => {
                     self.live.remove(&corr);
                     match e {
-                        WaitError::Dead { consumed: false, .. } if self.opts.reconnect && attempt == 0 => continue,
-                        WaitError::Dead { status, .. } | WaitError::Other(status) => return Err(status),
+                        WaitError::Dead {
+                            consumed: false, ..
+                        } if self.opts.reconnect && attempt == 0 => continue,
+                        WaitError::Dead { status, .. } | WaitError::Other(status) => {
+                            return Err(status)
+                        }
                     }
                 }
             };
@@ -239,17 +261,30 @@ impl Client {
             self.live.remove(&corr);
             match r {
                 Ok(f) => return f.into_result(),
-                Err(WaitError::Dead { consumed: false, .. }) if self.opts.reconnect && attempt == 0 => continue,
-                Err(WaitError::Dead { status, .. }) | Err(WaitError::Other(status)) => return Err(status),
+                Err(WaitError::Dead {
+                    consumed: false, ..
+                }) if self.opts.reconnect && attempt == 0 => continue,
+                Err(WaitError::Dead { status, .. }) | Err(WaitError::Other(status)) => {
+                    return Err(status)
+                }
             }
         }
         unreachable!("the loop returns on its second attempt")
     }
 
     /// A unary call with protobuf messages.
-    pub fn unary<Req: prost::Message, Resp: prost::Message + Default>(&mut self, method: u32, req: &Req) -> Result<Resp, Status> {
+    pub fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+        &mut self,
+        method: u32,
+        req: &Req,
+    ) -> Result<Resp, Status> {
         let body = self.call(method, &req.encode_to_vec())?;
-        Resp::decode(&body[..]).map_err(|e| Status::new(code::INTERNAL, format!("cannot decode the response to method {method}: {e}")))
+        Resp::decode(&body[..]).map_err(|e| {
+            Status::new(
+                code::INTERNAL,
+                format!("cannot decode the response to method {method}: {e}"),
+            )
+        })
     }
 
     /// A one-way message: the runtime answers nothing, not even errors.
@@ -317,7 +352,13 @@ impl Client {
     }
 
     /// Writes one request record; returns the ring position before it.
-    fn send(&mut self, method: u32, flags: u32, correlation: u64, body: &[u8]) -> Result<u64, WaitError> {
+    fn send(
+        &mut self,
+        method: u32,
+        flags: u32,
+        correlation: u64,
+        body: &[u8],
+    ) -> Result<u64, WaitError> {
         let env = Envelope {
             method,
             flags,
@@ -362,7 +403,10 @@ impl Client {
                         std::thread::yield_now();
                     }
                     if Instant::now() > deadline {
-                        return Err(WaitError::Other(Status::new(code::DEADLINE_EXCEEDED, "the request ring stayed full")));
+                        return Err(WaitError::Other(Status::new(
+                            code::DEADLINE_EXCEEDED,
+                            "the request ring stayed full",
+                        )));
                     }
                 }
                 Err(e) => {
@@ -385,7 +429,10 @@ impl Client {
     /// had been read by the runtime.
     fn dead(&mut self, status: Status, sent_at: u64) -> WaitError {
         let s = self.session.as_mut().expect("session");
-        let consumed = s.tx.consumer_position().map(|h| h > sent_at).unwrap_or(true);
+        let consumed =
+            s.tx.consumer_position()
+                .map(|h| h > sent_at)
+                .unwrap_or(true);
         if s.dead.is_none() {
             s.dead = Some(status.clone());
         }
@@ -410,13 +457,25 @@ impl Client {
             Ok(())
         })
         .map_err(|e: PollError<crate::record::EnvelopeError>| match e {
-            PollError::Ring(e) => Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}")),
-            PollError::Handler(e) => Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}")),
+            PollError::Ring(e) => Status::new(
+                code::INTERNAL,
+                format!("protocol error from the runtime: {e}"),
+            ),
+            PollError::Handler(e) => Status::new(
+                code::INTERNAL,
+                format!("protocol error from the runtime: {e}"),
+            ),
         })
     }
 
     /// Waits for the next record of `corr`.
-    fn wait_end(&mut self, corr: u64, deadline: Instant, sent_at: u64, cancel_on_timeout: bool) -> Result<Frame, WaitError> {
+    fn wait_end(
+        &mut self,
+        corr: u64,
+        deadline: Instant,
+        sent_at: u64,
+        cancel_on_timeout: bool,
+    ) -> Result<Frame, WaitError> {
         self.idler.reset();
         let mut checks = 0u32;
         loop {
@@ -454,7 +513,10 @@ impl Client {
                     continue;
                 }
                 Err(e) => {
-                    let st = Status::new(code::INTERNAL, format!("protocol error from the runtime: {e}"));
+                    let st = Status::new(
+                        code::INTERNAL,
+                        format!("protocol error from the runtime: {e}"),
+                    );
                     return Err(self.dead(st, sent_at));
                 }
                 Ok(true) => {}
@@ -464,7 +526,9 @@ impl Client {
             s.rx.disarm_wakeup();
             match r {
                 Ok(0) => {
-                    let st = Status::unavailable("weft closed the shared-memory session (the runtime stopped or crashed)");
+                    let st = Status::unavailable(
+                        "weft closed the shared-memory session (the runtime stopped or crashed)",
+                    );
                     return Err(self.dead(st, sent_at));
                 }
                 Ok(n) => {
@@ -474,7 +538,14 @@ impl Client {
                     }
                     self.idler.reset();
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     if Instant::now() > deadline {
                         return Err(self.timed_out(corr, cancel_on_timeout));
                     }
@@ -491,7 +562,10 @@ impl Client {
         if cancel {
             let _ = self.cancel(corr);
         }
-        WaitError::Other(Status::new(code::DEADLINE_EXCEEDED, "no answer from weft within the call timeout"))
+        WaitError::Other(Status::new(
+            code::DEADLINE_EXCEEDED,
+            "no answer from weft within the call timeout",
+        ))
     }
 
     /// Reads the goodbye frame after the runtime marked the session closed.
@@ -514,8 +588,13 @@ impl Client {
         let _ = s.sock.set_read_timeout(Some(Duration::from_secs(1)));
         let mut r = head.chain(&mut s.sock);
         let st = match Goodbye::read_after_marker(&mut r) {
-            Ok(g) => Status::new(g.code, format!("weft ended the shared-memory session: {}", g.message)),
-            Err(e) => Status::unavailable(format!("weft ended the shared-memory session (unreadable reason: {e})")),
+            Ok(g) => Status::new(
+                g.code,
+                format!("weft ended the shared-memory session: {}", g.message),
+            ),
+            Err(e) => Status::unavailable(format!(
+                "weft ended the shared-memory session (unreadable reason: {e})"
+            )),
         };
         self.last_goodbye = Some(st.clone());
         st
@@ -565,7 +644,11 @@ fn check_header(h: &Header) -> Result<(), Status> {
     if h.app_pid != std::process::id() {
         return Err(Status::new(
             code::PERMISSION_DENIED,
-            format!("segment belongs to pid {}, not to this process ({})", h.app_pid, std::process::id()),
+            format!(
+                "segment belongs to pid {}, not to this process ({})",
+                h.app_pid,
+                std::process::id()
+            ),
         ));
     }
     Ok(())

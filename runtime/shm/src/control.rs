@@ -33,8 +33,14 @@ pub const MAX_TEXT: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum ControlError {
     Io(io::Error),
-    BadMagic { expected: &'static str },
-    TooLong { field: &'static str, len: usize, max: usize },
+    BadMagic {
+        expected: &'static str,
+    },
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     NotUtf8(&'static str),
 }
 
@@ -42,8 +48,12 @@ impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ControlError::Io(e) => write!(f, "control socket: {e}"),
-            ControlError::BadMagic { expected } => write!(f, "control frame does not start with {expected}"),
-            ControlError::TooLong { field, len, max } => write!(f, "{field} of {len} bytes is longer than {max}"),
+            ControlError::BadMagic { expected } => {
+                write!(f, "control frame does not start with {expected}")
+            }
+            ControlError::TooLong { field, len, max } => {
+                write!(f, "{field} of {len} bytes is longer than {max}")
+            }
             ControlError::NotUtf8(field) => write!(f, "{field} is not UTF-8"),
         }
     }
@@ -108,7 +118,9 @@ impl Hello {
         let mut f = [0u8; HELLO_FIXED_LEN];
         r.read_exact(&mut f)?;
         if f[0..8] != HELLO_MAGIC {
-            return Err(ControlError::BadMagic { expected: "WEFTHELO" });
+            return Err(ControlError::BadMagic {
+                expected: "WEFTHELO",
+            });
         }
         let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().expect("4 bytes"));
         let app_len = u16::from_le_bytes([f[20], f[21]]) as usize;
@@ -162,7 +174,9 @@ impl Welcome {
         let mut f = [0u8; 20];
         r.read_exact(&mut f)?;
         if f[0..8] != WELCOME_MAGIC {
-            return Err(ControlError::BadMagic { expected: "WEFTWLCM" });
+            return Err(ControlError::BadMagic {
+                expected: "WEFTWLCM",
+            });
         }
         let u32_at = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().expect("4 bytes"));
         let len = u32_at(16) as usize;
@@ -298,7 +312,10 @@ mod tests {
         assert_eq!(Goodbye::read_after_marker(&mut &b[1..]).unwrap(), g);
         let mut bad = h.encode();
         bad[0] = 0;
-        assert!(matches!(Hello::read_from(&mut &bad[..]), Err(ControlError::BadMagic { .. })));
+        assert!(matches!(
+            Hello::read_from(&mut &bad[..]),
+            Err(ControlError::BadMagic { .. })
+        ));
     }
 
     #[test]

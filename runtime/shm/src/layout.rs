@@ -59,9 +59,19 @@ pub enum LayoutError {
     BadMagic,
     UnsupportedVersion(u32),
     BadHeaderLength(u32),
-    BadRingSize { ring: RingId, size: u64 },
-    BadOffset { ring: RingId, offset: u64, expected: u64 },
-    LengthMismatch { header: u64, file: u64 },
+    BadRingSize {
+        ring: RingId,
+        size: u64,
+    },
+    BadOffset {
+        ring: RingId,
+        offset: u64,
+        expected: u64,
+    },
+    LengthMismatch {
+        header: u64,
+        file: u64,
+    },
     TooShort(usize),
 }
 
@@ -72,18 +82,29 @@ impl fmt::Display for LayoutError {
             LayoutError::UnsupportedVersion(v) => {
                 write!(f, "segment protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})")
             }
-            LayoutError::BadHeaderLength(l) => write!(f, "segment header length {l} is not {HEADER_LEN}"),
+            LayoutError::BadHeaderLength(l) => {
+                write!(f, "segment header length {l} is not {HEADER_LEN}")
+            }
             LayoutError::BadRingSize { ring, size } => write!(
                 f,
                 "ring {ring} size {size} is not a power of two between {MIN_RING} and {MAX_RING}"
             ),
-            LayoutError::BadOffset { ring, offset, expected } => {
+            LayoutError::BadOffset {
+                ring,
+                offset,
+                expected,
+            } => {
                 write!(f, "ring {ring} offset {offset} is not {expected}")
             }
             LayoutError::LengthMismatch { header, file } => {
-                write!(f, "segment header describes {header} bytes but the file has {file}")
+                write!(
+                    f,
+                    "segment header describes {header} bytes but the file has {file}"
+                )
             }
-            LayoutError::TooShort(n) => write!(f, "segment of {n} bytes is shorter than its header"),
+            LayoutError::TooShort(n) => {
+                write!(f, "segment of {n} bytes is shorter than its header")
+            }
         }
     }
 }
@@ -243,10 +264,16 @@ mod tests {
         ));
         let mut bad = b;
         bad[0] = b'X';
-        assert_eq!(Header::decode(&bad, layout.total_len()), Err(LayoutError::BadMagic));
+        assert_eq!(
+            Header::decode(&bad, layout.total_len()),
+            Err(LayoutError::BadMagic)
+        );
         let mut bad = b;
         bad[8] = 2;
-        assert_eq!(Header::decode(&bad, layout.total_len()), Err(LayoutError::UnsupportedVersion(2)));
+        assert_eq!(
+            Header::decode(&bad, layout.total_len()),
+            Err(LayoutError::UnsupportedVersion(2))
+        );
         assert!(Layout::new(3000, 4096).is_err());
         assert!(Layout::new(4096, 1 << 29).is_err());
     }

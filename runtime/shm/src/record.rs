@@ -80,9 +80,16 @@ pub enum EnvelopeError {
 impl fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EnvelopeError::TooShort(n) => write!(f, "message payload of {n} bytes is shorter than the {ENVELOPE_LEN}-byte envelope"),
-            EnvelopeError::UnknownFlags(x) => write!(f, "envelope flags {x:#x} include bits v1 does not define"),
-            EnvelopeError::ReservedNotZero(x) => write!(f, "envelope reserved field is {x:#x}, not 0"),
+            EnvelopeError::TooShort(n) => write!(
+                f,
+                "message payload of {n} bytes is shorter than the {ENVELOPE_LEN}-byte envelope"
+            ),
+            EnvelopeError::UnknownFlags(x) => {
+                write!(f, "envelope flags {x:#x} include bits v1 does not define")
+            }
+            EnvelopeError::ReservedNotZero(x) => {
+                write!(f, "envelope reserved field is {x:#x}, not 0")
+            }
         }
     }
 }
@@ -154,7 +161,14 @@ pub enum Frame {
 /// * `to_end`: bytes from the record to the end of the ring's data area;
 /// * `available`: bytes the producer has published from `at` on;
 /// * `max_record`: the largest aligned record length allowed on this ring.
-pub fn check_frame(length: i32, kind: i32, at: u64, to_end: u64, available: u64, max_record: u64) -> Result<Frame, FrameError> {
+pub fn check_frame(
+    length: i32,
+    kind: i32,
+    at: u64,
+    to_end: u64,
+    available: u64,
+    max_record: u64,
+) -> Result<Frame, FrameError> {
     let limit = to_end.min(available);
     if length < RECORD_HEADER_LEN as i32 || length as u64 > limit {
         return Err(FrameError::BadLength { length, at, limit });
@@ -237,12 +251,17 @@ pub fn decode_region(region: &[u8], max_record: u64) -> Result<Vec<Decoded<'_>>,
         let length = i32::from_le_bytes(region[at..at + 4].try_into().expect("4 bytes"));
         let kind = i32::from_le_bytes(region[at + 4..at + 8].try_into().expect("4 bytes"));
         let left = (region.len() - at) as u64;
-        match check_frame(length, kind, at as u64, left, left, max_record).map_err(DecodeError::Frame)? {
+        match check_frame(length, kind, at as u64, left, left, max_record)
+            .map_err(DecodeError::Frame)?
+        {
             Frame::Padding { advance } => {
                 out.push(Decoded::Padding);
                 at += advance as usize;
             }
-            Frame::Message { payload_len, advance } => {
+            Frame::Message {
+                payload_len,
+                advance,
+            } => {
                 let payload = &region[at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + payload_len];
                 let (env, body) = decode_envelope(payload).map_err(DecodeError::Envelope)?;
                 out.push(Decoded::Message(env, body));
@@ -275,16 +294,40 @@ mod tests {
 
     #[test]
     fn frame_checks() {
-        assert!(matches!(check_frame(4, TYPE_MESSAGE, 0, 64, 64, 64), Err(FrameError::BadLength { .. })));
-        assert!(matches!(check_frame(72, TYPE_MESSAGE, 0, 64, 64, 64), Err(FrameError::BadLength { .. })));
-        assert!(matches!(check_frame(40, TYPE_MESSAGE, 0, 64, 32, 64), Err(FrameError::BadLength { .. })));
-        assert!(matches!(check_frame(40, TYPE_MESSAGE, 0, 64, 64, 32), Err(FrameError::BadLength { .. })));
-        assert!(matches!(check_frame(8, 7, 0, 64, 64, 64), Err(FrameError::BadType { .. })));
-        assert!(matches!(check_frame(16, TYPE_PADDING, 0, 64, 64, 64), Err(FrameError::BadPadding { .. })));
-        assert_eq!(check_frame(64, TYPE_PADDING, 0, 64, 64, 64), Ok(Frame::Padding { advance: 64 }));
+        assert!(matches!(
+            check_frame(4, TYPE_MESSAGE, 0, 64, 64, 64),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            check_frame(72, TYPE_MESSAGE, 0, 64, 64, 64),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            check_frame(40, TYPE_MESSAGE, 0, 64, 32, 64),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            check_frame(40, TYPE_MESSAGE, 0, 64, 64, 32),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            check_frame(8, 7, 0, 64, 64, 64),
+            Err(FrameError::BadType { .. })
+        ));
+        assert!(matches!(
+            check_frame(16, TYPE_PADDING, 0, 64, 64, 64),
+            Err(FrameError::BadPadding { .. })
+        ));
+        assert_eq!(
+            check_frame(64, TYPE_PADDING, 0, 64, 64, 64),
+            Ok(Frame::Padding { advance: 64 })
+        );
         assert_eq!(
             check_frame(33, TYPE_MESSAGE, 0, 64, 64, 64),
-            Ok(Frame::Message { payload_len: 25, advance: 40 })
+            Ok(Frame::Message {
+                payload_len: 25,
+                advance: 40
+            })
         );
     }
 

@@ -12,8 +12,12 @@ use std::fmt;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::layout::{Layout, RingId, HEAD_OFFSET, NEED_WAKEUP_OFFSET, RING_CONTROL_LEN, TAIL_OFFSET};
-use crate::record::{align, check_frame, Frame, FrameError, RECORD_HEADER_LEN, TYPE_MESSAGE, TYPE_PADDING};
+use crate::layout::{
+    Layout, RingId, HEAD_OFFSET, NEED_WAKEUP_OFFSET, RING_CONTROL_LEN, TAIL_OFFSET,
+};
+use crate::record::{
+    align, check_frame, Frame, FrameError, RECORD_HEADER_LEN, TYPE_MESSAGE, TYPE_PADDING,
+};
 use crate::segment::Segment;
 
 /// The largest aligned record on a ring of `capacity` bytes: half of it.
@@ -118,7 +122,9 @@ impl RingMem {
         // bytes (it must not, but may be hostile): we take one copy and
         // validate only the copy, so a torn read yields bad data, never
         // unsoundness in this process.
-        unsafe { std::ptr::copy_nonoverlapping(self.data.add(idx as usize), dst.as_mut_ptr(), dst.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(idx as usize), dst.as_mut_ptr(), dst.len())
+        }
     }
 
     /// Copies `src` to data index `idx`.
@@ -128,7 +134,9 @@ impl RingMem {
         // writes records it has checked to fit before the end of the data
         // area), so the destination is inside the writable mapping; `src`
         // is private memory and cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(idx as usize), src.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(idx as usize), src.len())
+        }
     }
 }
 
@@ -203,7 +211,11 @@ impl Producer {
         let cap = self.mem.capacity;
         let idx = self.tail & (cap - 1);
         let to_end = cap - idx;
-        let needed = if advance > to_end { to_end + advance } else { advance };
+        let needed = if advance > to_end {
+            to_end + advance
+        } else {
+            advance
+        };
         if cap - (self.tail - self.head_cache) < needed {
             let head = self.consumer_position()?;
             if cap - (self.tail - head) < needed {
@@ -233,7 +245,9 @@ impl Producer {
             self.mem.copy_in(at, &[0u8; 8][..slack]);
         }
         self.tail += advance;
-        self.mem.counter(TAIL_OFFSET).store(self.tail, Ordering::Release);
+        self.mem
+            .counter(TAIL_OFFSET)
+            .store(self.tail, Ordering::Release);
         Ok(true)
     }
 
@@ -254,7 +268,9 @@ impl Producer {
         let n = bytes.len().min((self.mem.capacity - idx) as usize);
         self.mem.copy_in(idx, &bytes[..n]);
         self.tail = self.tail.wrapping_add(advance);
-        self.mem.counter(TAIL_OFFSET).store(self.tail, Ordering::Release);
+        self.mem
+            .counter(TAIL_OFFSET)
+            .store(self.tail, Ordering::Release);
     }
 
     /// Test hook for hostile-peer tests: stores any value as the tail.
@@ -304,7 +320,11 @@ impl Consumer {
                 ring: self.mem.ring,
                 counter: "tail",
                 value: tail,
-                expected: format!("between {} and {}", self.head, self.head + self.mem.capacity),
+                expected: format!(
+                    "between {} and {}",
+                    self.head,
+                    self.head + self.mem.capacity
+                ),
             });
         }
         Ok(tail)
@@ -319,7 +339,11 @@ impl Consumer {
     /// copy) to `f`, then publishes the new head. Returns how many were
     /// read. An error from `f` stops the batch (the head still moves past
     /// the records already handed over).
-    pub fn poll<E>(&mut self, limit: usize, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, PollError<E>> {
+    pub fn poll<E>(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<usize, PollError<E>> {
         let tail = self.load_tail().map_err(PollError::Ring)?;
         let cap = self.mem.capacity;
         let mut n = 0;
@@ -350,10 +374,14 @@ impl Consumer {
                     break;
                 }
                 Ok(Frame::Padding { advance }) => self.head += advance,
-                Ok(Frame::Message { payload_len, advance }) => {
+                Ok(Frame::Message {
+                    payload_len,
+                    advance,
+                }) => {
                     self.scratch.resize(payload_len, 0);
                     let mut scratch = std::mem::take(&mut self.scratch);
-                    self.mem.copy_out(idx + RECORD_HEADER_LEN as u64, &mut scratch);
+                    self.mem
+                        .copy_out(idx + RECORD_HEADER_LEN as u64, &mut scratch);
                     self.head += advance;
                     n += 1;
                     let r = f(&scratch);
@@ -365,7 +393,9 @@ impl Consumer {
                 }
             }
         }
-        self.mem.counter(HEAD_OFFSET).store(self.head, Ordering::Release);
+        self.mem
+            .counter(HEAD_OFFSET)
+            .store(self.head, Ordering::Release);
         result.map(|()| n)
     }
 
@@ -445,7 +475,10 @@ mod tests {
         }
         assert_eq!(seq, expect);
         assert!(p.position() > 100 * 4096, "wrapped many times");
-        assert!(matches!(p.try_write(&[&[0u8; 2048]]), Err(RingError::TooLarge { .. })));
+        assert!(matches!(
+            p.try_write(&[&[0u8; 2048]]),
+            Err(RingError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -456,7 +489,13 @@ mod tests {
         p.try_write(&[b"x"]).unwrap();
         drain(&mut c);
         p.hostile_set_tail(0);
-        assert!(matches!(c.is_empty(), Err(RingError::BadCounter { counter: "tail", .. })));
+        assert!(matches!(
+            c.is_empty(),
+            Err(RingError::BadCounter {
+                counter: "tail",
+                ..
+            })
+        ));
         p.hostile_set_tail(c.position() + 8192);
         assert!(matches!(c.is_empty(), Err(RingError::BadCounter { .. })));
         // A bad length in a published record.
@@ -479,7 +518,13 @@ mod tests {
             (layout.r2a_offset as usize) + HEAD_OFFSET,
             &0u64.to_le_bytes(),
         );
-        assert!(matches!(p.consumer_position(), Err(RingError::BadCounter { counter: "head", .. })));
+        assert!(matches!(
+            p.consumer_position(),
+            Err(RingError::BadCounter {
+                counter: "head",
+                ..
+            })
+        ));
     }
 
     #[test]

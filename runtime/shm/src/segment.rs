@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::layout::{Header, Layout, LayoutError, RingId, HEADER_FIELDS_LEN, HEADER_LEN, SESSION_STATE_OFFSET};
+use crate::layout::{
+    Header, Layout, LayoutError, RingId, HEADER_FIELDS_LEN, HEADER_LEN, SESSION_STATE_OFFSET,
+};
 use crate::ring::{Consumer, Producer};
 
 /// Prefix of every segment file name: `weft-<runtime pid>-<session>-<nonce>`.
@@ -87,7 +89,8 @@ impl Segment {
             return Err(OpenError::Layout(LayoutError::TooShort(len as usize)));
         }
         let seg = Self::map(&file, path.to_path_buf()).map_err(OpenError::Io)?;
-        let header = Header::decode(&seg.read_bytes(0, HEADER_FIELDS_LEN), len).map_err(OpenError::Layout)?;
+        let header = Header::decode(&seg.read_bytes(0, HEADER_FIELDS_LEN), len)
+            .map_err(OpenError::Layout)?;
         Ok((seg, header))
     }
 
@@ -158,11 +161,13 @@ impl Segment {
 
     /// The session state word (0 open, 1 closed by the runtime).
     pub fn session_state(&self) -> u32 {
-        self.header_u32(SESSION_STATE_OFFSET).load(Ordering::Acquire)
+        self.header_u32(SESSION_STATE_OFFSET)
+            .load(Ordering::Acquire)
     }
 
     pub fn set_session_state(&self, state: u32) {
-        self.header_u32(SESSION_STATE_OFFSET).store(state, Ordering::Release)
+        self.header_u32(SESSION_STATE_OFFSET)
+            .store(state, Ordering::Release)
     }
 
     /// The producer end of a ring.
@@ -187,7 +192,11 @@ pub fn segment_name(runtime_pid: u32, session: u64) -> String {
 
 /// The runtime pid a segment name carries.
 pub fn owner_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(NAME_PREFIX)?.split('-').next()?.parse().ok()
+    name.strip_prefix(NAME_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -207,7 +216,11 @@ pub fn sweep_stale(dir: &Path) -> io::Result<Vec<PathBuf>> {
             continue;
         };
         let Ok(md) = entry.metadata() else { continue };
-        if md.is_file() && md.uid() == uid && !pid_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
+        if md.is_file()
+            && md.uid() == uid
+            && !pid_alive(pid)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
             removed.push(entry.path());
         }
     }
@@ -233,7 +246,10 @@ mod tests {
         let md = std::fs::metadata(seg.path()).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o600);
         assert_eq!(md.len(), layout.total_len());
-        assert!(Segment::create(dir.path(), "weft-1-1-0", &header).is_err(), "must not reuse a file");
+        assert!(
+            Segment::create(dir.path(), "weft-1-1-0", &header).is_err(),
+            "must not reuse a file"
+        );
         let (_seg2, got) = Segment::open(seg.path()).unwrap();
         assert_eq!(got, header);
 

@@ -21,7 +21,9 @@ const RECORDS: u64 = 300_000;
 const RING: u64 = 64 * 1024;
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn record(seq: u64, out: &mut Vec<u8>) {
@@ -77,12 +79,18 @@ fn two_process_stress() {
     let seg = Segment::create(dir.path(), "weft-stress", &header).unwrap();
     let listener = UnixListener::bind(dir.path().join("stress.sock")).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_producer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_producer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("WEFT_SHM_STRESS_DIR", dir.path())
         .spawn()
         .unwrap();
     let (mut sock, _) = listener.accept().unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut c = seg.consumer(&layout, RingId::AppToRuntime);
     // Spin briefly so that the consumer sleeps often and the wake-up path
     // is exercised thousands of times.
@@ -101,7 +109,11 @@ fn two_process_stress() {
             .poll(64, |payload| {
                 record(expect, &mut expected_buf);
                 if payload != expected_buf.as_slice() {
-                    return Err(format!("record {expect} differs ({} bytes vs {})", payload.len(), expected_buf.len()));
+                    return Err(format!(
+                        "record {expect} differs ({} bytes vs {})",
+                        payload.len(),
+                        expected_buf.len()
+                    ));
                 }
                 let body = &payload[..payload.len() - 8];
                 let sum = u64::from_le_bytes(payload[payload.len() - 8..].try_into().unwrap());

@@ -13,7 +13,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// `GetStateRequest { store_name: "statestore", key: "order-1" }`, encoded by hand
@@ -114,13 +117,17 @@ fn vectors() -> Value {
 
 #[test]
 fn vectors_match_the_spec_file() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/shm-vectors/v1.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/shm-vectors/v1.json");
     let ours = vectors();
     if std::env::var_os("WEFT_SHM_WRITE_VECTORS").is_some() {
         std::fs::write(&path, serde_json::to_string_pretty(&ours).unwrap() + "\n").unwrap();
     }
     let file: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(file, ours, "docs/shm-vectors/v1.json differs from what weft-shm encodes");
+    assert_eq!(
+        file, ours,
+        "docs/shm-vectors/v1.json differs from what weft-shm encodes"
+    );
 
     // And decoding each dump gives the fields back.
     for v in file["vectors"].as_array().unwrap() {
@@ -135,7 +142,9 @@ fn vectors_match_the_spec_file() {
             "record" => {
                 let got = decode_region(&bytes, 1 << 20).unwrap();
                 let e = &v["envelope"];
-                let Decoded::Message(env, body) = &got[0] else { panic!("not a message") };
+                let Decoded::Message(env, body) = &got[0] else {
+                    panic!("not a message")
+                };
                 assert_eq!(u64::from(env.method), e["method"].as_u64().unwrap());
                 assert_eq!(u64::from(env.flags), e["flags"].as_u64().unwrap());
                 assert_eq!(env.correlation, e["correlation"].as_u64().unwrap());
@@ -143,7 +152,10 @@ fn vectors_match_the_spec_file() {
                 assert_eq!(hex(body), v["body_hex"].as_str().unwrap());
                 assert_eq!(bytes.len() % 8, 0);
             }
-            "padding" => assert_eq!(decode_region(&bytes, 1 << 20).unwrap(), vec![Decoded::Padding]),
+            "padding" => assert_eq!(
+                decode_region(&bytes, 1 << 20).unwrap(),
+                vec![Decoded::Padding]
+            ),
             "hello" => {
                 let h = Hello::read_from(&mut &bytes[..]).unwrap();
                 assert_eq!(h.app_id, v["fields"]["app_id"].as_str().unwrap());
@@ -174,7 +186,16 @@ fn decoder_survives_random_bytes() {
         x
     };
     let mut valid = Vec::new();
-    encode_message(&Envelope { method: 2, flags: 0, correlation: 1, status: 0 }, &get_state_body(), &mut valid);
+    encode_message(
+        &Envelope {
+            method: 2,
+            flags: 0,
+            correlation: 1,
+            status: 0,
+        },
+        &get_state_body(),
+        &mut valid,
+    );
     for round in 0..200_000 {
         let len = (next() % 256) as usize;
         let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();

@@ -84,7 +84,9 @@ pub fn start(
             tracing::info!(count = removed.len(), dir = %segment_dir.display(), "removed stale shared-memory segments")
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(dir = %segment_dir.display(), error = %e, "cannot sweep stale shared-memory segments"),
+        Err(e) => {
+            tracing::warn!(dir = %segment_dir.display(), error = %e, "cannot sweep stale shared-memory segments")
+        }
     }
     let listener = bind(&settings.socket)?;
     let ctx = Arc::new(ServerCtx {
@@ -116,12 +118,20 @@ fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
                 path.display()
             ));
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket --shm-socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| {
+            format!("cannot remove stale socket --shm-socket {}", path.display())
+        })?;
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory for --shm-socket {}", path.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "cannot create directory for --shm-socket {}",
+                path.display()
+            )
+        })?;
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on --shm-socket {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on --shm-socket {}", path.display()))?;
     // Peer credentials are checked per connection; the mode keeps other
     // users from connecting at all.
     use std::os::unix::fs::PermissionsExt;
@@ -153,7 +163,10 @@ async fn accept_loop(
         let peer = stream.peer_cred().ok();
         let peer_pid = peer.and_then(|c| c.pid()).unwrap_or(0).max(0) as u32;
         let allowed = peer.is_some_and(|c| c.uid() == uid || c.uid() == 0);
-        let sock = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|_| s)) {
+        let sock = match stream
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|_| s))
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "shared-memory socket: cannot take the connection");
@@ -163,10 +176,12 @@ async fn accept_loop(
         let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
         ctx.sessions.fetch_add(1, Ordering::AcqRel);
         let ctx2 = ctx.clone();
-        let spawned = std::thread::Builder::new().name(format!("weft-shm-{id}")).spawn(move || {
-            run_session(&ctx2, sock, id, peer_pid, allowed);
-            ctx2.sessions.fetch_sub(1, Ordering::AcqRel);
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("weft-shm-{id}"))
+            .spawn(move || {
+                run_session(&ctx2, sock, id, peer_pid, allowed);
+                ctx2.sessions.fetch_sub(1, Ordering::AcqRel);
+            });
         if let Err(e) = spawned {
             ctx.sessions.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "shared-memory socket: cannot start a session thread");
@@ -225,7 +240,10 @@ impl Shared {
     /// Writes one response record, or says the ring is full. A body too
     /// large for the ring is replaced by a RESOURCE_EXHAUSTED error.
     fn try_respond(&self, env: Envelope, body: &[u8]) -> Result<TryRespond, String> {
-        let mut tx = self.tx.lock().map_err(|_| "response ring lock poisoned".to_string())?;
+        let mut tx = self
+            .tx
+            .lock()
+            .map_err(|_| "response ring lock poisoned".to_string())?;
         let max = tx.max_payload() - ENVELOPE_LEN;
         let too_large;
         let (env, body) = if body.len() > max {
@@ -306,11 +324,17 @@ impl Shared {
     /// Takes a call out of the in-flight table: `true` when the caller is
     /// the one to send its final record.
     fn finish(&self, corr: u64) -> bool {
-        self.in_flight.lock().map(|mut m| m.remove(&corr).is_some()).unwrap_or(false)
+        self.in_flight
+            .lock()
+            .map(|mut m| m.remove(&corr).is_some())
+            .unwrap_or(false)
     }
 
     fn is_live(&self, corr: u64) -> bool {
-        self.in_flight.lock().map(|m| m.contains_key(&corr)).unwrap_or(false)
+        self.in_flight
+            .lock()
+            .map(|m| m.contains_key(&corr))
+            .unwrap_or(false)
     }
 }
 
@@ -325,7 +349,9 @@ fn welcome_error(sock: &mut UnixStream, code: Code, text: String) {
 }
 
 fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, allowed: bool) {
-    if sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() || sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+    if sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
+        || sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
+    {
         return;
     }
     let hello = match Hello::read_from(&mut sock) {
@@ -339,7 +365,10 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         return welcome_error(
             &mut sock,
             Code::FailedPrecondition,
-            format!("protocol version {} is not supported; this runtime speaks {PROTOCOL_VERSION}", hello.version),
+            format!(
+                "protocol version {} is not supported; this runtime speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
         );
     }
     if !allowed {
@@ -353,7 +382,10 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         return welcome_error(
             &mut sock,
             Code::PermissionDenied,
-            format!("app id '{}' does not match this runtime's app id '{}'", hello.app_id, ctx.app_id),
+            format!(
+                "app id '{}' does not match this runtime's app id '{}'",
+                hello.app_id, ctx.app_id
+            ),
         );
     }
     if let Some(token) = &ctx.api_token {
@@ -376,13 +408,20 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         session_id: id,
         layout,
     };
-    let seg = match Segment::create(&ctx.segment_dir, &segment::segment_name(std::process::id(), id), &header) {
+    let seg = match Segment::create(
+        &ctx.segment_dir,
+        &segment::segment_name(std::process::id(), id),
+        &header,
+    ) {
         Ok(s) => s,
         Err(e) => {
             return welcome_error(
                 &mut sock,
                 Code::ResourceExhausted,
-                format!("cannot create a shared-memory segment in {}: {e}", ctx.segment_dir.display()),
+                format!(
+                    "cannot create a shared-memory segment in {}: {e}",
+                    ctx.segment_dir.display()
+                ),
             )
         }
     };
@@ -392,12 +431,17 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         text: seg.path().display().to_string(),
     };
     let mut ack = [0u8; 8];
-    let acked = sock.write_all(&welcome.encode()).and_then(|_| sock.read_exact(&mut ack));
+    let acked = sock
+        .write_all(&welcome.encode())
+        .and_then(|_| sock.read_exact(&mut ack));
     // Both sides have mapped it (or the app failed): the file can go, so a
     // crash leaves nothing behind.
     let _ = seg.unlink();
     if acked.is_err() || ack != MAPPED_MAGIC {
-        tracing::debug!(session = id, "shared-memory handshake: no mapping acknowledgement");
+        tracing::debug!(
+            session = id,
+            "shared-memory handshake: no mapping acknowledgement"
+        );
         return;
     }
     let (wake, rx) = match sock.try_clone() {
@@ -412,7 +456,13 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         fatal: Mutex::new(None),
         in_flight: Mutex::new(HashMap::new()),
     });
-    tracing::info!(session = id, app_pid = peer_pid, a2r = layout.a2r_capacity, r2a = layout.r2a_capacity, "shared-memory session opened");
+    tracing::info!(
+        session = id,
+        app_pid = peer_pid,
+        a2r = layout.a2r_capacity,
+        r2a = layout.r2a_capacity,
+        "shared-memory session opened"
+    );
     let session = Session {
         ctx,
         shared,
@@ -460,7 +510,9 @@ impl Session<'_> {
                     idler.reset();
                     continue;
                 }
-                Err(PollError::Ring(e)) => return End::protocol(Code::InvalidArgument, e.to_string()),
+                Err(PollError::Ring(e)) => {
+                    return End::protocol(Code::InvalidArgument, e.to_string())
+                }
                 Err(PollError::Handler(end)) => return end,
             }
             if !idler.idle() {
@@ -491,7 +543,13 @@ impl Session<'_> {
                     };
                 }
                 Ok(_) => idler.reset(),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     return End {
                         code: Code::Unavailable,
@@ -509,7 +567,8 @@ impl Session<'_> {
 
     /// Handles one request record.
     fn handle(&self, payload: &[u8]) -> Result<(), End> {
-        let (env, body) = decode_envelope(payload).map_err(|e| End::protocol(Code::InvalidArgument, e.to_string()))?;
+        let (env, body) = decode_envelope(payload)
+            .map_err(|e| End::protocol(Code::InvalidArgument, e.to_string()))?;
         let corr = env.correlation;
         if env.flags & flags::CANCEL != 0 {
             return self.cancel(corr);
@@ -517,7 +576,9 @@ impl Session<'_> {
         if env.status != 0 || env.flags & flags::END != 0 {
             return Err(End::protocol(
                 Code::InvalidArgument,
-                format!("request {corr} carries a status or the END flag, which only responses may"),
+                format!(
+                    "request {corr} carries a status or the END flag, which only responses may"
+                ),
             ));
         }
         let Some(m) = method::by_id(env.method) else {
@@ -540,10 +601,18 @@ impl Session<'_> {
                 body.len(),
                 self.ctx.max_body_size
             );
-            return self.answer(reply, answer, Err(ApiError::new(Code::ResourceExhausted, msg)));
+            return self.answer(
+                reply,
+                answer,
+                Err(ApiError::new(Code::ResourceExhausted, msg)),
+            );
         }
         if m.id == method::WEFT_ECHO {
-            return if reply { self.shared.respond_blocking(answer, body) } else { Ok(()) };
+            return if reply {
+                self.shared.respond_blocking(answer, body)
+            } else {
+                Ok(())
+            };
         }
         if reply && self.shared.is_live(corr) {
             return Err(End::protocol(
@@ -551,15 +620,20 @@ impl Session<'_> {
                 format!("correlation id {corr} reused while its call is in flight"),
             ));
         }
-        let call = dispatch(&self.ctx.blocks, m.id, body)
-            .map_err(|e| End::protocol(Code::InvalidArgument, format!("cannot decode the {} request {corr}: {e}", m.name)))?;
+        let call = dispatch(&self.ctx.blocks, m.id, body).map_err(|e| {
+            End::protocol(
+                Code::InvalidArgument,
+                format!("cannot decode the {} request {corr}: {e}", m.name),
+            )
+        })?;
         match call {
             Call::Unary(mut fut) => {
                 // Poll once here: calls that do not wait finish without a
                 // thread hop.
                 let polled = {
                     let _rt = self.ctx.handle.enter();
-                    fut.as_mut().poll(&mut TaskContext::from_waker(Waker::noop()))
+                    fut.as_mut()
+                        .poll(&mut TaskContext::from_waker(Waker::noop()))
                 };
                 match polled {
                     Poll::Ready(r) => self.answer(reply, answer, r),
@@ -638,7 +712,12 @@ impl Session<'_> {
     }
 
     fn cancel(&self, corr: u64) -> Result<(), End> {
-        let task = self.shared.in_flight.lock().ok().and_then(|mut m| m.remove(&corr));
+        let task = self
+            .shared
+            .in_flight
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&corr));
         let Some(task) = task else {
             return Ok(()); // already finished: nothing to do
         };
@@ -747,54 +826,86 @@ pub enum Call {
     Stream(StreamFuture),
 }
 
-fn unary<Req, Resp, Fut>(body: &[u8], f: impl FnOnce(Req) -> Fut) -> Result<Call, prost::DecodeError>
+fn unary<Req, Resp, Fut>(
+    body: &[u8],
+    f: impl FnOnce(Req) -> Fut,
+) -> Result<Call, prost::DecodeError>
 where
     Req: Message + Default,
     Resp: Message,
     Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
 {
     let fut = f(Req::decode(body)?);
-    Ok(Call::Unary(Box::pin(async move { fut.await.map(|r| r.encode_to_vec()) })))
+    Ok(Call::Unary(Box::pin(async move {
+        fut.await.map(|r| r.encode_to_vec())
+    })))
 }
 
-fn unimplemented<Req: Message + Default>(body: &[u8], block: &'static str) -> Result<Call, prost::DecodeError> {
+fn unimplemented<Req: Message + Default>(
+    body: &[u8],
+    block: &'static str,
+) -> Result<Call, prost::DecodeError> {
     Req::decode(body)?;
-    Ok(Call::Unary(Box::pin(async move { Err(ApiError::unimplemented_block(block)) })))
+    Ok(Call::Unary(Box::pin(async move {
+        Err(ApiError::unimplemented_block(block))
+    })))
 }
 
 /// Decodes a request for `method` (an id from the method table) and binds it
 /// to the building-block method gRPC calls for the same RPC.
-pub fn dispatch(blocks: &Arc<Blocks>, method: u32, body: &[u8]) -> Result<Call, prost::DecodeError> {
+pub fn dispatch(
+    blocks: &Arc<Blocks>,
+    method: u32,
+    body: &[u8],
+) -> Result<Call, prost::DecodeError> {
     use weft_shm::method::*;
     let b = blocks.clone();
     match method {
         INVOKE_SERVICE => unimplemented::<pb::InvokeServiceRequest>(body, "service invocation"),
         GET_STATE => unary(body, move |r| async move { b.state.get_state(r).await }),
-        GET_BULK_STATE => unary(body, move |r| async move { b.state.get_bulk_state(r).await }),
+        GET_BULK_STATE => unary(
+            body,
+            move |r| async move { b.state.get_bulk_state(r).await },
+        ),
         SAVE_STATE => unary(body, move |r| async move { b.state.save_state(r).await }),
         QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "state query"),
         DELETE_STATE => unary(body, move |r| async move { b.state.delete_state(r).await }),
-        DELETE_BULK_STATE => unary(body, move |r| async move { b.state.delete_bulk_state(r).await }),
-        EXECUTE_STATE_TRANSACTION => unary(body, move |r| async move { b.state.execute_state_transaction(r).await }),
+        DELETE_BULK_STATE => unary(
+            body,
+            move |r| async move { b.state.delete_bulk_state(r).await },
+        ),
+        EXECUTE_STATE_TRANSACTION => unary(body, move |r| async move {
+            b.state.execute_state_transaction(r).await
+        }),
         PUBLISH_EVENT => unimplemented::<pb::PublishEventRequest>(body, "pub/sub"),
-        BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => unimplemented::<pb::BulkPublishRequest>(body, "pub/sub"),
-        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => unimplemented::<pb::SubscribeTopicEventsRequestAlpha1>(body, "pub/sub"),
+        BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => {
+            unimplemented::<pb::BulkPublishRequest>(body, "pub/sub")
+        }
+        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => {
+            unimplemented::<pb::SubscribeTopicEventsRequestAlpha1>(body, "pub/sub")
+        }
         INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "bindings"),
         GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "secrets"),
         GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "secrets"),
-        GET_CONFIGURATION_ALPHA1 | GET_CONFIGURATION => {
-            unary(body, move |r| async move { b.configuration.get_configuration(r).await })
-        }
+        GET_CONFIGURATION_ALPHA1 | GET_CONFIGURATION => unary(body, move |r| async move {
+            b.configuration.get_configuration(r).await
+        }),
         SUBSCRIBE_CONFIGURATION_ALPHA1 | SUBSCRIBE_CONFIGURATION => {
             let req = pb::SubscribeConfigurationRequest::decode(body)?;
-            Ok(Call::Stream(Box::pin(async move { b.configuration.subscribe_configuration(req).await })))
+            Ok(Call::Stream(Box::pin(async move {
+                b.configuration.subscribe_configuration(req).await
+            })))
         }
         UNSUBSCRIBE_CONFIGURATION_ALPHA1 | UNSUBSCRIBE_CONFIGURATION => {
-            unary(body, move |r| async move { b.configuration.unsubscribe_configuration(r).await })
+            unary(body, move |r| async move {
+                b.configuration.unsubscribe_configuration(r).await
+            })
         }
         TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "distributed lock"),
         UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "distributed lock"),
-        GET_METADATA => unary(body, move |_: pb::GetMetadataRequest| async move { Ok(b.metadata.get_metadata()) }),
+        GET_METADATA => unary(body, move |_: pb::GetMetadataRequest| async move {
+            Ok(b.metadata.get_metadata())
+        }),
         SET_METADATA => unary(body, move |r| async move { b.metadata.set_metadata(r) }),
         SHUTDOWN => unary(body, move |_: pb::ShutdownRequest| async move {
             b.shutdown.trigger("Shutdown RPC (shared memory)");
@@ -808,7 +919,10 @@ pub fn dispatch(blocks: &Arc<Blocks>, method: u32, body: &[u8]) -> Result<Call, 
             // The method table and this match must cover the same ids.
             debug_assert!(method::by_id(other).is_none());
             Ok(Call::Unary(Box::pin(async move {
-                Err(ApiError::new(Code::Unimplemented, format!("method id {other} is not served")))
+                Err(ApiError::new(
+                    Code::Unimplemented,
+                    format!("method id {other} is not served"),
+                ))
             })))
         }
     }
@@ -822,20 +936,43 @@ mod tests {
     /// transport reaches exactly what the table (and so gRPC) lists.
     #[test]
     fn every_method_id_dispatches() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let argv = ["weft", "run", "--app-id", "t", "--data-dir", dir.path().to_str().unwrap()];
-            let crate::config::Command::Run(args) = <crate::config::Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
+            let argv = [
+                "weft",
+                "run",
+                "--app-id",
+                "t",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ];
+            let crate::config::Command::Run(args) =
+                <crate::config::Cli as clap::Parser>::try_parse_from(argv)
+                    .unwrap()
+                    .command;
             let cfg = RuntimeConfig::resolve(&args, |_| None).unwrap();
             let blocks = Blocks::build(&cfg, vec![], Shutdown::new()).await.unwrap();
             for m in method::ALL {
                 let call = dispatch(&blocks, m.id, &[]).unwrap();
                 let streaming = matches!(call, Call::Stream(_));
-                assert_eq!(streaming, m.kind == method::Kind::ServerStream, "{}", m.name);
+                assert_eq!(
+                    streaming,
+                    m.kind == method::Kind::ServerStream,
+                    "{}",
+                    m.name
+                );
                 if let Call::Unary(f) = call {
                     if let Err(e) = f.await {
-                        assert_ne!(e.message, format!("method id {} is not served", m.id), "{}", m.name);
+                        assert_ne!(
+                            e.message,
+                            format!("method id {} is not served", m.id),
+                            "{}",
+                            m.name
+                        );
                     }
                 }
             }

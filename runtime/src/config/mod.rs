@@ -207,8 +207,14 @@ impl RuntimeConfig {
             .or_else(|| env("DAPR_API_TOKEN"))
             .filter(|t| !t.is_empty());
         let shm = (!args.no_shm).then(|| ShmSettings {
-            socket: args.shm_socket.clone().unwrap_or_else(|| data_dir.join("shm.sock")),
-            segment_dir: args.shm_dir.clone().unwrap_or_else(weft_shm::segment::default_dir),
+            socket: args
+                .shm_socket
+                .clone()
+                .unwrap_or_else(|| data_dir.join("shm.sock")),
+            segment_dir: args
+                .shm_dir
+                .clone()
+                .unwrap_or_else(weft_shm::segment::default_dir),
             spin: Duration::from_micros(args.shm_spin_micros),
             yield_for: Duration::from_micros(args.shm_yield_micros),
         });

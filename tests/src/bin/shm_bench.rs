@@ -124,10 +124,16 @@ fn main() {
     let oneway = arg("--oneway", 5_000_000);
     let sizes = [64usize, 4096];
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (spin_weft, spin_sock) = rt.block_on(start_weft(dir.path(), "spin", &[]));
-    let (sleep_weft, sleep_sock) =
-        rt.block_on(start_weft(dir.path(), "sleep", &["--shm-spin-micros", "0", "--shm-yield-micros", "0"]));
+    let (sleep_weft, sleep_sock) = rt.block_on(start_weft(
+        dir.path(),
+        "sleep",
+        &["--shm-spin-micros", "0", "--shm-yield-micros", "0"],
+    ));
     let mut rows = Vec::new();
 
     // Plain Unix-socket ping-pong between two processes.
@@ -172,7 +178,12 @@ fn main() {
             },
             iters,
         ),
-        ("shm, sleep/wake every call", &sleep_sock, IdleConfig::SLEEP, grpc_iters),
+        (
+            "shm, sleep/wake every call",
+            &sleep_sock,
+            IdleConfig::SLEEP,
+            grpc_iters,
+        ),
     ] {
         let mut o = ClientOptions::new(APP);
         o.idle = idle;
@@ -246,7 +257,10 @@ fn main() {
                 ..Default::default()
             };
             let st = measure(grpc_iters, || {
-                let r = rt.block_on(client.get_state(req.clone())).unwrap().into_inner();
+                let r = rt
+                    .block_on(client.get_state(req.clone()))
+                    .unwrap()
+                    .into_inner();
                 assert_eq!(r.data.len(), size);
             });
             rows.push(Row {

@@ -1,0 +1,3 @@
+module weft.dev/tests/go-shm
+
+go 1.21
