@@ -101,7 +101,12 @@ fn descriptor_set_lists_services() {
         .filter(|f| f.package() == "dapr.proto.runtime.v1")
         .flat_map(|f| f.service.iter().map(|s| s.name().to_owned()))
         .collect();
-    for name in ["Dapr", "AppCallback", "AppCallbackHealthCheck", "AppCallbackAlpha"] {
+    for name in [
+        "Dapr",
+        "AppCallback",
+        "AppCallbackHealthCheck",
+        "AppCallbackAlpha",
+    ] {
         assert!(services.iter().any(|s| s == name), "missing service {name}");
     }
 }
