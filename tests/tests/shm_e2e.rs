@@ -437,7 +437,11 @@ fn restart_makes_clients_reconnect_and_stale_segments_are_swept() {
     // Without reconnect: a clear error, then nothing more.
     let e = strict.call(m::WEFT_ECHO, b"x").unwrap_err();
     assert_eq!(e.code, code::UNAVAILABLE, "{e}");
-    assert!(e.message.contains("session"), "{e}");
+    // Depending on timing the old socket reads as closed or as reset.
+    assert!(
+        e.message.contains("session") || e.message.contains("socket"),
+        "{e}"
+    );
     drop(env);
     // Runtime gone for good: a clear error.
     let e = c.call(m::WEFT_ECHO, b"x").unwrap_err();
