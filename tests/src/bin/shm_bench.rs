@@ -8,7 +8,13 @@
 //! ```sh
 //! cargo build --release -p weft -p weft-tests --bin shm_bench
 //! target/release/shm_bench [--iters 200000] [--grpc-iters 20000] [--oneway 5000000]
+//! target/release/shm_bench --only pingpong,sleep   # the sleep/wake comparison only
 //! ```
+//!
+//! `--only` takes a comma-separated subset of `pingpong`, `spin`, `sleep`,
+//! `placement`, `grpc` and `oneway` (default: all of them). `placement`
+//! repeats the 64-byte sleep/wake vs ping-pong echo with both pairs pinned
+//! (taskset) to one vCPU, then split over two.
 //!
 //! Uses `$WEFT_BIN`, else target/release/weft.
 
@@ -54,6 +60,32 @@ fn measure(iters: usize, mut f: impl FnMut()) -> Stats {
     stats(ns)
 }
 
+/// Measures two round trips in alternating slices of `iters / SLICES`
+/// calls, so that both see the same host (load from neighbours and vCPU
+/// placement drift over seconds on a shared VM).
+fn measure_interleaved(iters: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Stats, Stats) {
+    const SLICES: usize = 20;
+    for _ in 0..iters / 10 + 1 {
+        a();
+        b();
+    }
+    let (mut na, mut nb) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    let per = iters.div_ceil(SLICES);
+    for _ in 0..SLICES {
+        for (f, ns) in [
+            (&mut a as &mut dyn FnMut(), &mut na),
+            (&mut b as &mut dyn FnMut(), &mut nb),
+        ] {
+            for _ in 0..per {
+                let t = Instant::now();
+                f();
+                ns.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    (stats(na), stats(nb))
+}
+
 struct Row {
     transport: String,
     call: String,
@@ -70,20 +102,43 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Whether the `--only` list (default: everything) includes `group`.
+fn wanted(group: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args
+            .get(i + 1)
+            .is_some_and(|v| v.split(',').any(|g| g.trim() == group)),
+        None => true,
+    }
+}
+
+/// The ping-pong peer: reads one length-prefixed frame (one `read` when it
+/// has arrived whole, as it does here) and writes it back with one `write`,
+/// so each side makes one write and one read per round trip, as the
+/// shared-memory sleep/wake path does.
 fn pingpong_server(path: &Path) {
     let l = UnixListener::bind(path).expect("bind ping-pong socket");
     let (mut s, _) = l.accept().expect("accept");
-    let mut len = [0u8; 4];
     let mut buf = vec![0u8; 1 << 16];
-    while s.read_exact(&mut len).is_ok() {
-        let n = u32::from_le_bytes(len) as usize;
-        if s.read_exact(&mut buf[..n]).is_err() {
-            break;
+    let mut have = 0;
+    loop {
+        match s.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
         }
-        let _ = s.write_all(&len);
-        if s.write_all(&buf[..n]).is_err() {
-            break;
+        if have < 4 {
+            continue;
         }
+        let frame = 4 + u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        if have < frame {
+            continue;
+        }
+        if s.write_all(&buf[..frame]).is_err() {
+            return;
+        }
+        buf.copy_within(frame..have, 0);
+        have -= frame;
     }
 }
 
@@ -110,6 +165,244 @@ fn value(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
 }
 
+/// A plain Unix-socket ping-pong with a second process (this binary with
+/// `--pingpong-server`): the same process layout as the shared-memory rows
+/// (app process ↔ runtime process).
+struct PingPong {
+    s: UnixStream,
+    server: std::process::Child,
+}
+
+impl PingPong {
+    fn start(dir: &Path) -> Self {
+        let pp = dir.join("pingpong.sock");
+        let server = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--pingpong-server")
+            .arg(&pp)
+            .spawn()
+            .unwrap();
+        let s = loop {
+            match UnixStream::connect(&pp) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        Self { s, server }
+    }
+
+    /// One round trip: one write of the whole frame, then read it back.
+    fn echo(&mut self, frame: &[u8], back: &mut [u8]) {
+        self.s.write_all(frame).unwrap();
+        self.s.read_exact(back).unwrap();
+    }
+
+    fn stop(mut self) {
+        let _ = self.s.shutdown(std::net::Shutdown::Both);
+        let _ = self.server.wait();
+    }
+}
+
+/// Sets the CPU affinity of every thread of `pid` (with taskset(1)).
+fn pin(pid: u32, cpus: &str) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A length-prefixed ping-pong frame with a `size`-byte body.
+fn frame(size: usize) -> Vec<u8> {
+    let mut f = (size as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&value(size));
+    f
+}
+
+const PINGPONG: &str = "plain UDS ping-pong (baseline)";
+const SLEEP: &str = "shm, sleep/wake every call";
+
+/// The sleep/wake goal's comparison: ping-pong echo and shared-memory echo
+/// (forced sleep/wake), interleaved; either alone when only one is wanted.
+fn echo_comparison(
+    pp: Option<&mut PingPong>,
+    shm: Option<&mut Client>,
+    sizes: &[usize],
+    iters: usize,
+    placement: &str,
+    rows: &mut Vec<Row>,
+) {
+    let mut pp = pp;
+    let mut shm = shm;
+    for &size in sizes {
+        let f = frame(size);
+        let body = value(size);
+        let mut back = vec![0u8; size + 4];
+        let mut pp_call = |pp: &mut PingPong| pp.echo(&f, &mut back);
+        let shm_call = |c: &mut Client| {
+            let r = c.call(m::WEFT_ECHO, &body).unwrap();
+            assert_eq!(r.len(), size);
+        };
+        let (a, b) = match (pp.as_deref_mut(), shm.as_deref_mut()) {
+            (Some(p), Some(c)) => {
+                let (a, b) = measure_interleaved(iters, || pp_call(p), || shm_call(c));
+                (Some(a), Some(b))
+            }
+            (Some(p), None) => (Some(measure(iters, || pp_call(p))), None),
+            (None, Some(c)) => (None, Some(measure(iters, || shm_call(c)))),
+            (None, None) => (None, None),
+        };
+        for (label, st) in [(PINGPONG, a), (SLEEP, b)] {
+            if let Some(s) = st {
+                rows.push(Row {
+                    transport: format!("{label}{placement}"),
+                    call: "echo".into(),
+                    size,
+                    s,
+                });
+            }
+        }
+    }
+}
+
+/// Echo and state Get rows over one shared-memory session.
+fn shm_rows(
+    label: &str,
+    sock: &Path,
+    idle: IdleConfig,
+    n: usize,
+    sizes: &[usize],
+    rows: &mut Vec<Row>,
+) {
+    let mut o = ClientOptions::new(APP);
+    o.idle = idle;
+    let mut c = Client::connect(sock, o).expect("connect shm");
+    echo_rows(label, &mut c, n, sizes, rows);
+    state_rows(label, &mut c, n, sizes, rows);
+}
+
+fn echo_rows(label: &str, c: &mut Client, n: usize, sizes: &[usize], rows: &mut Vec<Row>) {
+    for &size in sizes {
+        let body = value(size);
+        let st = measure(n, || {
+            let r = c.call(m::WEFT_ECHO, &body).unwrap();
+            assert_eq!(r.len(), size);
+        });
+        rows.push(Row {
+            transport: label.into(),
+            call: "echo".into(),
+            size,
+            s: st,
+        });
+    }
+}
+
+fn state_rows(label: &str, c: &mut Client, n: usize, sizes: &[usize], rows: &mut Vec<Row>) {
+    for &size in sizes {
+        let body = value(size);
+        let key = format!("k{size}");
+        c.unary::<_, ()>(
+            m::SAVE_STATE,
+            &pb::SaveStateRequest {
+                store_name: "statestore".into(),
+                states: vec![StateItem {
+                    key: key.clone(),
+                    value: body.clone(),
+                    ..Default::default()
+                }],
+            },
+        )
+        .unwrap();
+        let req = pb::GetStateRequest {
+            store_name: "statestore".into(),
+            key: key.clone(),
+            ..Default::default()
+        };
+        let st = measure(n, || {
+            let r: pb::GetStateResponse = c.unary(m::GET_STATE, &req).unwrap();
+            assert_eq!(r.data.len(), size);
+        });
+        rows.push(Row {
+            transport: label.into(),
+            call: "state Get".into(),
+            size,
+            s: st,
+        });
+    }
+}
+
+/// gRPC (tonic, current_thread client; runtime --threads 1), UDS and TCP.
+fn grpc_rows(
+    rt: &tokio::runtime::Runtime,
+    weft: &Weft,
+    iters: usize,
+    sizes: &[usize],
+    rows: &mut Vec<Row>,
+) {
+    for (label, uds) in [("gRPC over UDS", true), ("gRPC over TCP", false)] {
+        let mut client = rt.block_on(async {
+            if uds {
+                weft.uds_client().await
+            } else {
+                weft.client().await
+            }
+        });
+        for &size in sizes {
+            let key = format!("k{size}");
+            rt.block_on(client.save_state(pb::SaveStateRequest {
+                store_name: "statestore".into(),
+                states: vec![StateItem {
+                    key: key.clone(),
+                    value: value(size),
+                    ..Default::default()
+                }],
+            }))
+            .unwrap();
+            let req = pb::GetStateRequest {
+                store_name: "statestore".into(),
+                key,
+                ..Default::default()
+            };
+            let st = measure(iters, || {
+                let r = rt
+                    .block_on(client.get_state(req.clone()))
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.data.len(), size);
+            });
+            rows.push(Row {
+                transport: label.into(),
+                call: "state Get".into(),
+                size,
+                s: st,
+            });
+        }
+    }
+}
+
+/// One-way throughput: 64-byte echo records with NO_REPLY, then one round
+/// trip (ordered after them) to know the runtime decoded them all.
+fn oneway_rate(sock: &Path, oneway: usize) -> (Duration, f64) {
+    let mut o = ClientOptions::new(APP);
+    o.idle = IdleConfig {
+        spin: Duration::from_secs(3600),
+        yield_for: Duration::ZERO,
+    };
+    o.request_ring = 4 << 20;
+    let mut c = Client::connect(sock, o).expect("connect shm");
+    let body = value(64);
+    for _ in 0..oneway / 10 {
+        c.send_oneway(m::WEFT_ECHO, &body).unwrap();
+    }
+    c.call(m::WEFT_ECHO, b"sync").unwrap();
+    let t = Instant::now();
+    for _ in 0..oneway {
+        c.send_oneway(m::WEFT_ECHO, &body).unwrap();
+    }
+    c.call(m::WEFT_ECHO, b"sync").unwrap();
+    let elapsed = t.elapsed();
+    (elapsed, oneway as f64 / elapsed.as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--pingpong-server") {
@@ -128,171 +421,75 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (spin_weft, spin_sock) = rt.block_on(start_weft(dir.path(), "spin", &[]));
-    let (sleep_weft, sleep_sock) = rt.block_on(start_weft(
-        dir.path(),
-        "sleep",
-        &["--shm-spin-micros", "0", "--shm-yield-micros", "0"],
-    ));
+    let spin = (wanted("spin") || wanted("grpc") || wanted("oneway"))
+        .then(|| rt.block_on(start_weft(dir.path(), "spin", &[])));
+    let sleep = wanted("sleep").then(|| {
+        rt.block_on(start_weft(
+            dir.path(),
+            "sleep",
+            &["--shm-spin-micros", "0", "--shm-yield-micros", "0"],
+        ))
+    });
     let mut rows = Vec::new();
 
-    // Plain Unix-socket ping-pong between two processes.
-    let pp = dir.path().join("pingpong.sock");
-    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("--pingpong-server")
-        .arg(&pp)
-        .spawn()
-        .unwrap();
-    let mut s = loop {
-        match UnixStream::connect(&pp) {
-            Ok(s) => break s,
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    for &size in &sizes {
-        let msg = value(size);
-        let mut back = vec![0u8; size + 4];
-        let st = measure(grpc_iters, || {
-            s.write_all(&(size as u32).to_le_bytes()).unwrap();
-            s.write_all(&msg).unwrap();
-            s.read_exact(&mut back).unwrap();
-        });
-        rows.push(Row {
-            transport: "plain UDS ping-pong (baseline)".into(),
-            call: "echo".into(),
-            size,
-            s: st,
-        });
-    }
-    drop(s);
-    let _ = server.wait();
-
-    // Shared memory: spinning, then forced sleep/wake on every call.
-    for (label, sock, idle, n) in [
-        (
-            "shm, spinning",
-            &spin_sock,
-            IdleConfig {
-                spin: Duration::from_secs(3600),
-                yield_for: Duration::ZERO,
-            },
-            iters,
-        ),
-        (
-            "shm, sleep/wake every call",
-            &sleep_sock,
-            IdleConfig::SLEEP,
-            grpc_iters,
-        ),
-    ] {
+    // Plain Unix-socket ping-pong and shm with a forced sleep/wake on
+    // every call: echo measured interleaved, then shm state Get.
+    let mut pp = wanted("pingpong").then(|| PingPong::start(dir.path()));
+    let mut sleeper = sleep.as_ref().map(|(_, sock)| {
         let mut o = ClientOptions::new(APP);
-        o.idle = idle;
-        let mut c = Client::connect(sock, o).expect("connect shm");
-        for &size in &sizes {
-            let body = value(size);
-            let st = measure(n, || {
-                let r = c.call(m::WEFT_ECHO, &body).unwrap();
-                assert_eq!(r.len(), size);
-            });
-            rows.push(Row {
-                transport: label.into(),
-                call: "echo".into(),
-                size,
-                s: st,
-            });
-            let key = format!("k{size}");
-            c.unary::<_, ()>(
-                m::SAVE_STATE,
-                &pb::SaveStateRequest {
-                    store_name: "statestore".into(),
-                    states: vec![StateItem {
-                        key: key.clone(),
-                        value: body.clone(),
-                        ..Default::default()
-                    }],
-                },
-            )
-            .unwrap();
-            let req = pb::GetStateRequest {
-                store_name: "statestore".into(),
-                key: key.clone(),
-                ..Default::default()
-            };
-            let st = measure(n, || {
-                let r: pb::GetStateResponse = c.unary(m::GET_STATE, &req).unwrap();
-                assert_eq!(r.data.len(), size);
-            });
-            rows.push(Row {
-                transport: label.into(),
-                call: "state Get".into(),
-                size,
-                s: st,
-            });
-        }
-    }
-
-    // gRPC (tonic, current_thread client; runtime --threads 1), UDS and TCP.
-    for (label, uds) in [("gRPC over UDS", true), ("gRPC over TCP", false)] {
-        let mut client = rt.block_on(async {
-            if uds {
-                spin_weft.uds_client().await
-            } else {
-                spin_weft.client().await
+        o.idle = IdleConfig::SLEEP;
+        Client::connect(sock, o).expect("connect shm")
+    });
+    echo_comparison(
+        pp.as_mut(),
+        sleeper.as_mut(),
+        &sizes,
+        grpc_iters,
+        "",
+        &mut rows,
+    );
+    // The scheduler puts each pair either on one vCPU or on two, and that
+    // choice (not the transport) dominates a sleep/wake round trip: repeat
+    // with both placements forced, for a like-for-like comparison.
+    if let (Some(p), Some(c), Some((weft, _))) = (&mut pp, &mut sleeper, &sleep) {
+        if wanted("placement") && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let me = std::process::id();
+            let (srv, rt_pid) = (p.server.id(), weft.pid());
+            for (suffix, mine, peers) in [(", same vCPU", "0", "0"), (", split vCPUs", "0", "1")] {
+                if pin(me, mine) && pin(srv, peers) && pin(rt_pid, peers) {
+                    echo_comparison(Some(p), Some(c), &sizes[..1], grpc_iters, suffix, &mut rows);
+                }
             }
-        });
-        for &size in &sizes {
-            let key = format!("k{size}");
-            rt.block_on(client.save_state(pb::SaveStateRequest {
-                store_name: "statestore".into(),
-                states: vec![StateItem {
-                    key: key.clone(),
-                    value: value(size),
-                    ..Default::default()
-                }],
-            }))
-            .unwrap();
-            let req = pb::GetStateRequest {
-                store_name: "statestore".into(),
-                key,
-                ..Default::default()
-            };
-            let st = measure(grpc_iters, || {
-                let r = rt
-                    .block_on(client.get_state(req.clone()))
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(r.data.len(), size);
-            });
-            rows.push(Row {
-                transport: label.into(),
-                call: "state Get".into(),
-                size,
-                s: st,
-            });
+            let all = format!(
+                "0-{}",
+                std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+            );
+            for pid in [me, srv, rt_pid] {
+                pin(pid, &all);
+            }
         }
     }
-
-    // One-way throughput: 64-byte echo records with NO_REPLY, then one
-    // round trip (ordered after them) to know the runtime decoded them all.
-    let mut o = ClientOptions::new(APP);
-    o.idle = IdleConfig {
-        spin: Duration::from_secs(3600),
-        yield_for: Duration::ZERO,
+    if let Some(c) = &mut sleeper {
+        state_rows(SLEEP, c, grpc_iters, &sizes, &mut rows);
+    }
+    drop(sleeper);
+    if let Some(pp) = pp {
+        pp.stop();
+    }
+    if let (true, Some((_, sock))) = (wanted("spin"), &spin) {
+        let idle = IdleConfig {
+            spin: Duration::from_secs(3600),
+            yield_for: Duration::ZERO,
+        };
+        shm_rows("shm, spinning", sock, idle, iters, &sizes, &mut rows);
+    }
+    if let (true, Some((weft, _))) = (wanted("grpc"), &spin) {
+        grpc_rows(&rt, weft, grpc_iters, &sizes, &mut rows);
+    }
+    let rate = match (wanted("oneway"), &spin) {
+        (true, Some((_, sock))) => Some(oneway_rate(sock, oneway)),
+        _ => None,
     };
-    o.request_ring = 4 << 20;
-    let mut c = Client::connect(&spin_sock, o).expect("connect shm");
-    let body = value(64);
-    for _ in 0..oneway / 10 {
-        c.send_oneway(m::WEFT_ECHO, &body).unwrap();
-    }
-    c.call(m::WEFT_ECHO, b"sync").unwrap();
-    let t = Instant::now();
-    for _ in 0..oneway {
-        c.send_oneway(m::WEFT_ECHO, &body).unwrap();
-    }
-    c.call(m::WEFT_ECHO, b"sync").unwrap();
-    let elapsed = t.elapsed();
-    let rate = oneway as f64 / elapsed.as_secs_f64();
 
     println!("| transport | call | size | p50 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -303,27 +500,34 @@ fn main() {
         );
     }
     println!();
-    println!(
-        "one-way: {oneway} × 64-byte messages through the runtime's decoder in {:.3} s = {:.2} M msgs/s",
-        elapsed.as_secs_f64(),
-        rate / 1e6
-    );
+    if let Some((elapsed, rate)) = rate {
+        println!(
+            "one-way: {oneway} × 64-byte messages through the runtime's decoder in {:.3} s = {:.2} M msgs/s",
+            elapsed.as_secs_f64(),
+            rate / 1e6
+        );
+    }
     let p50 = |t: &str, call: &str, size: usize| {
         rows.iter()
             .find(|r| r.transport == t && r.call == call && r.size == size)
             .map(|r| r.s.p50)
             .unwrap_or(f64::NAN)
     };
-    let shm = p50("shm, spinning", "state Get", 64);
-    let grpc = p50("gRPC over UDS", "state Get", 64);
-    println!(
-        "state Get 64 B p50: shm spinning {shm:.2} µs vs gRPC over UDS {grpc:.2} µs = {:.0}× faster",
-        grpc / shm
-    );
-    println!(
-        "echo 64 B p50: shm sleep/wake {:.2} µs vs plain UDS ping-pong {:.2} µs",
-        p50("shm, sleep/wake every call", "echo", 64),
-        p50("plain UDS ping-pong (baseline)", "echo", 64)
-    );
-    drop(sleep_weft);
+    if wanted("spin") && wanted("grpc") {
+        let shm = p50("shm, spinning", "state Get", 64);
+        let grpc = p50("gRPC over UDS", "state Get", 64);
+        println!(
+            "state Get 64 B p50: shm spinning {shm:.2} µs vs gRPC over UDS {grpc:.2} µs = {:.0}× faster",
+            grpc / shm
+        );
+    }
+    if wanted("sleep") && wanted("pingpong") {
+        println!(
+            "echo 64 B p50: shm sleep/wake {:.2} µs vs plain UDS ping-pong {:.2} µs",
+            p50(SLEEP, "echo", 64),
+            p50(PINGPONG, "echo", 64)
+        );
+    }
+    drop(sleep);
+    drop(spin);
 }
