@@ -14,6 +14,7 @@
 
 pub mod configuration;
 pub mod metadata;
+pub mod pubsub;
 pub mod state;
 
 pub use metadata::{ComponentError, InitContext, Metadata};

@@ -4,6 +4,7 @@ use std::fmt;
 
 use tonic::Code;
 use weft_components::configuration::ConfigurationError;
+use weft_components::pubsub::PubSubError;
 use weft_components::state::StateError;
 
 /// An error answered to an API caller: a gRPC status code and a message
@@ -47,6 +48,17 @@ impl ApiError {
             StateError::Internal(_) => Code::Internal,
         };
         Self::new(code, format!("state store '{store}': {err}"))
+    }
+
+    /// An error from a pub/sub component, with the component's name in the message.
+    pub fn from_pubsub(pubsub: &str, err: PubSubError) -> Self {
+        let code = match &err {
+            PubSubError::InvalidRequest(_) => Code::InvalidArgument,
+            PubSubError::ResourceExhausted(_) => Code::ResourceExhausted,
+            PubSubError::Unavailable(_) => Code::Unavailable,
+            PubSubError::Internal(_) => Code::Internal,
+        };
+        Self::new(code, format!("pub/sub '{pubsub}': {err}"))
     }
 
     /// An error from a configuration store, with the store's name in the message.

@@ -343,7 +343,7 @@ async fn bad_requests_name_the_field_and_the_runtime_stays_up() {
     );
     assert!(err.message().contains("65536"), "{}", err.message());
 
-    // Blocks that are not built yet say which.
+    // An unknown pub/sub is named, with the configured ones.
     let err = c
         .publish_event(pb::PublishEventRequest {
             pubsub_name: "p".into(),
@@ -352,8 +352,10 @@ async fn bad_requests_name_the_field_and_the_runtime_stays_up() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("pub/sub"), "{}", err.message());
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("pub/sub 'p'"), "{}", err.message());
+
+    // Blocks that are not built yet say which.
     let err = c
         .try_lock_alpha1(pb::TryLockRequest::default())
         .await
@@ -488,6 +490,7 @@ async fn metadata_health_and_shutdown() {
         comps,
         vec![
             ("configstore", "configuration.file"),
+            ("pubsub", "pubsub.embedded"),
             ("statestore", "state.sqlite")
         ]
     );
@@ -505,7 +508,7 @@ async fn metadata_health_and_shutdown() {
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["id"], "meta-e2e");
-    assert_eq!(json["components"].as_array().unwrap().len(), 2);
+    assert_eq!(json["components"].as_array().unwrap().len(), 3);
 
     c.shutdown(pb::ShutdownRequest {}).await.unwrap();
     let status = weft.wait_exit(Duration::from_secs(15)).await.unwrap();

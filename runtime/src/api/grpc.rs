@@ -176,32 +176,44 @@ impl Dapr for DaprApi {
 
     async fn publish_event(
         &self,
-        _: Request<pb::PublishEventRequest>,
+        r: Request<pb::PublishEventRequest>,
     ) -> Result<Response<()>, Status> {
-        unimplemented("pub/sub")
+        Ok(Response::new(
+            self.blocks.pubsub.publish_event(r.into_inner()).await?,
+        ))
     }
 
     async fn bulk_publish_event_alpha1(
         &self,
-        _: Request<pb::BulkPublishRequest>,
+        r: Request<pb::BulkPublishRequest>,
     ) -> Result<Response<pb::BulkPublishResponse>, Status> {
-        unimplemented("pub/sub")
+        self.bulk_publish_event(r).await
     }
 
     async fn bulk_publish_event(
         &self,
-        _: Request<pb::BulkPublishRequest>,
+        r: Request<pb::BulkPublishRequest>,
     ) -> Result<Response<pb::BulkPublishResponse>, Status> {
-        unimplemented("pub/sub")
+        Ok(Response::new(
+            self.blocks
+                .pubsub
+                .bulk_publish_event(r.into_inner())
+                .await?,
+        ))
     }
 
     type SubscribeTopicEventsAlpha1Stream = TopicStream;
 
     async fn subscribe_topic_events_alpha1(
         &self,
-        _: Request<Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
+        r: Request<Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Result<Response<Self::SubscribeTopicEventsAlpha1Stream>, Status> {
-        unimplemented("pub/sub")
+        let requests = r
+            .into_inner()
+            .map(|m| m.map_err(|s| ApiError::new(s.code(), s.message())));
+        let rx = self.blocks.pubsub.subscribe_topic_events(requests);
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // === bindings and secrets ===
@@ -307,7 +319,7 @@ impl Dapr for DaprApi {
         &self,
         _: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        Ok(Response::new(self.blocks.metadata.get_metadata()))
+        Ok(Response::new(self.blocks.get_metadata()))
     }
 
     async fn set_metadata(

@@ -1,6 +1,7 @@
 //! Transports. They decode requests and call the building blocks; they hold
 //! no business logic.
 
+pub mod app_channel;
 pub mod grpc;
 pub mod http;
 pub mod shm;

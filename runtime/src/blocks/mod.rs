@@ -3,13 +3,17 @@
 
 pub mod configuration;
 pub mod metadata;
+pub mod pubsub;
 pub mod state;
 mod time;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use weft_components::{configuration as cfgc, state as statec, InitContext, Metadata};
+use weft_components::{
+    configuration as cfgc, pubsub as pubsubc, state as statec, InitContext, Metadata,
+};
+use weft_proto::runtime as pb;
 
 use crate::config::resources::ComponentSpec;
 use crate::config::RuntimeConfig;
@@ -17,12 +21,14 @@ use crate::shutdown::Shutdown;
 
 pub use configuration::ConfigurationBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
+pub use pubsub::PubSubBlock;
 pub use state::StateBlock;
 
 /// Every building block of one runtime.
 pub struct Blocks {
     pub state: StateBlock,
     pub configuration: ConfigurationBlock,
+    pub pubsub: PubSubBlock,
     pub metadata: MetadataBlock,
     pub shutdown: Shutdown,
 }
@@ -32,6 +38,7 @@ fn known_types() -> String {
     statec::TYPES
         .iter()
         .chain(cfgc::TYPES)
+        .chain(pubsubc::TYPES)
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -51,6 +58,7 @@ impl Blocks {
         };
         let mut state_stores = BTreeMap::new();
         let mut config_stores = BTreeMap::new();
+        let mut pubsubs = BTreeMap::new();
         let mut infos = Vec::new();
         for spec in specs {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), spec.metadata.clone());
@@ -76,6 +84,20 @@ impl Blocks {
                     config_stores.insert(spec.name.clone(), store);
                     caps
                 }
+                "pubsub" => {
+                    let ps = pubsubc::create(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
+                    let caps = ps
+                        .features()
+                        .iter()
+                        .map(|f| match f {
+                            pubsubc::Feature::Durable => "DURABLE".to_string(),
+                            pubsubc::Feature::DistributedGroups => "DISTRIBUTED_GROUPS".to_string(),
+                            pubsubc::Feature::StaticMembership => "STATIC_MEMBERSHIP".to_string(),
+                        })
+                        .collect();
+                    pubsubs.insert(spec.name.clone(), ps);
+                    caps
+                }
                 _ => {
                     return Err(at(format!(
                         "component '{}': field 'spec.type': unknown component type '{}' (known types: {})",
@@ -93,17 +115,33 @@ impl Blocks {
                 capabilities,
             });
         }
-        Ok(Arc::new(Self {
+        let blocks = Arc::new(Self {
             state: StateBlock::new(state_stores),
             configuration: ConfigurationBlock::new(config_stores, shutdown.subscribe()),
+            pubsub: PubSubBlock::new(&cfg.app_id, pubsubs, shutdown.subscribe()),
             metadata: MetadataBlock::new(cfg, infos),
             shutdown,
-        }))
+        });
+        if let Some(port) = cfg.app_port {
+            // The callback model: the app's AppCallback service on --app-port.
+            let channel = crate::api::app_channel::GrpcAppChannel::new(port)
+                .map_err(|e| format!("--app-port {port}: {e}"))?;
+            blocks.pubsub.start_app_subscriptions(Arc::new(channel));
+        }
+        Ok(blocks)
+    }
+
+    /// GetMetadata: the runtime's description plus active subscriptions.
+    pub fn get_metadata(&self) -> pb::GetMetadataResponse {
+        let mut md = self.metadata.get_metadata();
+        md.subscriptions = self.pubsub.subscriptions();
+        md
     }
 
     /// Closes every component.
     pub async fn close(&self) {
         self.configuration.close().await;
+        self.pubsub.close().await;
         self.state.close().await;
     }
 }

@@ -338,6 +338,7 @@ pub fn embedded_defaults() -> Vec<ComponentSpec> {
     vec![
         default("statestore", "state.sqlite"),
         default("configstore", "configuration.file"),
+        default("pubsub", "pubsub.embedded"),
     ]
 }
 

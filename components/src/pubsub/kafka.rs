@@ -1,0 +1,1079 @@
+//! `pubsub.kafka`: Apache Kafka through librdkafka (the bundled copy that
+//! the `rdkafka` crate builds with cmake).
+//!
+//! Metadata (`spec.metadata`):
+//!
+//! | field               | default                  | meaning |
+//! |---------------------|--------------------------|---------|
+//! | `brokers`           | required                 | bootstrap servers, `host:port[,host:port…]` |
+//! | `consumerGroup`     | none                     | group for subscriptions that name none (the block normally passes the app id) |
+//! | `clientId`          | `weft-<app id>`          | Kafka `client.id` |
+//! | `sessionTimeout`    | `10s`                    | consumer `session.timeout.ms`: how soon a crashed member's partitions move |
+//! | `maxPollInterval`   | `300s`                   | consumer `max.poll.interval.ms`; keep it above the subscriptions' `revoke_timeout` |
+//! | `initialOffset`     | `oldest`                 | where a group with no committed offset starts: `oldest` or `newest` |
+//! | `partitions`        | `8`                      | partitions of the topics this component creates |
+//! | `replicationFactor` | broker default           | replication factor of the topics this component creates |
+//! | `publishTimeout`    | `15s`                    | bound on a publish (producer `message.timeout.ms`) and on topic creation |
+//!
+//! Topics are created through the admin API the first time this component
+//! publishes or subscribes to them (`partitions`, `replicationFactor`); an
+//! existing topic is used as it is.
+//!
+//! Producing is idempotent with `acks=all`; the message key is the partition
+//! key; `publish` returns once the broker confirmed the write.
+//!
+//! Consuming: one librdkafka consumer per subscription, driven by its own
+//! thread. `cooperative-sticky` assignment, no auto-commit and no automatic
+//! offset store. Fetched messages go into a bounded buffer per partition (the
+//! partition is paused when the buffer is full and resumed when it drains);
+//! the head of a partition's buffer is handed out and the next one only
+//! after the head was acked, so a `Retry` redelivers the head from the buffer
+//! after the backoff. Acked positions are committed every 100 ms, and
+//! synchronously when partitions are revoked (after waiting up to
+//! `revoke_timeout` for in-flight acks) and when the subscription closes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::{
+    Ack, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest, SubscribeOptions,
+};
+use crate::metadata::{ComponentError, InitContext, Metadata};
+
+/// The component type.
+pub const KIND: &str = "pubsub.kafka";
+
+/// A partition is paused when this many fetched messages wait in its buffer…
+const PAUSE_AT: usize = 256;
+/// …and resumed when no more than this many are left.
+const RESUME_AT: usize = 64;
+/// How long a consumer thread blocks in one poll.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often acked positions are committed (asynchronously).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a publish waits for room in a full producer queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(1);
+
+// === Config ===
+
+/// Where a group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialOffset {
+    Oldest,
+    Newest,
+}
+
+/// Typed `spec.metadata` of a `pubsub.kafka` component (see the module docs).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub consumer_group: Option<String>,
+    pub client_id: String,
+    pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
+    pub initial_offset: InitialOffset,
+    pub partitions: i32,
+    /// `-1`: the broker's default.
+    pub replication_factor: i32,
+    pub publish_timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn from_metadata(md: &Metadata, ctx: &InitContext) -> Result<Self, ComponentError> {
+        let brokers = md.required("brokers")?.trim().to_string();
+        if brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(md.invalid("brokers", format!("'{brokers}' has an empty entry")));
+        }
+        let initial_offset = match md
+            .get("initialOffset")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => InitialOffset::Oldest,
+            Some(v) if v == "oldest" || v == "earliest" => InitialOffset::Oldest,
+            Some(v) if v == "newest" || v == "latest" => InitialOffset::Newest,
+            Some(v) => {
+                return Err(md.invalid(
+                    "initialOffset",
+                    format!("'{v}' is neither 'oldest' nor 'newest'"),
+                ))
+            }
+        };
+        let partitions = md.parse::<i32>("partitions")?.unwrap_or(8);
+        if partitions < 1 {
+            return Err(md.invalid(
+                "partitions",
+                format!("{partitions} is not a positive number"),
+            ));
+        }
+        let replication_factor = md.parse::<i32>("replicationFactor")?.unwrap_or(-1);
+        if replication_factor < 1 && replication_factor != -1 {
+            return Err(md.invalid(
+                "replicationFactor",
+                format!("{replication_factor} is not a positive number"),
+            ));
+        }
+        let ms = |field: &str, d: Duration| -> Result<Duration, ComponentError> {
+            if d < Duration::from_millis(1) || d.as_millis() > i32::MAX as u128 {
+                return Err(md.invalid(field, format!("{d:?} is out of range")));
+            }
+            Ok(d)
+        };
+        Ok(Self {
+            brokers,
+            consumer_group: md.get("consumerGroup").map(|g| g.trim().to_string()),
+            client_id: md
+                .get("clientId")
+                .map(|c| c.trim().to_string())
+                .unwrap_or_else(|| format!("weft-{}", ctx.app_id)),
+            session_timeout: ms(
+                "sessionTimeout",
+                md.duration("sessionTimeout")?
+                    .unwrap_or(Duration::from_secs(10)),
+            )?,
+            max_poll_interval: ms(
+                "maxPollInterval",
+                md.duration("maxPollInterval")?
+                    .unwrap_or(Duration::from_secs(300)),
+            )?,
+            initial_offset,
+            partitions,
+            replication_factor,
+            publish_timeout: ms(
+                "publishTimeout",
+                md.duration("publishTimeout")?
+                    .unwrap_or(Duration::from_secs(15)),
+            )?,
+        })
+    }
+}
+
+// === impl KafkaPubSub ===
+
+/// A pub/sub backend on Apache Kafka.
+pub struct KafkaPubSub {
+    name: String,
+    cfg: KafkaConfig,
+    producer: FutureProducer<LogContext>,
+    admin: AdminClient<LogContext>,
+    /// Topics known to exist (created or found by this component).
+    known_topics: Mutex<HashSet<String>>,
+    subscriptions: Mutex<Vec<SubscriptionHandle>>,
+}
+
+struct SubscriptionHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for KafkaPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPubSub")
+            .field("name", &self.name)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPubSub {
+    /// Builds the component; connects lazily (nothing here needs a broker).
+    pub fn from_metadata(md: &Metadata, ctx: &InitContext) -> Result<Self, ComponentError> {
+        let cfg = KafkaConfig::from_metadata(md, ctx)?;
+        let name = md.component().to_string();
+        let log = LogContext {
+            component: name.clone(),
+        };
+        let producer: FutureProducer<LogContext> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", &cfg.client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                cfg.publish_timeout.as_millis().to_string(),
+            )
+            .create_with_context(log.clone())
+            .map_err(|e| {
+                md.init_error(format!(
+                    "creating the Kafka producer for brokers '{}': {e}",
+                    cfg.brokers
+                ))
+            })?;
+        let admin: AdminClient<LogContext> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", &cfg.client_id)
+            .create_with_context(log)
+            .map_err(|e| {
+                md.init_error(format!(
+                    "creating the Kafka admin client for brokers '{}': {e}",
+                    cfg.brokers
+                ))
+            })?;
+        Ok(Self {
+            name,
+            cfg,
+            producer,
+            admin,
+            known_topics: Mutex::default(),
+            subscriptions: Mutex::default(),
+        })
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
+    fn error(&self, what: &str, topic: &str, e: &KafkaError) -> PubSubError {
+        let text = format!(
+            "pubsub '{}' (kafka brokers {}): {what} topic '{topic}': {e}",
+            self.name, self.cfg.brokers
+        );
+        let code = match e {
+            KafkaError::AdminOp(code) => Some(*code),
+            other => other.rdkafka_error_code(),
+        };
+        match code {
+            Some(code) => classify(code, text),
+            None => match e {
+                KafkaError::Canceled => PubSubError::Unavailable(text),
+                _ => PubSubError::Internal(text),
+            },
+        }
+    }
+
+    /// Creates `topic` unless this component already knows it exists.
+    async fn ensure_topic(&self, topic: &str) -> Result<(), PubSubError> {
+        if lock(&self.known_topics).contains(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(
+            topic,
+            self.cfg.partitions,
+            TopicReplication::Fixed(self.cfg.replication_factor),
+        );
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.cfg.publish_timeout))
+            .operation_timeout(Some(self.cfg.publish_timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| self.error("creating", topic, &e))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(component = %self.name, topic, partitions = self.cfg.partitions, "created kafka topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    let err = self.error("creating", topic, &KafkaError::AdminOp(code));
+                    if matches!(err, PubSubError::Unavailable(_)) {
+                        return Err(err);
+                    }
+                    // Not allowed to create (ACLs, policies)? It may exist or be
+                    // auto-created; let the produce or fetch say.
+                    tracing::warn!(component = %self.name, topic, error = %err, "could not create kafka topic; using it as it is");
+                }
+            }
+        }
+        lock(&self.known_topics).insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Waits (bounded by `publishTimeout`) until the brokers' metadata lists
+    /// `topic` with its partitions, so a new consumer is assigned all of them.
+    async fn wait_for_metadata(&self, topic: &str) -> Result<(), PubSubError> {
+        let producer = self.producer.clone();
+        let t = topic.to_string();
+        let timeout = self.cfg.publish_timeout;
+        let res = tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let err = match producer
+                    .client()
+                    .fetch_metadata(Some(&t), left.min(Duration::from_secs(2)))
+                {
+                    Ok(md) => match md.topics().iter().find(|mt| mt.name() == t) {
+                        Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
+                            return Ok(())
+                        }
+                        Some(mt) => mt
+                            .error()
+                            .map(|e| KafkaError::MetadataFetch(e.into()))
+                            .unwrap_or(KafkaError::MetadataFetch(
+                                RDKafkaErrorCode::UnknownTopicOrPartition,
+                            )),
+                        None => {
+                            KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)
+                        }
+                    },
+                    Err(e) => e,
+                };
+                if Instant::now() >= deadline {
+                    return Err(err);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .map_err(|e| PubSubError::Internal(format!("metadata wait task failed: {e}")))?;
+        res.map_err(|e| self.error("waiting for the metadata of", topic, &e))
+    }
+
+    fn check_topic(&self, what: &str, topic: &str) -> Result<(), PubSubError> {
+        if topic.trim().is_empty() {
+            return Err(PubSubError::InvalidRequest(format!(
+                "pubsub '{}': {what}: the topic is empty",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues one message in the producer, in call order; waits a bounded
+    /// time for room when the queue is full.
+    async fn enqueue(&self, req: &PublishRequest) -> Result<DeliveryFuture, PubSubError> {
+        let deadline = Instant::now() + QUEUE_FULL_WAIT;
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(req.headers.len());
+            for (k, v) in &req.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&req.topic)
+                .payload(&req.data[..])
+                .headers(headers);
+            if let Some(key) = &req.key {
+                record = record.key(key.as_str());
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(self.error("publishing to", &req.topic, &e)),
+            }
+        }
+    }
+
+    async fn delivered(&self, topic: &str, f: DeliveryFuture) -> Result<(), PubSubError> {
+        match f.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(self.error("publishing to", topic, &e)),
+            Err(_) => Err(PubSubError::Unavailable(format!(
+                "pubsub '{}' (kafka brokers {}): publishing to topic '{topic}': the producer shut down",
+                self.name, self.cfg.brokers
+            ))),
+        }
+    }
+
+    fn consumer_config(&self, group: &str, options: &SubscribeOptions) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.cfg.brokers)
+            .set("client.id", &self.cfg.client_id)
+            .set("group.id", group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match self.cfg.initial_offset {
+                    InitialOffset::Oldest => "earliest",
+                    InitialOffset::Newest => "latest",
+                },
+            )
+            .set(
+                "session.timeout.ms",
+                self.cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.cfg.max_poll_interval.as_millis().to_string(),
+            )
+            // Bounded prefetch: at most this many messages queued per partition
+            // inside librdkafka, on top of our own per-partition buffer.
+            .set("queued.min.messages", PAUSE_AT.to_string())
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.wait.max.ms", "100");
+        if let Some(id) = options
+            .instance_id
+            .as_deref()
+            .filter(|i| !i.trim().is_empty())
+        {
+            cc.set("group.instance.id", id);
+        }
+        cc
+    }
+}
+
+#[async_trait]
+impl PubSub for KafkaPubSub {
+    fn features(&self) -> &'static [Feature] {
+        &[
+            Feature::Durable,
+            Feature::DistributedGroups,
+            Feature::StaticMembership,
+        ]
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<(), PubSubError> {
+        self.check_topic("publish", &req.topic)?;
+        self.ensure_topic(&req.topic).await?;
+        let f = self.enqueue(&req).await?;
+        self.delivered(&req.topic, f).await
+    }
+
+    /// Queues every message in order (so a key's messages keep their order),
+    /// then waits for all the confirmations.
+    async fn publish_bulk(&self, reqs: Vec<PublishRequest>) -> Vec<Result<(), PubSubError>> {
+        let mut failed_topics: HashMap<String, PubSubError> = HashMap::new();
+        let mut pending: Vec<Result<DeliveryFuture, PubSubError>> = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            if let Err(e) = self.check_topic("publish", &req.topic) {
+                pending.push(Err(e));
+                continue;
+            }
+            if let Some(e) = failed_topics.get(&req.topic) {
+                pending.push(Err(e.clone()));
+                continue;
+            }
+            if let Err(e) = self.ensure_topic(&req.topic).await {
+                failed_topics.insert(req.topic.clone(), e.clone());
+                pending.push(Err(e));
+                continue;
+            }
+            pending.push(self.enqueue(req).await);
+        }
+        let waits = pending.into_iter().zip(&reqs).map(|(p, req)| async move {
+            match p {
+                Ok(f) => self.delivered(&req.topic, f).await,
+                Err(e) => Err(e),
+            }
+        });
+        futures::future::join_all(waits).await
+    }
+
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<mpsc::Receiver<Delivery>, PubSubError> {
+        self.check_topic("subscribe", &options.topic)?;
+        let group = match (options.group.trim(), &self.cfg.consumer_group) {
+            ("", Some(g)) => g.clone(),
+            ("", None) => {
+                return Err(PubSubError::InvalidRequest(format!(
+                    "pubsub '{}': subscribe to topic '{}': no consumer group given and no 'consumerGroup' in the component's metadata",
+                    self.name, options.topic
+                )))
+            }
+            (g, _) => g.to_string(),
+        };
+        self.ensure_topic(&options.topic).await?;
+        self.wait_for_metadata(&options.topic).await?;
+
+        let (tx, rx) = mpsc::channel(options.max_in_flight.max(1));
+        let shared = Arc::new(SubShared {
+            component: self.name.clone(),
+            topic: options.topic.clone(),
+            group: group.clone(),
+            max_in_flight: options.max_in_flight.max(1),
+            retry_backoff: options.retry_backoff,
+            revoke_timeout: options.revoke_timeout,
+            rt: tokio::runtime::Handle::current(),
+            tx,
+            state: Mutex::default(),
+            acked: Condvar::new(),
+        });
+        let context = SubContext {
+            log: LogContext {
+                component: self.name.clone(),
+            },
+            shared: shared.clone(),
+        };
+        let consumer: BaseConsumer<SubContext> = self
+            .consumer_config(&group, &options)
+            .create_with_context(context)
+            .map_err(|e| {
+                self.error(
+                    &format!("creating a consumer (group '{group}') for"),
+                    &options.topic,
+                    &e,
+                )
+            })?;
+        consumer.subscribe(&[options.topic.as_str()]).map_err(|e| {
+            self.error(
+                &format!("subscribing (group '{group}') to"),
+                &options.topic,
+                &e,
+            )
+        })?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weft-kafka-sub".into())
+            .spawn(move || run_consumer(consumer, shared, thread_stop))
+            .map_err(|e| {
+                PubSubError::Internal(format!(
+                    "pubsub '{}': starting a consumer thread: {e}",
+                    self.name
+                ))
+            })?;
+        let mut subs = lock(&self.subscriptions);
+        subs.retain(|s| !s.thread.is_finished());
+        subs.push(SubscriptionHandle { stop, thread });
+        tracing::debug!(component = %self.name, topic = %options.topic, group = %group, "kafka subscription started");
+        Ok(rx)
+    }
+
+    async fn close(&self) {
+        let subs: Vec<SubscriptionHandle> = lock(&self.subscriptions).drain(..).collect();
+        for s in &subs {
+            s.stop.store(true, Ordering::SeqCst);
+        }
+        let producer = self.producer.clone();
+        let timeout = self.cfg.publish_timeout;
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in subs {
+                let _ = s.thread.join();
+            }
+            let _ = producer.flush(timeout);
+        })
+        .await;
+    }
+}
+
+/// Maps a librdkafka error code onto the block's error kinds.
+fn classify(code: RDKafkaErrorCode, text: String) -> PubSubError {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::QueueFull | C::ThrottlingQuotaExceeded | C::KafkaStorageError => {
+            PubSubError::ResourceExhausted(text)
+        }
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidTopic
+        | C::InvalidPartitions
+        | C::InvalidReplicationFactor
+        | C::PolicyViolation => PubSubError::InvalidRequest(text),
+        C::MessageTimedOut
+        | C::OperationTimedOut
+        | C::TimedOutQueue
+        | C::RequestTimedOut
+        | C::AllBrokersDown
+        | C::BrokerTransportFailure
+        | C::BrokerNotAvailable
+        | C::Resolve
+        | C::LeaderNotAvailable
+        | C::PreferredLeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::NetworkException
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::CoordinatorLoadInProgress
+        | C::CoordinatorNotAvailable
+        | C::NotCoordinator
+        | C::WaitingForCoordinator
+        | C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::BrokerDestroy
+        | C::DestroyBroker => PubSubError::Unavailable(text),
+        _ => PubSubError::Internal(text),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// === impl LogContext ===
+
+/// Sends librdkafka's logs and errors to `tracing`, tagged with the component.
+#[derive(Clone)]
+struct LogContext {
+    component: String,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(component = %self.component, facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(component = %self.component, facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(component = %self.component, facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(component = %self.component, facility = fac, "librdkafka: {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(component = %self.component, error = %error, "kafka client error: {reason}");
+    }
+}
+
+// === Subscriptions ===
+
+/// What a subscription's consumer thread, its rebalance callbacks and the
+/// ack tasks share.
+struct SubShared {
+    component: String,
+    topic: String,
+    group: String,
+    max_in_flight: usize,
+    retry_backoff: Duration,
+    revoke_timeout: Duration,
+    rt: tokio::runtime::Handle,
+    tx: mpsc::Sender<Delivery>,
+    state: Mutex<SubState>,
+    /// Signalled whenever an in-flight message is acked (revocation waits on it).
+    acked: Condvar,
+}
+
+#[derive(Default)]
+struct SubState {
+    parts: HashMap<i32, Part>,
+    /// Partitions whose head can be handed out, oldest first: (partition, generation).
+    ready: VecDeque<(i32, u64)>,
+    /// Partitions with a message handed out and not acked.
+    in_flight: usize,
+    generation: u64,
+    closed: bool,
+}
+
+/// One assigned partition.
+struct Part {
+    /// Changes with every assignment, so acks from an earlier ownership are ignored.
+    generation: u64,
+    /// Fetched, not yet acked messages; the head is the one handed out.
+    buf: VecDeque<Message>,
+    /// Lowest offset accepted from the fetcher (duplicates after a pause are skipped).
+    next_offset: i64,
+    in_flight: bool,
+    /// The head was retried and waits for the backoff.
+    backing_off: bool,
+    /// In `SubState::ready`.
+    queued: bool,
+    /// Deliveries of the head so far.
+    attempt: u32,
+    /// Last acked offset, -1 if none.
+    acked: i64,
+    /// Offset last sent in a commit (next to consume), -1 if none.
+    committed: i64,
+    paused: bool,
+    revoking: bool,
+}
+
+impl Part {
+    fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            buf: VecDeque::new(),
+            next_offset: -1,
+            in_flight: false,
+            backing_off: false,
+            queued: false,
+            attempt: 0,
+            acked: -1,
+            committed: -1,
+            paused: false,
+            revoking: false,
+        }
+    }
+
+    fn deliverable(&self) -> bool {
+        !self.in_flight && !self.backing_off && !self.revoking && !self.buf.is_empty()
+    }
+}
+
+impl SubShared {
+    fn lock(&self) -> MutexGuard<'_, SubState> {
+        lock(&self.state)
+    }
+
+    fn mark_ready(st: &mut SubState, p: i32) {
+        if let Some(part) = st.parts.get_mut(&p) {
+            if part.deliverable() && !part.queued {
+                part.queued = true;
+                st.ready.push_back((p, part.generation));
+            }
+        }
+    }
+
+    /// Hands out ready heads while fewer than `max_in_flight` partitions
+    /// have a message in flight.
+    fn pump(self: &Arc<Self>, st: &mut SubState) {
+        while st.in_flight < self.max_in_flight && !st.closed {
+            let Some((p, generation)) = st.ready.pop_front() else {
+                break;
+            };
+            let Some(part) = st.parts.get_mut(&p) else {
+                continue;
+            };
+            if part.generation != generation {
+                continue;
+            }
+            part.queued = false;
+            if !part.deliverable() {
+                continue;
+            }
+            let mut message = part
+                .buf
+                .front()
+                .cloned()
+                .expect("deliverable partition has a head");
+            message.attempt = part.attempt;
+            let offset = message.offset;
+            let (delivery, ack_rx) = Delivery::new(message);
+            match self.tx.try_send(delivery) {
+                Ok(()) => {
+                    part.in_flight = true;
+                    st.in_flight += 1;
+                    let me = self.clone();
+                    self.rt.spawn(async move {
+                        let ack = ack_rx.await.unwrap_or(Ack::Retry);
+                        me.on_ack(p, generation, offset, ack);
+                    });
+                }
+                Err(TrySendError::Full(d)) => {
+                    // Only after a revocation released a slot whose delivery
+                    // still sits in the channel; the next ack pumps again.
+                    drop(d);
+                    part.queued = true;
+                    st.ready.push_front((p, generation));
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    st.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_ack(self: &Arc<Self>, p: i32, generation: u64, offset: i64, ack: Ack) {
+        let mut st = self.lock();
+        let mut settled = false;
+        let mut retry = false;
+        if let Some(part) = st.parts.get_mut(&p) {
+            if part.generation == generation
+                && part.in_flight
+                && part.buf.front().map(|m| m.offset) == Some(offset)
+            {
+                part.in_flight = false;
+                settled = true;
+                match ack {
+                    Ack::Success | Ack::Drop => {
+                        part.buf.pop_front();
+                        part.acked = offset;
+                        part.attempt = 0;
+                    }
+                    Ack::Retry => {
+                        part.attempt = part.attempt.saturating_add(1);
+                        part.backing_off = true;
+                        retry = true;
+                    }
+                }
+            }
+        }
+        if settled {
+            st.in_flight -= 1;
+            Self::mark_ready(&mut st, p);
+        }
+        self.pump(&mut st);
+        drop(st);
+        self.acked.notify_all();
+        if retry {
+            let me = self.clone();
+            let backoff = self.retry_backoff;
+            self.rt.spawn(async move {
+                tokio::time::sleep(backoff).await;
+                let mut st = me.lock();
+                if let Some(part) = st.parts.get_mut(&p) {
+                    if part.generation == generation && part.backing_off {
+                        part.backing_off = false;
+                        Self::mark_ready(&mut st, p);
+                    }
+                }
+                me.pump(&mut st);
+            });
+        }
+    }
+
+    fn on_fetched(self: &Arc<Self>, m: &BorrowedMessage<'_>) {
+        let p = m.partition();
+        let offset = m.offset();
+        {
+            let st = self.lock();
+            match st.parts.get(&p) {
+                Some(part) if !part.revoking && offset >= part.next_offset => {}
+                _ => return,
+            }
+        }
+        let message = Message {
+            topic: m.topic().to_string(),
+            partition: p,
+            offset,
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            data: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            let value = h
+                                .value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default();
+                            (h.key.to_string(), value)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            attempt: 0,
+        };
+        let mut st = self.lock();
+        let Some(part) = st.parts.get_mut(&p) else {
+            return;
+        };
+        if part.revoking || offset < part.next_offset {
+            return;
+        }
+        part.next_offset = offset + 1;
+        part.buf.push_back(message);
+        Self::mark_ready(&mut st, p);
+        self.pump(&mut st);
+    }
+
+    /// Pauses partitions whose buffer is full and resumes drained ones.
+    fn flow_control(&self, consumer: &BaseConsumer<SubContext>) {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        {
+            let mut st = self.lock();
+            for (&p, part) in st.parts.iter_mut() {
+                if !part.paused && !part.revoking && part.buf.len() >= PAUSE_AT {
+                    part.paused = true;
+                    pause.add_partition(&self.topic, p);
+                } else if part.paused && part.buf.len() <= RESUME_AT {
+                    part.paused = false;
+                    resume.add_partition(&self.topic, p);
+                }
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(e) = consumer.pause(&pause) {
+                tracing::debug!(component = %self.component, topic = %self.topic, error = %e, "pausing partitions");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = consumer.resume(&resume) {
+                tracing::debug!(component = %self.component, topic = %self.topic, error = %e, "resuming partitions");
+            }
+        }
+    }
+
+    /// Commits acked positions: those not committed yet, or (`all`) every
+    /// acked one; only the given partitions if `only` is set.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<SubContext>,
+        mode: CommitMode,
+        only: Option<&[i32]>,
+        all: bool,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut st = self.lock();
+            for (&p, part) in st.parts.iter_mut() {
+                if only.is_some_and(|o| !o.contains(&p)) || part.acked < 0 {
+                    continue;
+                }
+                let next = part.acked + 1;
+                if all || next > part.committed {
+                    part.committed = next;
+                    if let Err(e) = tpl.add_partition_offset(&self.topic, p, Offset::Offset(next)) {
+                        tracing::warn!(component = %self.component, topic = %self.topic, partition = p, error = %e, "commit list");
+                    }
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            tracing::warn!(
+                component = %self.component, topic = %self.topic, group = %self.group, error = %e,
+                "committing offsets failed; uncommitted messages will be delivered again"
+            );
+        }
+    }
+
+    fn on_assign(&self, tpl: &TopicPartitionList) {
+        let mut st = self.lock();
+        st.generation += 1;
+        let generation = st.generation;
+        for e in tpl.elements() {
+            if e.topic() != self.topic {
+                continue;
+            }
+            if let Some(old) = st.parts.insert(e.partition(), Part::new(generation)) {
+                if old.in_flight {
+                    st.in_flight -= 1;
+                }
+            }
+        }
+        tracing::debug!(component = %self.component, topic = %self.topic, group = %self.group, assigned = tpl.count(), "partitions assigned");
+    }
+
+    /// Stops handing out the revoked partitions, waits up to `revoke_timeout`
+    /// for their in-flight acks, commits what was acked, then forgets them.
+    fn on_revoke(self: &Arc<Self>, consumer: &BaseConsumer<SubContext>, tpl: &TopicPartitionList) {
+        let revoked: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let lost = consumer.assignment_lost();
+        let deadline = Instant::now() + self.revoke_timeout;
+        let mut st = self.lock();
+        for p in &revoked {
+            if let Some(part) = st.parts.get_mut(p) {
+                part.revoking = true;
+            }
+        }
+        loop {
+            // A lost assignment already belongs to someone else: no waiting.
+            let busy = match lost {
+                true => 0,
+                false => revoked
+                    .iter()
+                    .filter(|p| st.parts.get(p).is_some_and(|x| x.in_flight))
+                    .count(),
+            };
+            if busy == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::info!(
+                    component = %self.component, topic = %self.topic, group = %self.group, unacked = busy,
+                    "revoke timeout reached; unacked messages go to the partitions' next owner"
+                );
+                break;
+            }
+            st = self
+                .acked
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(st);
+        if !lost {
+            self.commit(consumer, CommitMode::Sync, Some(&revoked), true);
+        }
+        let mut st = self.lock();
+        for p in &revoked {
+            if let Some(part) = st.parts.remove(p) {
+                if part.in_flight {
+                    st.in_flight -= 1;
+                }
+            }
+        }
+        self.pump(&mut st);
+        tracing::debug!(component = %self.component, topic = %self.topic, group = %self.group, revoked = revoked.len(), lost, "partitions revoked");
+    }
+}
+
+/// A consumer's context: logging plus the rebalance hooks.
+struct SubContext {
+    log: LogContext,
+    shared: Arc<SubShared>,
+}
+
+impl ClientContext for SubContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SubContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.shared.on_assign(tpl),
+            Rebalance::Revoke(tpl) => self.shared.on_revoke(consumer, tpl),
+            Rebalance::Error(e) => tracing::warn!(
+                component = %self.shared.component, topic = %self.shared.topic, group = %self.shared.group, error = %e,
+                "kafka rebalance error"
+            ),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(component = %self.shared.component, topic = %self.shared.topic, error = %e, "async commit failed");
+        }
+    }
+}
+
+/// A subscription's consumer thread: polls, buffers, pauses and resumes,
+/// commits; on close commits and leaves the group (dropping the consumer
+/// runs the revocation hook for every partition still owned).
+fn run_consumer(consumer: BaseConsumer<SubContext>, shared: Arc<SubShared>, stop: Arc<AtomicBool>) {
+    let mut last_commit = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) || shared.tx.is_closed() || shared.lock().closed {
+            break;
+        }
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(m)) => shared.on_fetched(&m),
+            Some(Err(e)) => {
+                tracing::debug!(component = %shared.component, topic = %shared.topic, error = %e, "kafka consumer")
+            }
+            None => {}
+        }
+        shared.flow_control(&consumer);
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            shared.commit(&consumer, CommitMode::Async, None, false);
+            last_commit = Instant::now();
+        }
+    }
+    shared.lock().closed = true;
+    shared.commit(&consumer, CommitMode::Sync, None, false);
+    drop(consumer);
+    tracing::debug!(component = %shared.component, topic = %shared.topic, group = %shared.group, "kafka subscription closed");
+}

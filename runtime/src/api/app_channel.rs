@@ -1,0 +1,72 @@
+//! The app-side channel of the callback model: Dapr's `AppCallback` gRPC
+//! service on `127.0.0.1:<--app-port>`. A transport only: the pub/sub block
+//! decides what to call and what the answers mean.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use weft_proto::runtime as pb;
+use weft_proto::runtime::app_callback_client::AppCallbackClient;
+
+use crate::blocks::pubsub::{AppChannel, AppChannelError};
+
+/// How long connecting to the app may take before a call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `AppCallback` over gRPC. Connects lazily and reconnects on failure.
+#[derive(Clone)]
+pub struct GrpcAppChannel {
+    client: AppCallbackClient<Channel>,
+}
+
+impl GrpcAppChannel {
+    pub fn new(port: u16) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        Ok(Self {
+            client: AppCallbackClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(usize::MAX),
+        })
+    }
+}
+
+fn channel_error(status: tonic::Status) -> AppChannelError {
+    match status.code() {
+        Code::Unimplemented => AppChannelError::Unimplemented,
+        Code::Unavailable => AppChannelError::Unavailable(status.message().to_string()),
+        code => AppChannelError::Failed(format!("{code:?}: {}", status.message())),
+    }
+}
+
+impl AppChannel for GrpcAppChannel {
+    fn list_topic_subscriptions(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<pb::TopicSubscription>, AppChannelError>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            client
+                .list_topic_subscriptions(())
+                .await
+                .map(|r| r.into_inner().subscriptions)
+                .map_err(channel_error)
+        })
+    }
+
+    fn on_topic_event(
+        &self,
+        event: pb::TopicEventRequest,
+    ) -> BoxFuture<'_, Result<pb::TopicEventResponse, AppChannelError>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            client
+                .on_topic_event(event)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(channel_error)
+        })
+    }
+}

@@ -1,0 +1,685 @@
+//! Pub/sub on the embedded broker of a real `weft` process: publishing,
+//! streaming subscriptions (ordering, no loss, a member leaving mid-run,
+//! RETRY, DROP to a dead-letter topic), the callback model against an
+//! AppCallback server in the test, and bad inputs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+use weft_proto::common;
+use weft_proto::runtime as pb;
+use weft_proto::runtime::dapr_client::DaprClient;
+use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
+use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
+use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as EventStatus;
+use weft_tests::{free_port, Weft, WeftOptions};
+
+/// Bound for any single expected event (a failure, never a speed check).
+const WAIT: Duration = Duration::from_secs(60);
+
+type Requests = mpsc::Sender<pb::SubscribeTopicEventsRequestAlpha1>;
+
+/// A streaming subscription: the request sender and the response stream.
+struct Sub {
+    tx: Requests,
+    rx: Streaming<pb::SubscribeTopicEventsResponseAlpha1>,
+}
+
+fn initial(
+    topic: &str,
+    metadata: &[(&str, &str)],
+    dlt: Option<&str>,
+) -> pb::SubscribeTopicEventsRequestAlpha1 {
+    pb::SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
+            pb::SubscribeTopicEventsRequestInitialAlpha1 {
+                pubsub_name: "pubsub".into(),
+                topic: topic.into(),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                dead_letter_topic: dlt.map(str::to_string),
+            },
+        )),
+    }
+}
+
+fn processed(id: &str, status: EventStatus) -> pb::SubscribeTopicEventsRequestAlpha1 {
+    pb::SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
+            pb::SubscribeTopicEventsRequestProcessedAlpha1 {
+                id: id.into(),
+                status: Some(pb::TopicEventResponse {
+                    status: status as i32,
+                }),
+            },
+        )),
+    }
+}
+
+/// Opens a stream with `first` as its first message; returns it without
+/// reading anything.
+async fn open_raw(
+    c: &mut DaprClient<Channel>,
+    first: pb::SubscribeTopicEventsRequestAlpha1,
+) -> Sub {
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(first).await.unwrap();
+    let rx = c
+        .subscribe_topic_events_alpha1(ReceiverStream::new(rx))
+        .await
+        .expect("open the subscription stream")
+        .into_inner();
+    Sub { tx, rx }
+}
+
+/// Opens a subscription and waits for its initial response.
+async fn subscribe(
+    c: &mut DaprClient<Channel>,
+    topic: &str,
+    metadata: &[(&str, &str)],
+    dlt: Option<&str>,
+) -> Sub {
+    let mut sub = open_raw(c, initial(topic, metadata, dlt)).await;
+    let first = tokio::time::timeout(WAIT, sub.rx.message())
+        .await
+        .expect("initial response in time")
+        .expect("initial response")
+        .expect("stream open");
+    assert!(
+        matches!(
+            first.subscribe_topic_events_response_type,
+            Some(RespType::InitialResponse(_))
+        ),
+        "{first:?}"
+    );
+    sub
+}
+
+/// The next event on a subscription.
+async fn next_event(sub: &mut Sub) -> pb::TopicEventRequest {
+    let msg = tokio::time::timeout(WAIT, sub.rx.message())
+        .await
+        .expect("an event in time")
+        .expect("stream healthy")
+        .expect("stream open");
+    match msg.subscribe_topic_events_response_type {
+        Some(RespType::EventMessage(ev)) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// (key, seq) of an event published by [`entry`] / [`publish`].
+fn key_seq(ev: &pb::TopicEventRequest) -> (String, u64) {
+    let v: serde_json::Value = serde_json::from_slice(&ev.data).unwrap_or_else(|e| {
+        panic!(
+            "event data {:?} is not JSON: {e}",
+            String::from_utf8_lossy(&ev.data)
+        )
+    });
+    (
+        v["key"].as_str().unwrap_or_default().to_string(),
+        v["seq"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+fn ext_number(ev: &pb::TopicEventRequest, field: &str) -> Option<f64> {
+    match ev.extensions.as_ref()?.fields.get(field)?.kind.as_ref()? {
+        prost_types::value::Kind::NumberValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn ext_string(ev: &pb::TopicEventRequest, field: &str) -> Option<String> {
+    match ev.extensions.as_ref()?.fields.get(field)?.kind.as_ref()? {
+        prost_types::value::Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn payload(key: &str, seq: u64) -> Vec<u8> {
+    serde_json::json!({"key": key, "seq": seq})
+        .to_string()
+        .into_bytes()
+}
+
+async fn publish(c: &mut DaprClient<Channel>, topic: &str, key: &str, seq: u64) {
+    c.publish_event(pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: topic.into(),
+        data: payload(key, seq),
+        data_content_type: "application/json".into(),
+        metadata: HashMap::from([("partitionKey".to_string(), key.to_string())]),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("publish {key}/{seq}: {e}"));
+}
+
+/// Per-key processing log: each seq must follow the previous one or step
+/// back to one already seen (a redelivered suffix); never skip ahead.
+#[derive(Default)]
+struct Log {
+    seqs: HashMap<String, Vec<u64>>,
+    errors: Vec<String>,
+    total: usize,
+}
+
+impl Log {
+    fn record(&mut self, key: String, seq: u64) {
+        self.total += 1;
+        let v = self.seqs.entry(key.clone()).or_default();
+        let ok = match v.last() {
+            None => seq == 0,
+            Some(&last) => seq == last + 1 || seq <= last,
+        };
+        if !ok && self.errors.len() < 10 {
+            self.errors.push(format!(
+                "key {key}: seq {seq} after {:?}",
+                v.iter().rev().take(5).collect::<Vec<_>>()
+            ));
+        }
+        v.push(seq);
+    }
+
+    fn complete(&self, keys: usize, per_key: u64) -> bool {
+        self.seqs.len() == keys
+            && self
+                .seqs
+                .values()
+                .all(|v| v.iter().max() == Some(&(per_key - 1)))
+    }
+}
+
+/// Consumes a subscription, recording then acking SUCCESS, until `stop_after`
+/// events (then it disconnects holding its in-flight events unacked) or the
+/// stream ends.
+fn consumer(
+    mut sub: Sub,
+    log: Arc<Mutex<Log>>,
+    stop_after: Option<usize>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok(Some(msg)) = sub.rx.message().await else {
+                return n;
+            };
+            let Some(RespType::EventMessage(ev)) = msg.subscribe_topic_events_response_type else {
+                continue;
+            };
+            if stop_after.is_some_and(|s| n >= s) {
+                // Leave with this event (and whatever else is in flight) unacked.
+                return n;
+            }
+            let (key, seq) = key_seq(&ev);
+            log.lock().unwrap().record(key, seq);
+            n += 1;
+            if sub
+                .tx
+                .send(processed(&ev.id, EventStatus::Success))
+                .await
+                .is_err()
+            {
+                return n;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_no_loss_while_a_member_leaves() {
+    let weft = Weft::start(WeftOptions::new("orders-app")).await.unwrap();
+    let mut c = weft.client().await;
+    let (keys, per_key) = (200usize, 100u64);
+    let topic = "orders";
+    let log = Arc::new(Mutex::new(Log::default()));
+    let a = subscribe(&mut c, topic, &[], None).await;
+    let b = subscribe(&mut c, topic, &[], None).await;
+    let md = c
+        .get_metadata(pb::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let streaming: Vec<_> = md
+        .subscriptions
+        .iter()
+        .filter(|s| s.topic == topic && s.r#type == pb::PubsubSubscriptionType::Streaming as i32)
+        .collect();
+    assert_eq!(
+        streaming.len(),
+        2,
+        "GetMetadata lists both streaming subscriptions: {:?}",
+        md.subscriptions
+    );
+
+    let task_a = consumer(a, log.clone(), None);
+    let task_b = consumer(b, log.clone(), Some(1500));
+
+    // 20 000 messages: seq-major over 200 keys, mostly bulk, every 10th round one by one.
+    for seq in 0..per_key {
+        if seq % 10 == 0 {
+            for k in 0..keys {
+                publish(&mut c, topic, &format!("key-{k}"), seq).await;
+            }
+            continue;
+        }
+        let entries = (0..keys)
+            .map(|k| pb::BulkPublishRequestEntry {
+                entry_id: format!("{k}-{seq}"),
+                event: payload(&format!("key-{k}"), seq),
+                content_type: "application/json".into(),
+                metadata: HashMap::from([("partitionKey".to_string(), format!("key-{k}"))]),
+            })
+            .collect();
+        let res = c
+            .bulk_publish_event(pb::BulkPublishRequest {
+                pubsub_name: "pubsub".into(),
+                topic: topic.into(),
+                entries,
+                metadata: HashMap::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(res.failed_entries.is_empty(), "{:?}", res.failed_entries);
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        {
+            let l = log.lock().unwrap();
+            assert!(l.errors.is_empty(), "order violated: {:?}", l.errors);
+            if l.complete(keys, per_key) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not everything was delivered: {} processed, {} keys seen",
+                l.total,
+                l.seqs.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_processed = task_b.await.unwrap();
+    assert_eq!(
+        b_processed, 1500,
+        "member B processed its share before leaving"
+    );
+    let total = log.lock().unwrap().total;
+    assert!(total >= keys * per_key as usize, "{total}");
+    task_a.abort();
+}
+
+#[tokio::test]
+async fn retry_keeps_order_and_drop_goes_to_the_dead_letter_topic() {
+    let weft = Weft::start(WeftOptions::new("retry-app")).await.unwrap();
+    let mut c = weft.client().await;
+    let mut sub = subscribe(
+        &mut c,
+        "payments",
+        &[("retryBackoff", "50ms")],
+        Some("payments-dlt"),
+    )
+    .await;
+    let mut dlt = subscribe(&mut c, "payments-dlt", &[], None).await;
+    for seq in 0..6 {
+        publish(&mut c, "payments", "acct-1", seq).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let ev = next_event(&mut sub).await;
+        let (key, seq) = key_seq(&ev);
+        assert_eq!(key, "acct-1");
+        let attempt = ext_number(&ev, "attempt").unwrap_or(-1.0) as u32;
+        assert_eq!(ext_string(&ev, "partitionKey").as_deref(), Some("acct-1"));
+        assert!(ext_number(&ev, "partition").is_some() && ext_number(&ev, "offset").is_some());
+        assert_eq!(
+            (ev.topic.as_str(), ev.pubsub_name.as_str()),
+            ("payments", "pubsub")
+        );
+        assert_eq!(ev.data_content_type, "application/json");
+        assert_eq!(ev.source, "retry-app");
+        seen.push((seq, attempt));
+        let status = match (seq, attempt) {
+            (2, 0) => EventStatus::Retry,
+            (4, _) => EventStatus::Drop,
+            _ => EventStatus::Success,
+        };
+        sub.tx.send(processed(&ev.id, status)).await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        vec![(0, 0), (1, 0), (2, 0), (2, 1), (3, 0), (4, 0), (5, 0)]
+    );
+
+    let dead = next_event(&mut dlt).await;
+    assert_eq!(
+        key_seq(&dead),
+        ("acct-1".to_string(), 4),
+        "the dropped message is on the dead-letter topic"
+    );
+    assert_eq!(
+        ext_string(&dead, "topic").as_deref(),
+        Some("payments"),
+        "its envelope names the original topic"
+    );
+    dlt.tx
+        .send(processed(&dead.id, EventStatus::Success))
+        .await
+        .unwrap();
+}
+
+// === the callback model ===
+
+/// (topic, key, seq * 10 + attempt, path) of each OnTopicEvent call.
+type Calls = Arc<Mutex<Vec<(String, String, u64, String)>>>;
+
+#[derive(Clone, Default)]
+struct App {
+    events: Calls,
+}
+
+#[tonic::async_trait]
+impl pb::app_callback_server::AppCallback for App {
+    async fn on_invoke(
+        &self,
+        _: Request<common::InvokeRequest>,
+    ) -> Result<Response<common::InvokeResponse>, Status> {
+        Err(Status::unimplemented("no invocation"))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::ListTopicSubscriptionsResponse>, Status> {
+        let sub = |topic: &str, dlt: &str, path: &str| pb::TopicSubscription {
+            pubsub_name: "pubsub".into(),
+            topic: topic.into(),
+            metadata: HashMap::from([("retryBackoff".to_string(), "50ms".to_string())]),
+            routes: Some(pb::TopicRoutes {
+                rules: Vec::new(),
+                default: path.into(),
+            }),
+            dead_letter_topic: dlt.into(),
+            bulk_subscribe: None,
+        };
+        Ok(Response::new(pb::ListTopicSubscriptionsResponse {
+            subscriptions: vec![sub("cb", "cb-dlt", "/orders"), sub("cb-dlt", "", "/dead")],
+        }))
+    }
+
+    async fn on_topic_event(
+        &self,
+        r: Request<pb::TopicEventRequest>,
+    ) -> Result<Response<pb::TopicEventResponse>, Status> {
+        let ev = r.into_inner();
+        let (key, seq) = key_seq(&ev);
+        let attempt = ext_number(&ev, "attempt").unwrap_or(-1.0) as u64;
+        self.events.lock().unwrap().push((
+            ev.topic.clone(),
+            key,
+            seq * 10 + attempt,
+            ev.path.clone(),
+        ));
+        let status = match (ev.topic.as_str(), seq, attempt) {
+            ("cb", 1, 0) => EventStatus::Retry,
+            ("cb", 2, 0) => return Err(Status::internal("the app failed")), // also a retry
+            ("cb", 3, _) => EventStatus::Drop,
+            _ => EventStatus::Success,
+        };
+        Ok(Response::new(pb::TopicEventResponse {
+            status: status as i32,
+        }))
+    }
+
+    async fn list_input_bindings(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::ListInputBindingsResponse>, Status> {
+        Ok(Response::new(pb::ListInputBindingsResponse::default()))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: Request<pb::BindingEventRequest>,
+    ) -> Result<Response<pb::BindingEventResponse>, Status> {
+        Err(Status::unimplemented("no bindings"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _: Request<pb::TopicEventBulkRequest>,
+    ) -> Result<Response<pb::TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("no bulk"))
+    }
+
+    async fn on_job_event(
+        &self,
+        _: Request<pb::JobEventRequest>,
+    ) -> Result<Response<pb::JobEventResponse>, Status> {
+        Err(Status::unimplemented("no jobs"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_model_delivers_with_retry_and_dead_letter() {
+    let app_port = free_port();
+    // The runtime starts first: it must wait for the app to come up.
+    let weft = Weft::start(
+        WeftOptions::new("callback-app")
+            .arg("--app-port")
+            .arg(&app_port.to_string()),
+    )
+    .await
+    .unwrap();
+    let mut c = weft.client().await;
+    for seq in 0..5 {
+        publish(&mut c, "cb", "k", seq).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let app = App::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+        .await
+        .unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::app_callback_server::AppCallbackServer::new(app.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let expected_cb: Vec<u64> = vec![0, 10, 11, 20, 21, 30, 40];
+    loop {
+        let events = app.events.lock().unwrap().clone();
+        let cb: Vec<u64> = events.iter().filter(|e| e.0 == "cb").map(|e| e.2).collect();
+        let dead: Vec<u64> = events
+            .iter()
+            .filter(|e| e.0 == "cb-dlt")
+            .map(|e| e.2)
+            .collect();
+        if cb.len() >= expected_cb.len() && !dead.is_empty() {
+            assert_eq!(cb, expected_cb, "seq*10+attempt in delivery order on 'cb'");
+            assert_eq!(
+                dead,
+                vec![30],
+                "the dropped message went to the dead-letter topic"
+            );
+            assert!(events.iter().all(|e| e.1 == "k"));
+            assert!(
+                events
+                    .iter()
+                    .filter(|e| e.0 == "cb")
+                    .all(|e| e.3 == "/orders"),
+                "{events:?}"
+            );
+            assert!(
+                events
+                    .iter()
+                    .filter(|e| e.0 == "cb-dlt")
+                    .all(|e| e.3 == "/dead"),
+                "{events:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "callback deliveries: {events:?}\n{}",
+            weft.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let md = c
+        .get_metadata(pb::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        md.subscriptions.iter().any(|s| s.topic == "cb"
+            && s.dead_letter_topic == "cb-dlt"
+            && s.r#type == pb::PubsubSubscriptionType::Programmatic as i32),
+        "{:?}",
+        md.subscriptions
+    );
+    server.abort();
+}
+
+// === bad inputs ===
+
+#[tokio::test]
+async fn bad_inputs_get_clear_errors_and_the_runtime_keeps_serving() {
+    let weft = Weft::start(WeftOptions::new("bad-app")).await.unwrap();
+    let mut c = weft.client().await;
+
+    let err = c
+        .publish_event(pb::PublishEventRequest {
+            pubsub_name: "nope".into(),
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("pub/sub 'nope' is not found; configured pub/subs: pubsub"),
+        "{}",
+        err.message()
+    );
+
+    let err = c
+        .publish_event(pb::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("topic"), "{}", err.message());
+
+    let err = c
+        .publish_event(pb::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "t".into(),
+            data: b"not an envelope".to_vec(),
+            data_content_type: "application/cloudevents+json".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    let entry = |id: &str| pb::BulkPublishRequestEntry {
+        entry_id: id.into(),
+        event: b"x".to_vec(),
+        content_type: "text/plain".into(),
+        metadata: HashMap::new(),
+    };
+    let err = c
+        .bulk_publish_event(pb::BulkPublishRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "t".into(),
+            entries: vec![entry("1"), entry("1")],
+            metadata: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("entries[1].entry_id"),
+        "{}",
+        err.message()
+    );
+
+    // A stream whose first message is not initial_request.
+    let mut sub = open_raw(&mut c, processed("x", EventStatus::Success)).await;
+    let err = tokio::time::timeout(WAIT, sub.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("initial_request"),
+        "{}",
+        err.message()
+    );
+
+    // Unknown pub/sub and bad metadata in initial_request.
+    let mut sub = open_raw(
+        &mut c,
+        initial("t", &[("maxInFlightPartitions", "lots")], None),
+    )
+    .await;
+    let err = tokio::time::timeout(WAIT, sub.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("maxInFlightPartitions"),
+        "{}",
+        err.message()
+    );
+
+    // An ack for an event id the runtime never sent.
+    let mut sub = subscribe(&mut c, "t2", &[], None).await;
+    sub.tx
+        .send(processed("no-such-event", EventStatus::Success))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, sub.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("'no-such-event'"),
+        "{}",
+        err.message()
+    );
+
+    // Still serving: publish and consume.
+    let mut sub = subscribe(&mut c, "t3", &[], None).await;
+    c.publish_event(pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "t3".into(),
+        data: b"hello".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!(ev.data, b"hello");
+    assert_eq!(ev.data_content_type, "text/plain");
+    sub.tx
+        .send(processed(&ev.id, EventStatus::Success))
+        .await
+        .unwrap();
+    c.get_metadata(pb::GetMetadataRequest {}).await.unwrap();
+}
