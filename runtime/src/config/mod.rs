@@ -35,7 +35,8 @@ pub struct RunArgs {
 
     /// Directory of component files (Dapr's YAML shape). Without it the
     /// runtime starts on embedded defaults: `statestore` (SQLite) and
-    /// `configstore` (a YAML file), both under --data-dir.
+    /// `configstore` (a YAML file), both under --data-dir, and `pubsub`
+    /// (an in-process broker).
     #[arg(long, env = "WEFT_RESOURCES_PATH", alias = "components-path")]
     pub resources_path: Option<PathBuf>,
 
