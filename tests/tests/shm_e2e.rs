@@ -202,7 +202,6 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     assert_eq!(err.code, grpc_err.code() as u32);
     assert_eq!(err.message, grpc_err.message());
     for (id, block) in [
-        (m::PUBLISH_EVENT, "pub/sub"),
         (m::INVOKE_SERVICE, "service invocation"),
         (m::GET_SECRET, "secrets"),
         (m::TRY_LOCK_ALPHA1, "distributed lock"),

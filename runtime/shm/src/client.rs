@@ -297,7 +297,9 @@ impl Client {
         }
     }
 
-    /// Starts a server stream; read it with [`Client::next_item`].
+    /// Starts a server stream, or a bidirectional call with `body` as its
+    /// first message (send more with [`Client::send_more`]); read it with
+    /// [`Client::next_item`].
     pub fn open_stream(&mut self, method: u32, body: &[u8]) -> Result<u64, Status> {
         self.ensure_session()?;
         let corr = self.take_correlation();
@@ -308,6 +310,30 @@ impl Client {
                 self.live.remove(&corr);
                 Err(status)
             }
+        }
+    }
+
+    /// Sends a further message of a bidirectional call opened with
+    /// [`Client::open_stream`] (a MORE record: docs/shm-protocol.md §5), e.g.
+    /// an `event_processed` ack on a SubscribeTopicEventsAlpha1 call. Read
+    /// the runtime's side with [`Client::next_item`]; end the call with
+    /// [`Client::cancel`].
+    ///
+    /// The runtime ignores a MORE for a call that has already ended, so acks
+    /// may race the stream's end. This never reconnects: a new session has
+    /// no such call.
+    pub fn send_more(&mut self, method: u32, stream: u64, body: &[u8]) -> Result<(), Status> {
+        match &self.session {
+            None => return Err(Status::unavailable("no shared-memory session")),
+            Some(s) => {
+                if let Some(d) = &s.dead {
+                    return Err(d.clone());
+                }
+            }
+        }
+        match self.send(method, flags::MORE, stream, body) {
+            Ok(_) => Ok(()),
+            Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => Err(status),
         }
     }
 

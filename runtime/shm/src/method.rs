@@ -9,7 +9,9 @@ pub enum Kind {
     Unary,
     /// Any number of item records, then an END marker.
     ServerStream,
-    /// Client and server streams (reserved; answered UNIMPLEMENTED in v1).
+    /// Client and server streams: the first request record opens the call,
+    /// further app messages carry the MORE flag, the runtime's are stream
+    /// items ending with an END marker.
     Bidi,
 }
 

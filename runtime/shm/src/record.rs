@@ -31,8 +31,12 @@ pub mod flags {
     pub const CANCEL: u32 = 2;
     /// Request direction: do not answer (one-way; errors are dropped too).
     pub const NO_REPLY: u32 = 4;
+    /// Request direction: a further message of the client stream of the
+    /// bidirectional call with this correlation id (the first request
+    /// record, without MORE, opened it). Added to v1 with method 12.
+    pub const MORE: u32 = 8;
     /// Every flag v1 defines; others must be zero.
-    pub const ALL: u32 = END | CANCEL | NO_REPLY;
+    pub const ALL: u32 = END | CANCEL | NO_REPLY | MORE;
 }
 
 /// Rounds a record length up to the alignment.
@@ -340,5 +344,31 @@ mod tests {
         p[20] = 1;
         assert_eq!(decode_envelope(&p), Err(EnvelopeError::ReservedNotZero(1)));
         assert_eq!(decode_envelope(&p[..10]), Err(EnvelopeError::TooShort(10)));
+    }
+
+    #[test]
+    fn more_flag_is_defined() {
+        assert_eq!(flags::MORE, 0x8);
+        assert_eq!(flags::ALL, 0xF);
+        let env = Envelope {
+            method: 12,
+            flags: flags::MORE,
+            correlation: 9,
+            status: 0,
+        };
+        let mut buf = Vec::new();
+        encode_message(&env, b"ack", &mut buf);
+        assert_eq!(
+            decode_region(&buf, 1 << 20).unwrap(),
+            vec![Decoded::Message(env, b"ack")]
+        );
+        let mut p = env.encode();
+        let (got, body) = decode_envelope(&p).unwrap();
+        assert_eq!((got.flags, body), (flags::MORE, &[][..]));
+        // The next bit is still undefined.
+        p[4] = 0x10;
+        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x10)));
+        p[4] = 0x18;
+        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x18)));
     }
 }

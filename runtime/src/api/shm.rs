@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use prost::Message;
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
 use weft_proto::runtime as pb;
 use weft_shm::control::{self, Goodbye, Hello, Welcome, MAPPED_MAGIC};
@@ -38,7 +40,6 @@ use weft_shm::ring::{Consumer, PollError, Producer};
 use weft_shm::segment::{self, Segment};
 
 use crate::api::grpc::constant_time_eq;
-use crate::blocks::configuration::SubscriptionStream;
 use crate::blocks::Blocks;
 use crate::config::{RuntimeConfig, ShmSettings};
 use crate::error::ApiError;
@@ -229,7 +230,15 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     /// Calls answered from tokio tasks: correlation id → task.
     in_flight: Mutex<HashMap<u64, Option<AbortHandle>>>,
+    /// Open bidirectional calls: correlation id → where their MORE records
+    /// go. Dropping a sender ends the call's client stream.
+    client_streams: Mutex<HashMap<u64, ClientStream>>,
 }
+
+/// The app's side of a bidirectional call (SubscribeTopicEventsAlpha1).
+type ClientStream = mpsc::UnboundedSender<Result<pb::SubscribeTopicEventsRequestAlpha1, ApiError>>;
+type ClientStreamRef =
+    mpsc::WeakUnboundedSender<Result<pb::SubscribeTopicEventsRequestAlpha1, ApiError>>;
 
 enum TryRespond {
     Written,
@@ -328,6 +337,35 @@ impl Shared {
             .lock()
             .map(|mut m| m.remove(&corr).is_some())
             .unwrap_or(false)
+    }
+
+    /// Ends a bidirectional call's client stream (the block then hands the
+    /// call's unacked events to the group's other members).
+    fn end_client_stream(&self, corr: u64) {
+        let sender = self
+            .client_streams
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&corr));
+        drop(sender);
+    }
+
+    /// Like [`Shared::end_client_stream`], but only while `corr` still names
+    /// the call that `weak` belongs to (the app may already have reused the
+    /// correlation id for a new call once it saw this one's END).
+    fn end_client_stream_of(&self, corr: u64, weak: &ClientStreamRef) {
+        let Some(ours) = weak.upgrade() else {
+            return; // already removed
+        };
+        let sender = self.client_streams.lock().ok().and_then(|mut m| {
+            if m.get(&corr).is_some_and(|s| s.same_channel(&ours)) {
+                m.remove(&corr)
+            } else {
+                None
+            }
+        });
+        drop(ours);
+        drop(sender);
     }
 
     fn is_live(&self, corr: u64) -> bool {
@@ -455,6 +493,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         closed: AtomicBool::new(false),
         fatal: Mutex::new(None),
         in_flight: Mutex::new(HashMap::new()),
+        client_streams: Mutex::new(HashMap::new()),
     });
     tracing::info!(
         session = id,
@@ -570,6 +609,15 @@ impl Session<'_> {
         let (env, body) = decode_envelope(payload)
             .map_err(|e| End::protocol(Code::InvalidArgument, e.to_string()))?;
         let corr = env.correlation;
+        if env.flags & flags::MORE != 0 && env.flags != flags::MORE {
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!(
+                    "request {corr} combines MORE with other flags ({:#x})",
+                    env.flags
+                ),
+            ));
+        }
         if env.flags & flags::CANCEL != 0 {
             return self.cancel(corr);
         }
@@ -581,6 +629,9 @@ impl Session<'_> {
                 ),
             ));
         }
+        if env.flags & flags::MORE != 0 {
+            return self.more(env.method, corr, body);
+        }
         let Some(m) = method::by_id(env.method) else {
             return Err(End::protocol(
                 Code::Unimplemented,
@@ -588,6 +639,15 @@ impl Session<'_> {
             ));
         };
         let reply = env.flags & flags::NO_REPLY == 0;
+        if !reply && m.kind == method::Kind::Bidi {
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!(
+                    "{} request {corr} is one-way (NO_REPLY), which a bidirectional call cannot be",
+                    m.name
+                ),
+            ));
+        }
         let answer = Envelope {
             method: env.method,
             flags: flags::END,
@@ -658,7 +718,73 @@ impl Session<'_> {
                 });
                 Ok(())
             }
+            Call::Bidi(first) => {
+                // Acks are bounded by the events the runtime handed out, so
+                // the client stream's channel needs no bound of its own.
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = tx.send(Ok(first));
+                let ours = tx.downgrade();
+                if let Ok(mut m) = self.shared.client_streams.lock() {
+                    m.insert(corr, tx);
+                }
+                let events = {
+                    // The block spawns its subscription task.
+                    let _rt = self.ctx.handle.enter();
+                    self.ctx
+                        .blocks
+                        .pubsub
+                        .subscribe_topic_events(UnboundedReceiverStream::new(rx))
+                };
+                let stream_env = Envelope { flags: 0, ..answer };
+                self.spawn(corr, true, async move {
+                    move |shared: Arc<Shared>| async move {
+                        stream_out(&shared, stream_env, Ok(events)).await;
+                        shared.end_client_stream_of(corr, &ours);
+                    }
+                });
+                Ok(())
+            }
         }
+    }
+
+    /// A further message of a bidirectional call's client stream.
+    fn more(&self, method_id: u32, corr: u64, body: &[u8]) -> Result<(), End> {
+        let Some(m) = method::by_id(method_id) else {
+            return Err(End::protocol(
+                Code::Unimplemented,
+                format!("unknown method id {method_id} (request {corr})"),
+            ));
+        };
+        if m.kind != method::Kind::Bidi {
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!(
+                    "request {corr} has the MORE flag but {} is not a bidirectional method",
+                    m.name
+                ),
+            ));
+        }
+        let msg = pb::SubscribeTopicEventsRequestAlpha1::decode(body).map_err(|e| {
+            End::protocol(
+                Code::InvalidArgument,
+                format!(
+                    "cannot decode the {} message (MORE) of call {corr}: {e}",
+                    m.name
+                ),
+            )
+        })?;
+        let sender = self
+            .shared
+            .client_streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&corr).cloned());
+        // No open call (it ended, or the app raced an ack with its end):
+        // ignored, as the spec says.
+        if let Some(tx) = sender {
+            let _ = tx.send(Ok(msg));
+        }
+        Ok(())
     }
 
     /// Runs `work` on tokio; its output then runs with the session's shared
@@ -712,6 +838,7 @@ impl Session<'_> {
     }
 
     fn cancel(&self, corr: u64) -> Result<(), End> {
+        self.shared.end_client_stream(corr);
         let task = self
             .shared
             .in_flight
@@ -743,6 +870,11 @@ impl Session<'_> {
                     h.abort();
                 }
             }
+        }
+        // Ends every bidirectional call's client stream: their unacked
+        // events go to the group's other members.
+        if let Ok(mut m) = shared.client_streams.lock() {
+            m.clear();
         }
         if end.goodbye {
             let g = Goodbye {
@@ -779,8 +911,13 @@ async fn respond_result(shared: &Shared, env: Envelope, r: Result<Vec<u8>, ApiEr
     }
 }
 
-/// Sends a server stream: every item, then the END marker.
-async fn stream_out(shared: &Shared, env: Envelope, r: Result<SubscriptionStream, ApiError>) {
+/// Sends a server stream (or the runtime's side of a bidirectional call):
+/// every item, then the END marker.
+async fn stream_out<M: Message>(
+    shared: &Shared,
+    env: Envelope,
+    r: Result<mpsc::Receiver<Result<M, ApiError>>, ApiError>,
+) {
     let end = Envelope {
         flags: flags::END,
         ..env
@@ -818,12 +955,20 @@ async fn stream_out(shared: &Shared, env: Envelope, r: Result<SubscriptionStream
 // === impl dispatch ===
 
 type UnaryFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, ApiError>> + Send>>;
-type StreamFuture = Pin<Box<dyn Future<Output = Result<SubscriptionStream, ApiError>> + Send>>;
+type StreamFuture = Pin<
+    Box<
+        dyn Future<Output = Result<crate::blocks::configuration::SubscriptionStream, ApiError>>
+            + Send,
+    >,
+>;
 
 /// A decoded request bound to its building-block method.
 pub enum Call {
     Unary(UnaryFuture),
     Stream(StreamFuture),
+    /// SubscribeTopicEventsAlpha1: the first message of the app's stream;
+    /// later ones arrive as MORE records.
+    Bidi(pb::SubscribeTopicEventsRequestAlpha1),
 }
 
 fn unary<Req, Resp, Fut>(
@@ -877,13 +1022,16 @@ pub fn dispatch(
         EXECUTE_STATE_TRANSACTION => unary(body, move |r| async move {
             b.state.execute_state_transaction(r).await
         }),
-        PUBLISH_EVENT => unimplemented::<pb::PublishEventRequest>(body, "pub/sub"),
-        BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => {
-            unimplemented::<pb::BulkPublishRequest>(body, "pub/sub")
-        }
-        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => {
-            unimplemented::<pb::SubscribeTopicEventsRequestAlpha1>(body, "pub/sub")
-        }
+        PUBLISH_EVENT => unary(
+            body,
+            move |r| async move { b.pubsub.publish_event(r).await },
+        ),
+        BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => unary(body, move |r| async move {
+            b.pubsub.bulk_publish_event(r).await
+        }),
+        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => Ok(Call::Bidi(
+            pb::SubscribeTopicEventsRequestAlpha1::decode(body)?,
+        )),
         INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "bindings"),
         GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "secrets"),
         GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "secrets"),
@@ -904,7 +1052,8 @@ pub fn dispatch(
         TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "distributed lock"),
         UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "distributed lock"),
         GET_METADATA => unary(body, move |_: pb::GetMetadataRequest| async move {
-            Ok(b.metadata.get_metadata())
+            // As gRPC: the metadata block's answer plus the subscriptions.
+            Ok(b.get_metadata())
         }),
         SET_METADATA => unary(body, move |r| async move { b.metadata.set_metadata(r) }),
         SHUTDOWN => unary(body, move |_: pb::ShutdownRequest| async move {
@@ -962,6 +1111,12 @@ mod tests {
                 assert_eq!(
                     streaming,
                     m.kind == method::Kind::ServerStream,
+                    "{}",
+                    m.name
+                );
+                assert_eq!(
+                    matches!(call, Call::Bidi(_)),
+                    m.kind == method::Kind::Bidi,
                     "{}",
                     m.name
                 );
