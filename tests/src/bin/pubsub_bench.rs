@@ -1,0 +1,611 @@
+//! Pub/sub benchmark (issue 4, item 9): end-to-end publish → deliver → ack
+//! through a release `weft`, over the streaming gRPC subscription
+//! (`SubscribeTopicEventsAlpha1`), on the embedded broker and on Kafka
+//! (`WEFT_TEST_KAFKA_BROKERS`), 8 partitions, in one run.
+//!
+//! Per backend:
+//!
+//! * **throughput**: `--messages` messages over `--keys` keys, published by
+//!   `--lanes` concurrent BulkPublishEvent loops (disjoint key sets, batches
+//!   of `--batch`, so per-key publish order is defined) while one streaming
+//!   subscription acks every event as soon as it arrives. Reported: delivered
+//!   messages per second (first publish to last delivery), latency from the
+//!   publish time in the payload to the delivery (saturated: mostly queueing),
+//!   and a check that every key arrived complete and in order.
+//! * **latency**: one PublishEvent at a time, waiting for its delivery
+//!   (ping-pong), `--latency-msgs` times; p50/p99 of publish → delivery.
+//! * **baseline**: the same ping-pong against the same component type
+//!   created in this process (no runtime, no gRPC). The difference of the
+//!   p50s is the runtime's per-message overhead (publish RPC, envelope,
+//!   building block, streaming delivery and ack).
+//!
+//! Plus the gRPC floor: p50 of a unary GetMetadata round trip.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use weft_components::metadata::{InitContext, Metadata};
+use weft_components::pubsub::{self, Ack, PublishRequest, SubscribeOptions};
+use weft_proto::runtime as pb;
+use weft_proto::runtime::dapr_client::DaprClient;
+use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
+use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
+use weft_tests::{write_component, Weft, WeftOptions};
+
+type Client = DaprClient<Channel>;
+
+const HELP: &str = "pubsub_bench: end-to-end pub/sub throughput and latency through a release weft
+
+usage: pubsub_bench [options]
+  --messages N        messages of the embedded throughput run (default 200000)
+  --kafka-messages N  messages of the Kafka throughput run (default 100000)
+  --keys N            partition keys (default 1000)
+  --batch N           entries per BulkPublishEvent (default 500)
+  --lanes N           concurrent publishers, disjoint keys (default 4)
+  --latency-msgs N    ping-pong messages per latency run (default 2000)
+  --no-kafka          embedded broker only
+  --markdown FILE     also write the report there
+
+Kafka: WEFT_TEST_KAFKA_BROKERS (scripts/services.sh env). The weft binary is
+$WEFT_BIN, or else target/release/weft next to this binary's directory.";
+
+#[derive(Clone)]
+struct Config {
+    messages: usize,
+    kafka_messages: usize,
+    keys: u32,
+    batch: usize,
+    lanes: usize,
+    latency_msgs: usize,
+    kafka: Option<String>,
+    markdown: Option<PathBuf>,
+}
+
+fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
+    let mut c = Config {
+        messages: 200_000,
+        kafka_messages: 100_000,
+        keys: 1000,
+        batch: 500,
+        lanes: 4,
+        latency_msgs: 2000,
+        kafka: std::env::var("WEFT_TEST_KAFKA_BROKERS")
+            .ok()
+            .filter(|b| !b.trim().is_empty()),
+        markdown: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--help" | "-h" => {
+                println!("{HELP}");
+                return Ok(None);
+            }
+            "--messages" => c.messages = val()?.parse()?,
+            "--kafka-messages" => c.kafka_messages = val()?.parse()?,
+            "--keys" => c.keys = val()?.parse()?,
+            "--batch" => c.batch = val()?.parse()?,
+            "--lanes" => c.lanes = val()?.parse()?,
+            "--latency-msgs" => c.latency_msgs = val()?.parse()?,
+            "--no-kafka" => c.kafka = None,
+            "--markdown" => c.markdown = Some(PathBuf::from(val()?)),
+            other => bail!("unknown argument {other}\n\n{HELP}"),
+        }
+    }
+    if c.keys == 0 || c.batch == 0 || c.lanes == 0 {
+        bail!("--keys, --batch and --lanes must be positive");
+    }
+    Ok(Some(c))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        now_ns() % 1_000_000_000_000
+    )
+}
+
+/// Nearest-rank percentile of sorted microseconds.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+// === the app side: one streaming subscription ===
+
+/// A delivery: payload `key:seq:publish_ns`, received at `at_ns`.
+struct Got {
+    key: u32,
+    seq: u32,
+    sent_ns: u64,
+    at_ns: u64,
+}
+
+fn parse_payload(data: &[u8]) -> Option<(u32, u32, u64)> {
+    let s = std::str::from_utf8(data).ok()?;
+    let mut p = s.split(':');
+    Some((
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+    ))
+}
+
+/// Subscribes and acks every event as soon as it arrives; deliveries go to `out`.
+async fn subscribe(
+    mut client: Client,
+    pubsub: &str,
+    topic: &str,
+    out: mpsc::UnboundedSender<Got>,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel::<pb::SubscribeTopicEventsRequestAlpha1>();
+    tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
+            pb::SubscribeTopicEventsRequestInitialAlpha1 {
+                pubsub_name: pubsub.into(),
+                topic: topic.into(),
+                metadata: HashMap::new(),
+                dead_letter_topic: None,
+            },
+        )),
+    })?;
+    let mut stream = client
+        .subscribe_topic_events_alpha1(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+        Ok(Ok(Some(pb::SubscribeTopicEventsResponseAlpha1 {
+            subscribe_topic_events_response_type: Some(RespType::InitialResponse(_)),
+        }))) => {}
+        other => bail!("no initial response: {other:?}"),
+    }
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(Some(m)) = stream.message().await {
+            let Some(RespType::EventMessage(ev)) = m.subscribe_topic_events_response_type else {
+                continue;
+            };
+            let at_ns = now_ns();
+            let _ = tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
+                subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
+                    pb::SubscribeTopicEventsRequestProcessedAlpha1 {
+                        id: ev.id.clone(),
+                        status: Some(pb::TopicEventResponse { status: 0 }),
+                    },
+                )),
+            });
+            if let Some((key, seq, sent_ns)) = parse_payload(&ev.data) {
+                let _ = out.send(Got {
+                    key,
+                    seq,
+                    sent_ns,
+                    at_ns,
+                });
+            }
+        }
+    });
+    Ok(())
+}
+
+// === runs ===
+
+struct Throughput {
+    messages: usize,
+    secs: f64,
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    out_of_order: usize,
+    duplicates: usize,
+}
+
+async fn throughput(
+    weft: &Weft,
+    pubsub: &'static str,
+    cfg: &Config,
+    n: usize,
+) -> anyhow::Result<Throughput> {
+    let topic = unique("bench");
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    subscribe(weft.client().await, pubsub, &topic, out_tx).await?;
+    // Per key: the sequence numbers to publish, split into lanes by key.
+    let mut lanes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); cfg.lanes];
+    let mut counts = vec![0u32; cfg.keys as usize];
+    for i in 0..n {
+        let k = ((i as u64).wrapping_mul(2654435761) % u64::from(cfg.keys)) as u32;
+        lanes[k as usize % cfg.lanes].push((k, counts[k as usize]));
+        counts[k as usize] += 1;
+    }
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for lane in lanes {
+        let mut client = weft.client().await;
+        let topic = topic.clone();
+        let batch = cfg.batch;
+        pubs.push(tokio::spawn(async move {
+            for chunk in lane.chunks(batch) {
+                let t = now_ns();
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
+                        entry_id: i.to_string(),
+                        event: format!("{k}:{s}:{t}").into_bytes(),
+                        content_type: "text/plain".into(),
+                        metadata: HashMap::from([("partitionKey".to_string(), format!("key-{k}"))]),
+                    })
+                    .collect();
+                let r = client
+                    .bulk_publish_event(pb::BulkPublishRequest {
+                        pubsub_name: pubsub.into(),
+                        topic: topic.clone(),
+                        entries,
+                        metadata: HashMap::new(),
+                    })
+                    .await?
+                    .into_inner();
+                if !r.failed_entries.is_empty() {
+                    bail!(
+                        "{} entries failed: {:?}",
+                        r.failed_entries.len(),
+                        r.failed_entries.first()
+                    );
+                }
+            }
+            Ok(())
+        }));
+    }
+    let mut next = vec![0u32; cfg.keys as usize];
+    let (mut out_of_order, mut duplicates, mut got) = (0, 0, 0);
+    let mut lat = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n {
+        let g = tokio::time::timeout_at(deadline.into(), out_rx.recv())
+            .await
+            .with_context(|| format!("only {got} of {n} delivered within 600 s"))?
+            .context("subscription ended")?;
+        let k = g.key as usize;
+        if g.seq == next[k] {
+            next[k] += 1;
+            got += 1;
+        } else if g.seq < next[k] {
+            duplicates += 1;
+        } else {
+            out_of_order += 1;
+            next[k] = g.seq + 1;
+            got += 1;
+        }
+        lat.push(g.at_ns.saturating_sub(g.sent_ns) as f64 / 1000.0);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for p in pubs {
+        p.await??;
+    }
+    let lat = sorted(lat);
+    Ok(Throughput {
+        messages: n,
+        secs,
+        per_sec: n as f64 / secs,
+        p50_us: pct(&lat, 50.0),
+        p99_us: pct(&lat, 99.0),
+        out_of_order,
+        duplicates,
+    })
+}
+
+/// Ping-pong through the runtime: PublishEvent, wait for the delivery.
+async fn latency(weft: &Weft, pubsub: &'static str, msgs: usize) -> anyhow::Result<Vec<f64>> {
+    let topic = unique("lat");
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    subscribe(weft.client().await, pubsub, &topic, out_tx).await?;
+    let mut client = weft.client().await;
+    let mut lat = Vec::with_capacity(msgs);
+    for i in 0..msgs + msgs / 10 {
+        let t = now_ns();
+        client
+            .publish_event(pb::PublishEventRequest {
+                pubsub_name: pubsub.into(),
+                topic: topic.clone(),
+                data: format!("{}:{i}:{t}", i % 8).into_bytes(),
+                data_content_type: "text/plain".into(),
+                metadata: HashMap::from([("partitionKey".to_string(), format!("key-{}", i % 8))]),
+            })
+            .await?;
+        let g = tokio::time::timeout(Duration::from_secs(30), out_rx.recv())
+            .await
+            .context("no delivery within 30 s")?
+            .context("subscription ended")?;
+        if i >= msgs / 10 {
+            lat.push((g.at_ns - g.sent_ns) as f64 / 1000.0);
+        }
+    }
+    Ok(sorted(lat))
+}
+
+/// The same ping-pong against the component in this process.
+async fn baseline(kind: &str, brokers: Option<&str>, msgs: usize) -> anyhow::Result<Vec<f64>> {
+    let mut values = vec![("partitions".to_string(), "8".to_string())];
+    if let Some(b) = brokers {
+        values.push(("brokers".to_string(), b.to_string()));
+    }
+    let md = Metadata::new("baseline", kind, values);
+    let dir = tempfile::tempdir()?;
+    let ctx = InitContext {
+        data_dir: dir.path().to_path_buf(),
+        app_id: "bench".into(),
+    };
+    let ps = pubsub::create(&md, &ctx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let topic = unique("base");
+    let mut rx = ps
+        .subscribe(SubscribeOptions::new(topic.clone(), unique("base-group")))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut lat = Vec::with_capacity(msgs);
+    for i in 0..msgs + msgs / 10 {
+        let t = Instant::now();
+        ps.publish(PublishRequest {
+            topic: topic.clone(),
+            key: Some(format!("key-{}", i % 8)),
+            data: format!("{}:{i}", i % 8).into_bytes(),
+            headers: HashMap::new(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let d = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .context("no delivery within 30 s")?
+            .context("subscription ended")?;
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        d.ack(Ack::Success);
+        if i >= msgs / 10 {
+            lat.push(us);
+        }
+    }
+    drop(rx);
+    ps.close().await;
+    Ok(sorted(lat))
+}
+
+/// Throughput of the component alone, in this process: publish `n`
+/// messages (bulk, 8 keys per partition spread), ack each delivery at once.
+async fn baseline_throughput(
+    kind: &str,
+    brokers: Option<&str>,
+    n: usize,
+    keys: u32,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let mut values = vec![("partitions".to_string(), "8".to_string())];
+    if let Some(b) = brokers {
+        values.push(("brokers".to_string(), b.to_string()));
+    }
+    let md = Metadata::new("baseline", kind, values);
+    let dir = tempfile::tempdir()?;
+    let ctx = InitContext {
+        data_dir: dir.path().to_path_buf(),
+        app_id: "bench".into(),
+    };
+    let ps = pubsub::create(&md, &ctx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let topic = unique("base-tp");
+    let mut rx = ps
+        .subscribe(SubscribeOptions::new(topic.clone(), unique("base-group")))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = Instant::now();
+    let publisher = {
+        let ps = ps.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let msgs: Vec<PublishRequest> = (0..n)
+                .map(|i| PublishRequest {
+                    topic: topic.clone(),
+                    key: Some(format!("key-{}", i as u32 % keys)),
+                    data: format!("{i}").into_bytes(),
+                    headers: HashMap::new(),
+                })
+                .collect();
+            for chunk in msgs.chunks(batch) {
+                for r in ps.publish_bulk(chunk.to_vec()).await {
+                    r.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    for got in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+            .await
+            .with_context(|| format!("in-process: only {got} of {n} delivered"))?
+            .context("subscription ended")?;
+        d.ack(Ack::Success);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    publisher.await??;
+    drop(rx);
+    ps.close().await;
+    Ok(n as f64 / secs)
+}
+
+async fn grpc_floor(weft: &Weft, n: usize) -> anyhow::Result<f64> {
+    let mut c = weft.client().await;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.get_metadata(pb::GetMetadataRequest {}).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(pct(&sorted(lat), 50.0))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
+    let res = tempfile::tempdir()?;
+    write_component(
+        res.path(),
+        "pubsub",
+        "pubsub.embedded",
+        &[("partitions", "8")],
+    );
+    if let Some(b) = &cfg.kafka {
+        write_component(
+            res.path(),
+            "kafka",
+            "pubsub.kafka",
+            &[("brokers", b), ("partitions", "8")],
+        );
+    }
+    let weft = Weft::start(WeftOptions::new(&unique("bench")).resources(res.path())).await?;
+    let mut backends: Vec<(&'static str, &'static str, usize)> =
+        vec![("embedded", "pubsub", cfg.messages)];
+    if cfg.kafka.is_some() {
+        backends.push(("kafka", "kafka", cfg.kafka_messages));
+    }
+    let floor = grpc_floor(&weft, 2000).await?;
+    let mut out = String::new();
+    out.push_str(&format!("command: `{command}`\n\n"));
+    out.push_str(&format!(
+        "gRPC floor (unary GetMetadata round trip, p50): {floor:.0} µs\n\n"
+    ));
+    out.push_str("| backend | messages | wall s | deliveries/s | sat. p50 ms | sat. p99 ms | out of order | dup | runtime CPU s |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut lat_rows = String::new();
+    let mut base_rows = String::new();
+    let tick = cpu_tick_hz();
+    for (name, pubsub, n) in backends {
+        eprintln!("pubsub_bench: {name}: throughput, {n} messages");
+        let c0 = cpu_ticks(weft.pid());
+        let t = throughput(&weft, pubsub, &cfg, n).await?;
+        let cpu = (cpu_ticks(weft.pid()) - c0) as f64 / tick;
+        out.push_str(&format!(
+            "| {name} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
+            t.messages,
+            t.secs,
+            t.per_sec,
+            t.p50_us / 1000.0,
+            t.p99_us / 1000.0,
+            t.out_of_order,
+            t.duplicates,
+            cpu
+        ));
+        eprintln!(
+            "pubsub_bench: {name}: ping-pong latency, {} messages",
+            cfg.latency_msgs
+        );
+        let l = latency(&weft, pubsub, cfg.latency_msgs).await?;
+        let kind = if name == "kafka" {
+            "pubsub.kafka"
+        } else {
+            "pubsub.embedded"
+        };
+        let b = baseline(kind, cfg.kafka.as_deref(), cfg.latency_msgs).await?;
+        eprintln!("pubsub_bench: {name}: in-process component throughput");
+        let bt = baseline_throughput(kind, cfg.kafka.as_deref(), n, cfg.keys, cfg.batch).await?;
+        base_rows.push_str(&format!("| {name} | {n} | {bt:.0} | {:.0} |\n", t.per_sec));
+        lat_rows.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            pct(&l, 50.0),
+            pct(&l, 99.0),
+            pct(&b, 50.0),
+            pct(&b, 99.0),
+            pct(&l, 50.0) - pct(&b, 50.0)
+        ));
+    }
+    out.push_str("\nPing-pong (one message in flight), µs:\n\n| backend | via weft p50 | via weft p99 | in-process component p50 | in-process p99 | runtime overhead p50 |\n|---|---|---|---|---|---|\n");
+    out.push_str(&lat_rows);
+    out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | messages | in-process deliveries/s | via weft deliveries/s |\n|---|---|---|---|\n");
+    out.push_str(&base_rows);
+    Ok(out)
+}
+
+fn cpu_tick_hz() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn resolve_weft_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WEFT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("release").join("weft");
+    if !bin.is_file() {
+        bail!(
+            "the release weft binary is missing at {}: run cargo build --release -p weft",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let result = (|| -> anyhow::Result<()> {
+        let Some(cfg) = parse_args(&argv[1..])? else {
+            return Ok(());
+        };
+        let bin = resolve_weft_bin()?;
+        // The harness reads WEFT_BIN; set it before any thread exists.
+        std::env::set_var("WEFT_BIN", &bin);
+        if cfg!(debug_assertions) {
+            eprintln!("pubsub_bench: warning: this benchmark is a debug build");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let report = rt.block_on(run(cfg.clone(), argv.join(" ")))?;
+        print!("{report}");
+        if let Some(p) = &cfg.markdown {
+            std::fs::write(p, &report)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pubsub_bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1290 @@
+//! Partition-ordered consumer groups end to end (issue 4, item 8): real
+//! `weft` processes on real Apache Kafka (`WEFT_TEST_KAFKA_BROKERS`, from
+//! `scripts/services.sh env`) and on the embedded broker. This test is the
+//! app: it holds streaming subscriptions (`SubscribeTopicEventsAlpha1`) and
+//! records every delivery before it acks it.
+//!
+//! Payloads are `"<key>:<seq>"` (text/plain, in the default CloudEvents
+//! envelope), published with BulkPublishEvent and `partitionKey =
+//! key-<key>`; `seq` counts each key's messages in publish order.
+//!
+//! The ordering check runs over all deliveries of a test in the order the app
+//! observed them (across every subscriber and runtime): per key it keeps
+//! `next`, the next sequence number never seen. A delivery with `seq == next`
+//! advances it; `seq < next` is a redelivery of a message the app already saw
+//! (allowed: at-least-once, e.g. after a kill or a rebalance — it may repeat
+//! a suffix); `seq > next` means a message was skipped or reordered, which
+//! fails the test. At the end every key must have reached its count. This is
+//! sound because the app records a delivery before acking it, and a
+//! partition's next message is only handed out after the previous one was
+//! acked (so it is already in the record).
+//!
+//! Kafka tests skip with a notice when `WEFT_TEST_KAFKA_BROKERS` is unset,
+//! and fail when `CI` is set. The tests of this file run one at a time (each
+//! starts several runtimes). No test asserts on timings; every wait is
+//! bounded.
+
+// The SERIAL guard is held for a whole test on purpose (each test has its own
+// tokio runtime on its own thread; the guard only keeps the tests apart).
+#![allow(clippy::await_holding_lock)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost_types::value::Kind;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use weft_proto::runtime as pb;
+use weft_proto::runtime::dapr_client::DaprClient;
+use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
+use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
+use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as Status;
+use weft_tests::{write_component, Weft, WeftOptions};
+
+type Client = DaprClient<Channel>;
+
+// === environment ===
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The tests of this file run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kafka for tests; `None` (skip) locally when unset, a failure under CI.
+fn kafka_brokers() -> Option<String> {
+    match std::env::var("WEFT_TEST_KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => Some(b.trim().to_string()),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "WEFT_TEST_KAFKA_BROKERS is not set under CI: start Kafka with `scripts/services.sh start kafka`"
+            );
+            eprintln!(
+                "WEFT_TEST_KAFKA_BROKERS is not set: skipping Kafka test (`scripts/services.sh start kafka`, then `eval $(scripts/services.sh env)`)"
+            );
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+#[derive(Clone)]
+enum Backend {
+    Kafka(String),
+    Embedded,
+}
+
+impl Backend {
+    /// The pub/sub component name the app uses.
+    fn pubsub(&self) -> &'static str {
+        match self {
+            Backend::Kafka(_) => "kafka",
+            Backend::Embedded => "pubsub",
+        }
+    }
+
+    /// A resources directory; `None` for the embedded broker, which is the
+    /// runtime's default `pubsub` component when no resources path is given.
+    fn resources(&self) -> Option<tempfile::TempDir> {
+        match self {
+            Backend::Kafka(brokers) => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                write_component(
+                    dir.path(),
+                    "kafka",
+                    "pubsub.kafka",
+                    &[
+                        ("brokers", brokers),
+                        ("partitions", "8"),
+                        ("sessionTimeout", "6s"),
+                    ],
+                );
+                Some(dir)
+            }
+            Backend::Embedded => None,
+        }
+    }
+}
+
+async fn start(app: &str, resources: Option<&Path>) -> Weft {
+    let mut opts = WeftOptions::new(app);
+    if let Some(r) = resources {
+        opts = opts.resources(r);
+    }
+    Weft::start(opts).await.expect("start weft")
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+fn runtime_logs(wefts: &[&Weft]) -> String {
+    wefts
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "--- runtime {i} (pid {}) ---\n{}\n",
+                w.pid(),
+                tail(&w.logs(), 4000)
+            )
+        })
+        .collect()
+}
+
+// === what is published ===
+
+fn key_name(key: u32) -> String {
+    format!("key-{key:04}")
+}
+
+/// Messages in publish order: `(key, seq)`, `seq` counting per key.
+struct Plan {
+    msgs: Vec<(u32, u32)>,
+    counts: Vec<u32>,
+}
+
+impl Plan {
+    /// `n` messages over `keys` keys drawn pseudo-randomly, so a key may
+    /// appear several times in one bulk request.
+    fn random(keys: u32, n: usize, seed: u64) -> Self {
+        let mut x = seed | 1;
+        let mut counts = vec![0u32; keys as usize];
+        let msgs = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % u64::from(keys)) as u32;
+                let s = counts[k as usize];
+                counts[k as usize] += 1;
+                (k, s)
+            })
+            .collect();
+        Self { msgs, counts }
+    }
+
+    /// `per_key` rounds over all keys.
+    fn round_robin(keys: u32, per_key: u32) -> Self {
+        let msgs = (0..per_key)
+            .flat_map(|s| (0..keys).map(move |k| (k, s)))
+            .collect();
+        Self {
+            msgs,
+            counts: vec![per_key; keys as usize],
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.msgs.len()
+    }
+}
+
+/// Publishes `msgs` in order with BulkPublishEvent, `batch` entries per call,
+/// one call at a time (so per-key order is publish order).
+async fn publish(
+    client: &mut Client,
+    pubsub: &str,
+    topic: &str,
+    msgs: &[(u32, u32)],
+    batch: usize,
+) {
+    for (b, chunk) in msgs.chunks(batch).enumerate() {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
+                entry_id: i.to_string(),
+                event: format!("{k}:{s}").into_bytes(),
+                content_type: "text/plain".into(),
+                metadata: HashMap::from([("partitionKey".to_string(), key_name(*k))]),
+            })
+            .collect();
+        let req = pb::BulkPublishRequest {
+            pubsub_name: pubsub.into(),
+            topic: topic.into(),
+            entries,
+            metadata: HashMap::new(),
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(60), client.bulk_publish_event(req))
+            .await
+            .unwrap_or_else(|_| panic!("bulk publish #{b} did not answer within 60 s"))
+            .unwrap_or_else(|e| panic!("bulk publish #{b} failed: {e}"))
+            .into_inner();
+        assert!(
+            resp.failed_entries.is_empty(),
+            "bulk publish #{b}: {} entries failed, first: {:?}",
+            resp.failed_entries.len(),
+            resp.failed_entries.first()
+        );
+    }
+}
+
+// === what was delivered ===
+
+/// One delivery as the app observed it.
+#[derive(Debug, Clone)]
+struct Obs {
+    sub: usize,
+    key: u32,
+    seq: u32,
+    partition: i64,
+    offset: i64,
+    attempt: i64,
+    /// The app's answer; `None`: held, never acked.
+    status: Option<Status>,
+}
+
+struct State {
+    log: Vec<Obs>,
+    /// Per key, the next sequence number never seen.
+    next: Vec<u32>,
+    counts: Vec<u32>,
+    /// Distinct messages seen.
+    seen: usize,
+    total: usize,
+    redeliveries: usize,
+    violations: Vec<String>,
+    key_partition: HashMap<u32, i64>,
+    /// Check order (off for a dead-letter reader, which sees a subset).
+    check: bool,
+}
+
+/// All deliveries of a test, in observation order, checked as they arrive.
+struct Recorder {
+    st: Mutex<State>,
+}
+
+impl Recorder {
+    fn new(counts: &[u32], check: bool) -> Arc<Self> {
+        Arc::new(Self {
+            st: Mutex::new(State {
+                log: Vec::new(),
+                next: vec![0; counts.len()],
+                counts: counts.to_vec(),
+                seen: 0,
+                total: counts.iter().map(|c| *c as usize).sum(),
+                redeliveries: 0,
+                violations: Vec::new(),
+                key_partition: HashMap::new(),
+                check,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn violation(&self, v: String) {
+        self.lock().violations.push(v);
+    }
+
+    fn record(&self, obs: Obs) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let k = obs.key as usize;
+        if k >= st.counts.len() || obs.seq >= st.counts[k] {
+            st.violations
+                .push(format!("delivery of a message never published: {obs:?}"));
+            st.log.push(obs);
+            return;
+        }
+        match st.key_partition.get(&obs.key) {
+            Some(p) if *p != obs.partition => st.violations.push(format!(
+                "key {} delivered from partition {} and from partition {}",
+                obs.key, p, obs.partition
+            )),
+            Some(_) => {}
+            None => {
+                st.key_partition.insert(obs.key, obs.partition);
+            }
+        }
+        if st.check {
+            let next = st.next[k];
+            if obs.seq == next {
+                st.next[k] += 1;
+                st.seen += 1;
+            } else if obs.seq < next {
+                st.redeliveries += 1;
+            } else if st.violations.len() < 50 {
+                st.violations.push(format!(
+                    "key {}: seq {} delivered (subscriber {}, partition {}, offset {}, attempt {}) while {} was the next expected: a gap or a reorder",
+                    obs.key, obs.seq, obs.sub, obs.partition, obs.offset, obs.attempt, next
+                ));
+            }
+        }
+        st.log.push(obs);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    fn seen(&self) -> usize {
+        self.lock().seen
+    }
+
+    fn log(&self) -> Vec<Obs> {
+        self.lock().log.clone()
+    }
+
+    fn progress(&self) -> String {
+        let st = self.lock();
+        let mut per_sub: Vec<(usize, usize)> = Vec::new();
+        for o in &st.log {
+            match per_sub.iter_mut().find(|(s, _)| *s == o.sub) {
+                Some((_, n)) => *n += 1,
+                None => per_sub.push((o.sub, 1)),
+            }
+        }
+        per_sub.sort();
+        format!(
+            "seen {}/{} distinct, {} deliveries, {} redeliveries, {} violations, per subscriber {:?}",
+            st.seen,
+            st.total,
+            st.log.len(),
+            st.redeliveries,
+            st.violations.len(),
+            per_sub
+        )
+    }
+
+    /// Asserts: no gap, no reorder, no unknown message, every key complete.
+    fn assert_complete(&self, what: &str) {
+        let st = self.lock();
+        assert!(
+            st.violations.is_empty(),
+            "{what}: {} ordering violations, first ones:\n{}",
+            st.violations.len(),
+            st.violations
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let missing: Vec<String> = st
+            .next
+            .iter()
+            .zip(&st.counts)
+            .enumerate()
+            .filter(|(_, (n, c))| n < c)
+            .map(|(k, (n, c))| format!("key {k}: {n} of {c}"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{what}: messages missing: {}",
+            missing.join(", ")
+        );
+    }
+}
+
+fn number(ev: &pb::TopicEventRequest, field: &str) -> Option<f64> {
+    match ev.extensions.as_ref()?.fields.get(field)?.kind.as_ref()? {
+        Kind::NumberValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn text<'a>(ev: &'a pb::TopicEventRequest, field: &str) -> Option<&'a str> {
+    match ev.extensions.as_ref()?.fields.get(field)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn parse(sub: usize, ev: &pb::TopicEventRequest) -> Result<Obs, String> {
+    let data = std::str::from_utf8(&ev.data)
+        .map_err(|_| format!("payload is not UTF-8: {:?}", ev.data))?;
+    let mut parts = data.split(':');
+    let mut field = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    let (Some(key), Some(seq)) = (field(), field()) else {
+        return Err(format!("payload is not <key>:<seq>: {data:?}"));
+    };
+    if text(ev, "partitionKey") != Some(key_name(key).as_str()) {
+        return Err(format!(
+            "event {data:?} carries partitionKey {:?}, expected {}",
+            text(ev, "partitionKey"),
+            key_name(key)
+        ));
+    }
+    let partition = number(ev, "partition")
+        .ok_or_else(|| format!("event {data:?} has no partition extension"))?;
+    let offset =
+        number(ev, "offset").ok_or_else(|| format!("event {data:?} has no offset extension"))?;
+    Ok(Obs {
+        sub,
+        key,
+        seq,
+        partition: partition as i64,
+        offset: offset as i64,
+        attempt: number(ev, "attempt").unwrap_or(-1.0) as i64,
+        status: None,
+    })
+}
+
+// === the app's subscriptions ===
+
+/// What the app answers to a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Reply(Status),
+    /// Record it and never ack it.
+    Hold,
+}
+
+type Policy = Box<dyn FnMut(&Obs) -> Decision + Send>;
+
+fn ack_all() -> Policy {
+    Box::new(|_| Decision::Reply(Status::Success))
+}
+
+/// Acks until `hold` is set, then holds everything.
+fn ack_until(hold: Arc<AtomicBool>) -> Policy {
+    Box::new(move |_| {
+        if hold.load(Ordering::SeqCst) {
+            Decision::Hold
+        } else {
+            Decision::Reply(Status::Success)
+        }
+    })
+}
+
+/// A streaming subscription held by the test.
+struct Sub {
+    close: Arc<Notify>,
+    task: JoinHandle<String>,
+}
+
+impl Sub {
+    /// Ends the app's side of the stream (half-close) and waits (bounded)
+    /// until the runtime ends its side: every ack sent before was processed.
+    async fn close(self) -> String {
+        self.close.notify_one();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("subscription did not end within 30 s of closing it")
+            .expect("subscription task")
+    }
+
+    /// Drops the stream abruptly (no half-close, unacked events stay unacked).
+    fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Opens a streaming subscription and waits (bounded) for its initial
+/// response; then records every event and answers per `policy`.
+#[allow(clippy::too_many_arguments)]
+async fn subscribe(
+    mut client: Client,
+    id: usize,
+    pubsub: &str,
+    topic: &str,
+    metadata: &[(&str, &str)],
+    dead_letter_topic: Option<&str>,
+    rec: Arc<Recorder>,
+    mut policy: Policy,
+) -> Sub {
+    let (tx, rx) = mpsc::channel::<pb::SubscribeTopicEventsRequestAlpha1>(8192);
+    tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
+            pb::SubscribeTopicEventsRequestInitialAlpha1 {
+                pubsub_name: pubsub.into(),
+                topic: topic.into(),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                dead_letter_topic: dead_letter_topic.map(str::to_string),
+            },
+        )),
+    })
+    .await
+    .expect("queue initial request");
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.subscribe_topic_events_alpha1(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("SubscribeTopicEventsAlpha1 did not answer within 60 s")
+    .expect("SubscribeTopicEventsAlpha1")
+    .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("no initial response within 60 s")
+        .expect("subscription stream failed before the initial response");
+    assert!(
+        matches!(
+            first
+                .as_ref()
+                .and_then(|m| m.subscribe_topic_events_response_type.as_ref()),
+            Some(RespType::InitialResponse(_))
+        ),
+        "expected the initial response first, got {first:?}"
+    );
+    let close = Arc::new(Notify::new());
+    let closed = close.clone();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        let mut tx = Some(tx);
+        loop {
+            let msg = tokio::select! {
+                _ = closed.notified(), if tx.is_some() => {
+                    tx = None;
+                    continue;
+                }
+                m = stream.message() => m,
+            };
+            let ev = match msg {
+                Ok(Some(pb::SubscribeTopicEventsResponseAlpha1 {
+                    subscribe_topic_events_response_type: Some(RespType::EventMessage(ev)),
+                })) => ev,
+                Ok(Some(other)) => return format!("unexpected message {other:?}"),
+                Ok(None) => return "stream ended".to_string(),
+                Err(e) => return format!("stream failed: {e}"),
+            };
+            let decision = match parse(id, &ev) {
+                Ok(mut obs) => {
+                    let d = if tx.is_some() {
+                        policy(&obs)
+                    } else {
+                        Decision::Hold
+                    };
+                    obs.status = match d {
+                        Decision::Reply(s) => Some(s),
+                        Decision::Hold => None,
+                    };
+                    rec.record(obs);
+                    d
+                }
+                Err(e) => {
+                    rec.violation(e);
+                    Decision::Reply(Status::Success)
+                }
+            };
+            if let (Decision::Reply(status), Some(sender)) = (decision, &tx) {
+                let processed = pb::SubscribeTopicEventsRequestAlpha1 {
+                    subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
+                        pb::SubscribeTopicEventsRequestProcessedAlpha1 {
+                            id: ev.id.clone(),
+                            status: Some(pb::TopicEventResponse {
+                                status: status as i32,
+                            }),
+                        },
+                    )),
+                };
+                if sender.send(processed).await.is_err() {
+                    return "request stream closed".to_string();
+                }
+            }
+        }
+    });
+    Sub { close, task }
+}
+
+/// Waits (bounded) until `done`, logging progress every 5 s.
+async fn wait_until(
+    what: &str,
+    within: Duration,
+    rec: &Recorder,
+    wefts: &[&Weft],
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    let mut last_log = Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            panic!(
+                "{what}: not done within {within:?}: {}\n{}",
+                rec.progress(),
+                runtime_logs(wefts)
+            );
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            eprintln!(
+                "[{:>5.1}s] {what}: {}",
+                start.elapsed().as_secs_f64(),
+                rec.progress()
+            );
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[{:>5.1}s] {what}: done: {}",
+        start.elapsed().as_secs_f64(),
+        rec.progress()
+    );
+}
+
+// === (a) and (e): ordering and no loss through crashes and joins ===
+
+/// Kafka: three runtimes of one app consume 100 000 messages over 1 000
+/// keys while they are published; one runtime is killed with SIGKILL mid-run
+/// and a fourth joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_group_keeps_key_order_through_kill_and_join() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    let backend = Backend::Kafka(brokers);
+    let res = backend.resources().expect("resources");
+    let pubsub = backend.pubsub();
+    let (app, topic) = (unique("ordered"), unique("orders"));
+    let plan = Plan::random(1000, 100_000, 0x5eed_1234);
+    let total = plan.total();
+    let rec = Recorder::new(&plan.counts, true);
+
+    let mut wefts: Vec<Weft> =
+        futures::future::join_all((0..3).map(|_| start(&app, Some(res.path())))).await;
+    let mut subs: Vec<Option<Sub>> = Vec::new();
+    for (i, w) in wefts.iter().enumerate() {
+        subs.push(Some(
+            subscribe(
+                w.client().await,
+                i,
+                pubsub,
+                &topic,
+                &[],
+                None,
+                rec.clone(),
+                ack_all(),
+            )
+            .await,
+        ));
+    }
+    // Four publishers over disjoint key sets (each in order) outpace the
+    // consumers, so the runtime killed below has a backlog to work on.
+    let lanes = 4;
+    let mut publishers = Vec::new();
+    for lane in 0..lanes {
+        let mut client = wefts[lane % 2 * 2].client().await;
+        let msgs: Vec<(u32, u32)> = plan
+            .msgs
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k as usize % lanes == lane)
+            .collect();
+        let topic = topic.clone();
+        publishers.push(tokio::spawn(async move {
+            publish(&mut client, pubsub, &topic, &msgs, 500).await;
+        }));
+    }
+    let publisher = futures::future::try_join_all(publishers);
+
+    // Kill runtime 1 once 30 % were seen, then start a fourth.
+    let refs: Vec<&Weft> = wefts.iter().collect();
+    wait_until(
+        "kafka: 30 % seen",
+        Duration::from_secs(180),
+        &rec,
+        &refs,
+        || rec.seen() >= total * 3 / 10,
+    )
+    .await;
+    let before_kill = rec.len();
+    wefts[1].signal("KILL");
+    let status = wefts[1]
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("killed runtime exits");
+    eprintln!("runtime 1 killed ({status}) after {before_kill} deliveries");
+    let ended = tokio::time::timeout(Duration::from_secs(30), subs[1].take().expect("sub 1").task)
+        .await
+        .expect("the killed runtime's subscription ends")
+        .expect("subscription task");
+    eprintln!("subscriber 1 ended: {ended}");
+    wefts.push(start(&app, Some(res.path())).await);
+    subs.push(Some(
+        subscribe(
+            wefts[3].client().await,
+            3,
+            pubsub,
+            &topic,
+            &[],
+            None,
+            rec.clone(),
+            ack_all(),
+        )
+        .await,
+    ));
+
+    let refs: Vec<&Weft> = wefts.iter().collect();
+    wait_until(
+        "kafka: everything seen",
+        Duration::from_secs(300),
+        &rec,
+        &refs,
+        || rec.seen() >= total,
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finishes")
+        .expect("publisher");
+    rec.assert_complete("kafka, 3 runtimes, kill -9 and join");
+    let log = rec.log();
+    let after_kill = log[before_kill..].iter().filter(|o| o.sub == 3).count();
+    eprintln!(
+        "kafka kill/join: {total} messages, {} deliveries, {} redeliveries; the fourth runtime took {after_kill}",
+        log.len(),
+        log.len() - total
+    );
+    assert!(
+        after_kill > 0,
+        "the runtime that joined after the kill got no partition"
+    );
+    assert!(
+        log.len() - total == rec.lock().redeliveries,
+        "every extra delivery is a counted redelivery"
+    );
+}
+
+/// Embedded broker: three streaming subscribers of one group in one runtime;
+/// one stops acking and disconnects abruptly mid-run, then a new one joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_group_keeps_key_order_through_disconnect_and_join() {
+    let _serial = serial();
+    let backend = Backend::Embedded;
+    let pubsub = backend.pubsub();
+    let (app, topic) = (unique("ordered"), unique("orders"));
+    let plan = Plan::random(500, 20_000, 0xfeed_0042);
+    let total = plan.total();
+    let rec = Recorder::new(&plan.counts, true);
+    let weft = start(&app, None).await;
+
+    let hold = Arc::new(AtomicBool::new(false));
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let policy = if i == 1 {
+            ack_until(hold.clone())
+        } else {
+            ack_all()
+        };
+        subs.push(Some(
+            subscribe(
+                weft.client().await,
+                i,
+                pubsub,
+                &topic,
+                &[],
+                None,
+                rec.clone(),
+                policy,
+            )
+            .await,
+        ));
+    }
+    let mut client = weft.client().await;
+    let publisher = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            publish(&mut client, pubsub, &topic, &plan.msgs, 500).await;
+        })
+    };
+
+    wait_until(
+        "embedded: 30 % seen",
+        Duration::from_secs(120),
+        &rec,
+        &[&weft],
+        || rec.seen() >= total * 3 / 10,
+    )
+    .await;
+    hold.store(true, Ordering::SeqCst);
+    let held_by_1 = || {
+        rec.log()
+            .iter()
+            .filter(|o| o.sub == 1 && o.status.is_none())
+            .count()
+    };
+    wait_until(
+        "embedded: subscriber 1 holds an event",
+        Duration::from_secs(60),
+        &rec,
+        &[&weft],
+        || held_by_1() > 0,
+    )
+    .await;
+    subs[1].take().expect("sub 1").abort();
+    let cut = rec.len();
+    let held: Vec<Obs> = rec
+        .log()
+        .into_iter()
+        .filter(|o| o.sub == 1 && o.status.is_none())
+        .collect();
+    eprintln!(
+        "subscriber 1 disconnected abruptly holding {} unacked events",
+        held.len()
+    );
+    subs.push(Some(
+        subscribe(
+            weft.client().await,
+            3,
+            pubsub,
+            &topic,
+            &[],
+            None,
+            rec.clone(),
+            ack_all(),
+        )
+        .await,
+    ));
+
+    wait_until(
+        "embedded: everything seen",
+        Duration::from_secs(180),
+        &rec,
+        &[&weft],
+        || rec.seen() >= total,
+    )
+    .await;
+    // The held events come back even when nothing later of their keys remains.
+    let log_has_redelivery = |h: &Obs, log: &[Obs]| {
+        log[cut..]
+            .iter()
+            .any(|o| o.key == h.key && o.seq == h.seq && o.sub != 1)
+    };
+    wait_until(
+        "embedded: held events redelivered",
+        Duration::from_secs(60),
+        &rec,
+        &[&weft],
+        || {
+            let log = rec.log();
+            held.iter().all(|h| log_has_redelivery(h, &log))
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finishes")
+        .expect("publisher");
+    rec.assert_complete("embedded, 3 subscribers, abrupt disconnect and join");
+    let log = rec.log();
+    let late = log[cut..].iter().filter(|o| o.sub == 3).count();
+    eprintln!(
+        "embedded disconnect/join: {total} messages, {} deliveries, {} redeliveries ({} held by the disconnected subscriber); the new subscriber took {late}",
+        log.len(),
+        rec.lock().redeliveries,
+        held.len()
+    );
+    assert!(late > 0, "the subscriber that joined got no partition");
+    // Nothing is redelivered except around the disconnect: every duplicate
+    // of an acked message would be a bug of the embedded broker (in-process,
+    // no lost acks).
+    let mut acked: HashSet<(u32, u32)> = HashSet::new();
+    for o in &log {
+        assert!(
+            !acked.contains(&(o.key, o.seq)),
+            "embedded broker redelivered an acked message: {o:?}"
+        );
+        if o.status == Some(Status::Success) {
+            acked.insert((o.key, o.seq));
+        }
+    }
+}
+
+// === (b) RETRY keeps the partition's order ===
+
+async fn retry_keeps_partition_order(backend: Backend) {
+    let pubsub = backend.pubsub();
+    let res = backend.resources();
+    let (app, topic) = (unique("retry"), unique("retry"));
+    let weft = start(&app, res.as_ref().map(|d| d.path())).await;
+    let plan = Plan::round_robin(32, 40);
+    let total = plan.total();
+    let mut client = weft.client().await;
+    publish(&mut client, pubsub, &topic, &plan.msgs, 256).await;
+
+    // (0, 5) is answered RETRY at least 3 times, and until 30 deliveries of
+    // other messages happened after its first RETRY (at most 100 times).
+    let hot = (0u32, 5u32);
+    let rec = Recorder::new(&plan.counts, true);
+    let (mut attempts, mut others) = (0u32, None::<u32>);
+    let policy: Policy = Box::new(move |o| {
+        if (o.key, o.seq) == hot {
+            attempts += 1;
+            let others = *others.get_or_insert(0);
+            if attempts <= 3 || (others < 30 && attempts < 100) {
+                return Decision::Reply(Status::Retry);
+            }
+        } else if let Some(n) = others.as_mut() {
+            *n += 1;
+        }
+        Decision::Reply(Status::Success)
+    });
+    let _sub = subscribe(
+        weft.client().await,
+        0,
+        pubsub,
+        &topic,
+        &[("retryBackoff", "200ms")],
+        None,
+        rec.clone(),
+        policy,
+    )
+    .await;
+    wait_until(
+        "retry: everything seen",
+        Duration::from_secs(120),
+        &rec,
+        &[&weft],
+        || rec.seen() >= total,
+    )
+    .await;
+    rec.assert_complete("retry");
+
+    let log = rec.log();
+    let hot_idx: Vec<usize> = (0..log.len())
+        .filter(|i| (log[*i].key, log[*i].seq) == hot)
+        .collect();
+    let (first, last) = (hot_idx[0], *hot_idx.last().expect("hot delivered"));
+    let hot_partition = log[first].partition;
+    let statuses: Vec<_> = hot_idx.iter().map(|i| log[*i].status).collect();
+    assert!(
+        hot_idx.len() >= 4,
+        "the retried message was delivered {} times",
+        hot_idx.len()
+    );
+    assert!(
+        statuses[..statuses.len() - 1]
+            .iter()
+            .all(|s| *s == Some(Status::Retry))
+            && statuses.last() == Some(&Some(Status::Success)),
+        "statuses of the retried message: {statuses:?}"
+    );
+    let attempts: Vec<i64> = hot_idx.iter().map(|i| log[*i].attempt).collect();
+    assert_eq!(
+        attempts,
+        (0..hot_idx.len() as i64).collect::<Vec<_>>(),
+        "attempt extension of the retries"
+    );
+    let same_partition: Vec<&Obs> = log[first..=last]
+        .iter()
+        .filter(|o| o.partition == hot_partition && (o.key, o.seq) != hot)
+        .collect();
+    assert!(
+        same_partition.is_empty(),
+        "while {hot:?} was being retried its partition {hot_partition} delivered {} other messages, first {:?}",
+        same_partition.len(),
+        same_partition.first()
+    );
+    let flowed = log[first..=last]
+        .iter()
+        .filter(|o| o.partition != hot_partition)
+        .count();
+    assert!(
+        flowed >= 30,
+        "only {flowed} messages of other partitions were delivered during the retries"
+    );
+    assert_eq!(
+        log.len(),
+        total + hot_idx.len() - 1,
+        "only the retried message is delivered more than once"
+    );
+    eprintln!(
+        "retry: {hot:?} delivered {} times (partition {hot_partition}); {flowed} messages of other partitions flowed meanwhile, none of its own",
+        hot_idx.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_retry_keeps_partition_order() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    retry_keeps_partition_order(Backend::Kafka(brokers)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_retry_keeps_partition_order() {
+    let _serial = serial();
+    retry_keeps_partition_order(Backend::Embedded).await;
+}
+
+// === (c) poison messages go to the dead-letter topic ===
+
+async fn poison_goes_to_dead_letter_topic(backend: Backend) {
+    let pubsub = backend.pubsub();
+    let res = backend.resources();
+    let (app, topic) = (unique("dlt"), unique("dlt"));
+    let dlt = format!("{topic}-dead");
+    let weft = start(&app, res.as_ref().map(|d| d.path())).await;
+    let plan = Plan::round_robin(32, 20);
+    let total = plan.total();
+    let poisoned = |(k, s): (u32, u32)| (k * 7 + s) % 41 == 3;
+    let poison: HashSet<(u32, u32)> = plan.msgs.iter().copied().filter(|m| poisoned(*m)).collect();
+
+    // The dead-letter reader first: it creates the topic (Kafka) and its group.
+    let dead = Recorder::new(&plan.counts, false);
+    let reader_group = unique("dlt-reader");
+    let _reader = subscribe(
+        weft.client().await,
+        1,
+        pubsub,
+        &dlt,
+        &[("consumerGroup", &reader_group)],
+        None,
+        dead.clone(),
+        ack_all(),
+    )
+    .await;
+    let mut client = weft.client().await;
+    publish(&mut client, pubsub, &topic, &plan.msgs, 256).await;
+    let rec = Recorder::new(&plan.counts, true);
+    let policy: Policy = Box::new(move |o| {
+        if poisoned((o.key, o.seq)) {
+            Decision::Reply(Status::Drop)
+        } else {
+            Decision::Reply(Status::Success)
+        }
+    });
+    let _sub = subscribe(
+        weft.client().await,
+        0,
+        pubsub,
+        &topic,
+        &[],
+        Some(&dlt),
+        rec.clone(),
+        policy,
+    )
+    .await;
+    wait_until(
+        "dead letter: everything seen",
+        Duration::from_secs(120),
+        &rec,
+        &[&weft],
+        || rec.seen() >= total,
+    )
+    .await;
+    wait_until(
+        "dead letter: poison in the dead-letter topic",
+        Duration::from_secs(60),
+        &dead,
+        &[&weft],
+        || dead.len() >= poison.len(),
+    )
+    .await;
+    // Anything extra would arrive right behind; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    rec.assert_complete("dead letter");
+    let log = rec.log();
+    assert_eq!(
+        log.len(),
+        total,
+        "every message delivered exactly once: DROP moves on"
+    );
+    let dead_log = dead.log();
+    let dead_msgs: Vec<(u32, u32)> = dead_log.iter().map(|o| (o.key, o.seq)).collect();
+    let dead_set: HashSet<(u32, u32)> = dead_msgs.iter().copied().collect();
+    assert_eq!(
+        dead_msgs.len(),
+        dead_set.len(),
+        "a poison message reached the dead-letter topic twice: {dead_msgs:?}"
+    );
+    assert_eq!(
+        dead_set, poison,
+        "the dead-letter topic holds exactly the dropped messages"
+    );
+    assert!(
+        dead.lock().violations.is_empty(),
+        "dead-letter events: {:?}",
+        dead.lock().violations
+    );
+    eprintln!(
+        "dead letter: {} of {total} messages dropped, all {} in {dlt}, nothing else",
+        poison.len(),
+        dead_set.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_poison_goes_to_dead_letter_topic() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    poison_goes_to_dead_letter_topic(Backend::Kafka(brokers)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_poison_goes_to_dead_letter_topic() {
+    let _serial = serial();
+    poison_goes_to_dead_letter_topic(Backend::Embedded).await;
+}
+
+// === (d) a restart resumes from the committed offsets ===
+
+/// Consume part, stop the runtime gracefully, start it again with the same
+/// group: exactly the messages that were not acked are delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_restart_resumes_from_committed_offsets() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    let backend = Backend::Kafka(brokers);
+    let pubsub = backend.pubsub();
+    let res = backend.resources().expect("resources");
+    let (app, topic) = (unique("resume"), unique("resume"));
+    let plan = Plan::round_robin(64, 30);
+    let total = plan.total();
+    let rec = Recorder::new(&plan.counts, true);
+
+    let mut first = start(&app, Some(res.path())).await;
+    let mut client = first.client().await;
+    publish(&mut client, pubsub, &topic, &plan.msgs, 500).await;
+    let hold = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(0usize));
+    let policy: Policy = {
+        let (hold, acks) = (hold.clone(), acks.clone());
+        Box::new(move |_| {
+            let mut n = acks.lock().unwrap_or_else(|e| e.into_inner());
+            if *n >= 800 {
+                hold.store(true, Ordering::SeqCst);
+                Decision::Hold
+            } else {
+                *n += 1;
+                Decision::Reply(Status::Success)
+            }
+        })
+    };
+    let sub = subscribe(
+        first.client().await,
+        0,
+        pubsub,
+        &topic,
+        &[],
+        None,
+        rec.clone(),
+        policy,
+    )
+    .await;
+    wait_until(
+        "resume: 800 acked and one held",
+        Duration::from_secs(120),
+        &rec,
+        &[&first],
+        || hold.load(Ordering::SeqCst),
+    )
+    .await;
+    let ended = sub.close().await;
+    eprintln!("resume: first subscription closed ({ended})");
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("graceful stop");
+    assert!(
+        status.success(),
+        "weft exited with {status} on SIGTERM:\n{}",
+        tail(&first.logs(), 4000)
+    );
+    let phase1 = rec.log();
+    let acked: HashSet<(u32, u32)> = phase1
+        .iter()
+        .filter(|o| o.status == Some(Status::Success))
+        .map(|o| (o.key, o.seq))
+        .collect();
+    let held: HashSet<(u32, u32)> = phase1
+        .iter()
+        .filter(|o| o.status.is_none())
+        .map(|o| (o.key, o.seq))
+        .collect();
+    assert_eq!(acked.len(), 800);
+
+    let second = start(&app, Some(res.path())).await;
+    let _sub = subscribe(
+        second.client().await,
+        1,
+        pubsub,
+        &topic,
+        &[],
+        None,
+        rec.clone(),
+        ack_all(),
+    )
+    .await;
+    let remaining = total - acked.len();
+    let phase2_distinct = || {
+        rec.log()
+            .iter()
+            .filter(|o| o.sub == 1)
+            .map(|o| (o.key, o.seq))
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    wait_until(
+        "resume: the rest delivered",
+        Duration::from_secs(120),
+        &rec,
+        &[&second],
+        || phase2_distinct() >= remaining,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    rec.assert_complete("resume after restart");
+    let phase2: Vec<(u32, u32)> = rec
+        .log()
+        .iter()
+        .filter(|o| o.sub == 1)
+        .map(|o| (o.key, o.seq))
+        .collect();
+    let phase2_set: HashSet<(u32, u32)> = phase2.iter().copied().collect();
+    let again: Vec<&(u32, u32)> = phase2_set.intersection(&acked).collect();
+    assert!(
+        again.is_empty(),
+        "acked before the restart but delivered again: {again:?}"
+    );
+    assert_eq!(
+        phase2.len(),
+        phase2_set.len(),
+        "a message was delivered twice after the restart"
+    );
+    assert_eq!(
+        phase2_set.len(),
+        remaining,
+        "after the restart: exactly the unacked messages"
+    );
+    assert!(
+        held.is_subset(&phase2_set),
+        "held (unacked) messages were not redelivered"
+    );
+    eprintln!(
+        "resume: {} acked before a graceful restart, {} held unacked; after the restart {} delivered, {} of them redeliveries (the held ones), none acked before",
+        acked.len(),
+        held.len(),
+        phase2.len(),
+        held.len()
+    );
+}
