@@ -379,3 +379,46 @@ pub fn pg_ctl(action: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Checks per-key delivery order for pub/sub tests.
+pub mod order {
+    use std::collections::HashMap;
+
+    /// Per-key processing log: each sequence number must follow the previous
+    /// one or step back to one already seen (a redelivered suffix); it must
+    /// never skip ahead.
+    #[derive(Default)]
+    pub struct Log {
+        pub seqs: HashMap<String, Vec<u64>>,
+        pub errors: Vec<String>,
+        pub total: usize,
+    }
+
+    impl Log {
+        /// Records a delivery of `seq` for `key`.
+        pub fn record(&mut self, key: String, seq: u64) {
+            self.total += 1;
+            let v = self.seqs.entry(key.clone()).or_default();
+            let ok = match v.last() {
+                None => seq == 0,
+                Some(&last) => seq == last + 1 || seq <= last,
+            };
+            if !ok && self.errors.len() < 10 {
+                self.errors.push(format!(
+                    "key {key}: seq {seq} after {:?}",
+                    v.iter().rev().take(5).collect::<Vec<_>>()
+                ));
+            }
+            v.push(seq);
+        }
+
+        /// Whether all `keys` keys reached sequence `per_key - 1`.
+        pub fn complete(&self, keys: usize, per_key: u64) -> bool {
+            self.seqs.len() == keys
+                && self
+                    .seqs
+                    .values()
+                    .all(|v| v.iter().max() == Some(&(per_key - 1)))
+        }
+    }
+}

@@ -17,6 +17,7 @@ use weft_proto::runtime::dapr_client::DaprClient;
 use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
 use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
 use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as EventStatus;
+use weft_tests::order::Log;
 use weft_tests::{free_port, Weft, WeftOptions};
 
 /// Bound for any single expected event (a failure, never a speed check).
@@ -159,41 +160,6 @@ async fn publish(c: &mut DaprClient<Channel>, topic: &str, key: &str, seq: u64) 
     })
     .await
     .unwrap_or_else(|e| panic!("publish {key}/{seq}: {e}"));
-}
-
-/// Per-key processing log: each seq must follow the previous one or step
-/// back to one already seen (a redelivered suffix); never skip ahead.
-#[derive(Default)]
-struct Log {
-    seqs: HashMap<String, Vec<u64>>,
-    errors: Vec<String>,
-    total: usize,
-}
-
-impl Log {
-    fn record(&mut self, key: String, seq: u64) {
-        self.total += 1;
-        let v = self.seqs.entry(key.clone()).or_default();
-        let ok = match v.last() {
-            None => seq == 0,
-            Some(&last) => seq == last + 1 || seq <= last,
-        };
-        if !ok && self.errors.len() < 10 {
-            self.errors.push(format!(
-                "key {key}: seq {seq} after {:?}",
-                v.iter().rev().take(5).collect::<Vec<_>>()
-            ));
-        }
-        v.push(seq);
-    }
-
-    fn complete(&self, keys: usize, per_key: u64) -> bool {
-        self.seqs.len() == keys
-            && self
-                .seqs
-                .values()
-                .all(|v| v.iter().max() == Some(&(per_key - 1)))
-    }
 }
 
 /// Consumes a subscription, recording then acking SUCCESS, until `stop_after`

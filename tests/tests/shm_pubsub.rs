@@ -18,6 +18,7 @@ use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicE
 use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as EventStatus;
 use weft_shm::method as m;
 use weft_shm::{code, Client, ClientOptions, IdleConfig, Status};
+use weft_tests::order::Log;
 use weft_tests::{Weft, WeftOptions};
 
 /// Bound for any single expected event (a failure, never a speed check).
@@ -346,41 +347,6 @@ fn publish_and_subscribe_with_success_and_retry_over_shm() {
         .expect("an event after resubscribing");
     assert_eq!(key_seq(&ev), ("k9".to_string(), 0));
     again.ack(&ev.id, EventStatus::Success);
-}
-
-/// Per-key processing log: each seq must follow the previous one or step
-/// back to one already seen (a redelivered suffix); never skip ahead.
-#[derive(Default)]
-struct Log {
-    seqs: HashMap<String, Vec<u64>>,
-    errors: Vec<String>,
-    total: usize,
-}
-
-impl Log {
-    fn record(&mut self, key: String, seq: u64) {
-        self.total += 1;
-        let v = self.seqs.entry(key.clone()).or_default();
-        let ok = match v.last() {
-            None => seq == 0,
-            Some(&last) => seq == last + 1 || seq <= last,
-        };
-        if !ok && self.errors.len() < 10 {
-            self.errors.push(format!(
-                "key {key}: seq {seq} after {:?}",
-                v.iter().rev().take(5).collect::<Vec<_>>()
-            ));
-        }
-        v.push(seq);
-    }
-
-    fn complete(&self, keys: usize, per_key: u64) -> bool {
-        self.seqs.len() == keys
-            && self
-                .seqs
-                .values()
-                .all(|v| v.iter().max() == Some(&(per_key - 1)))
-    }
 }
 
 #[test]
