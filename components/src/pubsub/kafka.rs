@@ -57,10 +57,26 @@ use crate::metadata::{ComponentError, InitContext, Metadata};
 /// The component type.
 pub const KIND: &str = "pubsub.kafka";
 
-/// A partition is paused when this many fetched messages wait in its buffer…
-const PAUSE_AT: usize = 256;
-/// …and resumed when no more than this many are left.
-const RESUME_AT: usize = 64;
+/// A partition is paused when this many fetched messages, or this many
+/// bytes of them, wait in its buffer…
+///
+/// Pausing makes librdkafka drop the partition's prefetched messages (they
+/// are fetched again after the resume), so the limits are set well above
+/// what a consumer that keeps up ever holds.
+const PAUSE_AT: usize = 4096;
+const PAUSE_AT_BYTES: usize = 8 << 20;
+/// …and resumed when no more than these are left.
+const RESUME_AT: usize = 1024;
+const RESUME_AT_BYTES: usize = 2 << 20;
+/// librdkafka's own prefetch per partition (`queued.min.messages`).
+const PREFETCH: usize = 1024;
+/// How long librdkafka postpones a partition's next fetch when its
+/// prefetch queue is over `PREFETCH` (`fetch.queue.backoff.ms`, librdkafka's
+/// default is 1 s: with a small prefetch a partition would stall for a
+/// second after every batch).
+const FETCH_QUEUE_BACKOFF_MS: &str = "5";
+/// How long the broker holds a fetch with no new data (`fetch.wait.max.ms`).
+const FETCH_WAIT_MAX_MS: &str = "10";
 /// How long a consumer thread blocks in one poll.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often acked positions are committed (asynchronously).
@@ -411,11 +427,12 @@ impl KafkaPubSub {
                 "max.poll.interval.ms",
                 self.cfg.max_poll_interval.as_millis().to_string(),
             )
-            // Bounded prefetch: at most this many messages queued per partition
+            // Bounded prefetch: about this many messages queued per partition
             // inside librdkafka, on top of our own per-partition buffer.
-            .set("queued.min.messages", PAUSE_AT.to_string())
+            .set("queued.min.messages", PREFETCH.to_string())
             .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         if let Some(id) = options
             .instance_id
             .as_deref()
@@ -603,6 +620,11 @@ fn classify(code: RDKafkaErrorCode, text: String) -> PubSubError {
     }
 }
 
+/// What a buffered message counts towards `PAUSE_AT_BYTES`.
+fn message_bytes(m: &Message) -> usize {
+    m.data.len() + m.key.as_ref().map_or(0, String::len)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -676,6 +698,8 @@ struct Part {
     generation: u64,
     /// Fetched, not yet acked messages; the head is the one handed out.
     buf: VecDeque<Message>,
+    /// Payload and key bytes in `buf`.
+    buf_bytes: usize,
     /// Lowest offset accepted from the fetcher (duplicates after a pause are skipped).
     next_offset: i64,
     in_flight: bool,
@@ -698,6 +722,7 @@ impl Part {
         Self {
             generation,
             buf: VecDeque::new(),
+            buf_bytes: 0,
             next_offset: -1,
             in_flight: false,
             backing_off: false,
@@ -793,7 +818,9 @@ impl SubShared {
                 settled = true;
                 match ack {
                     Ack::Success | Ack::Drop => {
-                        part.buf.pop_front();
+                        if let Some(m) = part.buf.pop_front() {
+                            part.buf_bytes = part.buf_bytes.saturating_sub(message_bytes(&m));
+                        }
                         part.acked = offset;
                         part.attempt = 0;
                     }
@@ -869,6 +896,7 @@ impl SubShared {
             return;
         }
         part.next_offset = offset + 1;
+        part.buf_bytes += message_bytes(&message);
         part.buf.push_back(message);
         Self::mark_ready(&mut st, p);
         self.pump(&mut st);
@@ -881,10 +909,12 @@ impl SubShared {
         {
             let mut st = self.lock();
             for (&p, part) in st.parts.iter_mut() {
-                if !part.paused && !part.revoking && part.buf.len() >= PAUSE_AT {
+                let full = part.buf.len() >= PAUSE_AT || part.buf_bytes >= PAUSE_AT_BYTES;
+                let drained = part.buf.len() <= RESUME_AT && part.buf_bytes <= RESUME_AT_BYTES;
+                if !part.paused && !part.revoking && full {
                     part.paused = true;
                     pause.add_partition(&self.topic, p);
-                } else if part.paused && part.buf.len() <= RESUME_AT {
+                } else if part.paused && drained {
                     part.paused = false;
                     resume.add_partition(&self.topic, p);
                 }
