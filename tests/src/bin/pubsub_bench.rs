@@ -1,9 +1,14 @@
 //! Pub/sub benchmark (issue 4, item 9): end-to-end publish → deliver → ack
 //! through a release `weft`, over the streaming gRPC subscription
 //! (`SubscribeTopicEventsAlpha1`), on the embedded broker and on Kafka
-//! (`WEFT_TEST_KAFKA_BROKERS`), 8 partitions, in one run.
+//! (`WEFT_TEST_KAFKA_BROKERS`), 8 partitions, in one run — and the same
+//! runs over the shared-memory transport (docs/shm-protocol.md): publishing
+//! with BulkPublishEvent / PublishEvent over shm, subscribing with
+//! SubscribeTopicEventsAlpha1 as an shm bidirectional call (method 12, acks
+//! as MORE records). Each shm client is blocking and single-owner, so each
+//! lives on its own thread.
 //!
-//! Per backend:
+//! Per backend and transport (gRPC, shm):
 //!
 //! * **throughput**: `--messages` messages over `--keys` keys, published by
 //!   `--lanes` concurrent BulkPublishEvent loops (disjoint key sets, batches
@@ -19,13 +24,15 @@
 //!   p50s is the runtime's per-message overhead (publish RPC, envelope,
 //!   building block, streaming delivery and ack).
 //!
-//! Plus the gRPC floor: p50 of a unary GetMetadata round trip.
+//! Plus the floors: p50 of a unary GetMetadata round trip over gRPC and
+//! over shm, and of a `weft.Echo` over shm (the transport alone).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use weft_components::metadata::{InitContext, Metadata};
@@ -34,6 +41,7 @@ use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_client::DaprClient;
 use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
 use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
+use weft_shm::method as shm_method;
 use weft_tests::{write_component, Weft, WeftOptions};
 
 type Client = DaprClient<Channel>;
@@ -47,6 +55,9 @@ usage: pubsub_bench [options]
   --batch N           entries per BulkPublishEvent (default 500)
   --lanes N           concurrent publishers, disjoint keys (default 4)
   --latency-msgs N    ping-pong messages per latency run (default 2000)
+  --transport T       grpc, shm or both (default both)
+  --shm-idle I        how shm clients wait: default (spin 50 µs, yield 50 µs,
+                      then sleep), sleep (at once) or spin (never sleep)
   --no-kafka          embedded broker only
   --markdown FILE     also write the report there
 
@@ -61,6 +72,8 @@ struct Config {
     batch: usize,
     lanes: usize,
     latency_msgs: usize,
+    transports: Vec<Transport>,
+    shm_idle: weft_shm::IdleConfig,
     kafka: Option<String>,
     markdown: Option<PathBuf>,
 }
@@ -73,6 +86,8 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
         batch: 500,
         lanes: 4,
         latency_msgs: 2000,
+        transports: vec![Transport::Grpc, Transport::Shm],
+        shm_idle: weft_shm::IdleConfig::default(),
         kafka: std::env::var("WEFT_TEST_KAFKA_BROKERS")
             .ok()
             .filter(|b| !b.trim().is_empty()),
@@ -92,6 +107,25 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
             "--batch" => c.batch = val()?.parse()?,
             "--lanes" => c.lanes = val()?.parse()?,
             "--latency-msgs" => c.latency_msgs = val()?.parse()?,
+            "--transport" => {
+                c.transports = match val()?.as_str() {
+                    "grpc" => vec![Transport::Grpc],
+                    "shm" => vec![Transport::Shm],
+                    "both" => vec![Transport::Grpc, Transport::Shm],
+                    other => bail!("--transport: grpc, shm or both, not {other}"),
+                }
+            }
+            "--shm-idle" => {
+                c.shm_idle = match val()?.as_str() {
+                    "default" => weft_shm::IdleConfig::default(),
+                    "sleep" => weft_shm::IdleConfig::SLEEP,
+                    "spin" => weft_shm::IdleConfig {
+                        spin: Duration::from_secs(3600),
+                        yield_for: Duration::ZERO,
+                    },
+                    other => bail!("--shm-idle: default, sleep or spin, not {other}"),
+                }
+            }
             "--no-kafka" => c.kafka = None,
             "--markdown" => c.markdown = Some(PathBuf::from(val()?)),
             other => bail!("unknown argument {other}\n\n{HELP}"),
@@ -101,6 +135,49 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
         bail!("--keys, --batch and --lanes must be positive");
     }
     Ok(Some(c))
+}
+
+/// How the benchmark talks to the runtime.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    Grpc,
+    Shm,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Grpc => "gRPC",
+            Transport::Shm => "shm",
+        }
+    }
+}
+
+/// The runtime under test: its gRPC side and its shared-memory socket.
+struct Target {
+    weft: Weft,
+    shm_socket: PathBuf,
+    app: String,
+    shm_idle: weft_shm::IdleConfig,
+}
+
+impl Target {
+    /// A new shm session (blocking, single-owner: keep it on one thread).
+    fn shm_client(&self) -> anyhow::Result<weft_shm::Client> {
+        shm_connect(&self.shm_socket, &self.app, self.shm_idle)
+    }
+}
+
+fn shm_connect(
+    socket: &Path,
+    app: &str,
+    idle: weft_shm::IdleConfig,
+) -> anyhow::Result<weft_shm::Client> {
+    let mut o = weft_shm::ClientOptions::new(app);
+    o.idle = idle;
+    o.call_timeout = Duration::from_secs(60);
+    o.reconnect = false;
+    weft_shm::Client::connect(socket, o).map_err(|e| anyhow::anyhow!("shm connect: {e}"))
 }
 
 fn now_ns() -> u64 {
@@ -208,6 +285,171 @@ async fn subscribe(
     Ok(())
 }
 
+/// A SubscribeTopicEventsAlpha1 call over shared memory (method 12); acks
+/// are MORE records on the same call.
+struct ShmSub {
+    c: weft_shm::Client,
+    corr: u64,
+}
+
+impl ShmSub {
+    /// Opens the call on `c` and waits for its initial response.
+    fn open(mut c: weft_shm::Client, pubsub: &str, topic: &str) -> anyhow::Result<Self> {
+        let init = pb::SubscribeTopicEventsRequestAlpha1 {
+            subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
+                pb::SubscribeTopicEventsRequestInitialAlpha1 {
+                    pubsub_name: pubsub.into(),
+                    topic: topic.into(),
+                    metadata: HashMap::new(),
+                    dead_letter_topic: None,
+                },
+            )),
+        };
+        let corr = c
+            .open_stream(
+                shm_method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1,
+                &init.encode_to_vec(),
+            )
+            .map_err(|e| anyhow::anyhow!("shm subscribe: {e}"))?;
+        let mut s = Self { c, corr };
+        match s.next_msg(Duration::from_secs(60))? {
+            Some(pb::SubscribeTopicEventsResponseAlpha1 {
+                subscribe_topic_events_response_type: Some(RespType::InitialResponse(_)),
+            }) => Ok(s),
+            other => bail!("shm subscribe: no initial response: {other:?}"),
+        }
+    }
+
+    /// The next message; `None` when nothing came within `within`.
+    fn next_msg(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<Option<pb::SubscribeTopicEventsResponseAlpha1>> {
+        match self.c.next_item(self.corr, within) {
+            Ok(Some(body)) => Ok(Some(pb::SubscribeTopicEventsResponseAlpha1::decode(
+                &body[..],
+            )?)),
+            Ok(None) => bail!("the shm subscription ended"),
+            Err(e) if e.code == weft_shm::code::DEADLINE_EXCEEDED => Ok(None),
+            Err(e) => bail!("the shm subscription failed: {e}"),
+        }
+    }
+
+    /// The next event, acked with SUCCESS as soon as it arrives (before it
+    /// is parsed, like the gRPC subscriber); `None` when nothing came within
+    /// `within`.
+    fn next(&mut self, within: Duration) -> anyhow::Result<Option<Got>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(m) = self.next_msg(left)? else {
+                return Ok(None);
+            };
+            let Some(RespType::EventMessage(ev)) = m.subscribe_topic_events_response_type else {
+                continue;
+            };
+            let at_ns = now_ns();
+            let ack = pb::SubscribeTopicEventsRequestAlpha1 {
+                subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
+                    pb::SubscribeTopicEventsRequestProcessedAlpha1 {
+                        id: ev.id,
+                        status: Some(pb::TopicEventResponse { status: 0 }),
+                    },
+                )),
+            };
+            self.c
+                .send_more(
+                    shm_method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1,
+                    self.corr,
+                    &ack.encode_to_vec(),
+                )
+                .map_err(|e| anyhow::anyhow!("shm ack: {e}"))?;
+            if let Some((key, seq, sent_ns)) = parse_payload(&ev.data) {
+                return Ok(Some(Got {
+                    key,
+                    seq,
+                    sent_ns,
+                    at_ns,
+                }));
+            }
+        }
+    }
+}
+
+/// The shm twin of [`subscribe`]: a dedicated thread owns one shm session
+/// with one subscription, acks every event at once and forwards the
+/// deliveries to `out` until `out` is closed.
+async fn subscribe_shm(
+    target: &Target,
+    pubsub: &str,
+    topic: &str,
+    out: mpsc::UnboundedSender<Got>,
+) -> anyhow::Result<()> {
+    let (socket, app, idle) = (
+        target.shm_socket.clone(),
+        target.app.clone(),
+        target.shm_idle,
+    );
+    let (pubsub, topic) = (pubsub.to_string(), topic.to_string());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shm-subscriber".into())
+        .spawn(move || {
+            let sub =
+                shm_connect(&socket, &app, idle).and_then(|c| ShmSub::open(c, &pubsub, &topic));
+            let mut sub = match sub {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while !out.is_closed() {
+                match sub.next(Duration::from_millis(200)) {
+                    Ok(Some(g)) => {
+                        if out.send(g).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("pubsub_bench: {e:#}");
+                        return;
+                    }
+                }
+            }
+            let _ = sub.c.cancel(sub.corr);
+        })?;
+    ready_rx.await.context("the shm subscriber thread died")?
+}
+
+fn bulk_entries(chunk: &[(u32, u32)], t: u64) -> Vec<pb::BulkPublishRequestEntry> {
+    chunk
+        .iter()
+        .enumerate()
+        .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
+            entry_id: i.to_string(),
+            event: format!("{k}:{s}:{t}").into_bytes(),
+            content_type: "text/plain".into(),
+            metadata: HashMap::from([("partitionKey".to_string(), format!("key-{k}"))]),
+        })
+        .collect()
+}
+
+fn check_bulk(r: &pb::BulkPublishResponse) -> anyhow::Result<()> {
+    if !r.failed_entries.is_empty() {
+        bail!(
+            "{} entries failed: {:?}",
+            r.failed_entries.len(),
+            r.failed_entries.first()
+        );
+    }
+    Ok(())
+}
+
 // === runs ===
 
 struct Throughput {
@@ -221,14 +463,19 @@ struct Throughput {
 }
 
 async fn throughput(
-    weft: &Weft,
+    target: &Target,
+    transport: Transport,
     pubsub: &'static str,
     cfg: &Config,
     n: usize,
 ) -> anyhow::Result<Throughput> {
+    let weft = &target.weft;
     let topic = unique("bench");
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    subscribe(weft.client().await, pubsub, &topic, out_tx).await?;
+    match transport {
+        Transport::Grpc => subscribe(weft.client().await, pubsub, &topic, out_tx).await?,
+        Transport::Shm => subscribe_shm(target, pubsub, &topic, out_tx).await?,
+    }
     // Per key: the sequence numbers to publish, split into lanes by key.
     let mut lanes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); cfg.lanes];
     let mut counts = vec![0u32; cfg.keys as usize];
@@ -238,43 +485,51 @@ async fn throughput(
         counts[k as usize] += 1;
     }
     let start = Instant::now();
-    let mut pubs = Vec::new();
+    let mut pubs: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
     for lane in lanes {
-        let mut client = weft.client().await;
         let topic = topic.clone();
         let batch = cfg.batch;
-        pubs.push(tokio::spawn(async move {
-            for chunk in lane.chunks(batch) {
-                let t = now_ns();
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
-                        entry_id: i.to_string(),
-                        event: format!("{k}:{s}:{t}").into_bytes(),
-                        content_type: "text/plain".into(),
-                        metadata: HashMap::from([("partitionKey".to_string(), format!("key-{k}"))]),
-                    })
-                    .collect();
-                let r = client
-                    .bulk_publish_event(pb::BulkPublishRequest {
-                        pubsub_name: pubsub.into(),
-                        topic: topic.clone(),
-                        entries,
-                        metadata: HashMap::new(),
-                    })
-                    .await?
-                    .into_inner();
-                if !r.failed_entries.is_empty() {
-                    bail!(
-                        "{} entries failed: {:?}",
-                        r.failed_entries.len(),
-                        r.failed_entries.first()
-                    );
-                }
+        match transport {
+            Transport::Grpc => {
+                let mut client = weft.client().await;
+                pubs.push(tokio::spawn(async move {
+                    for chunk in lane.chunks(batch) {
+                        let r = client
+                            .bulk_publish_event(pb::BulkPublishRequest {
+                                pubsub_name: pubsub.into(),
+                                topic: topic.clone(),
+                                entries: bulk_entries(chunk, now_ns()),
+                                metadata: HashMap::new(),
+                            })
+                            .await?
+                            .into_inner();
+                        check_bulk(&r)?;
+                    }
+                    Ok(())
+                }));
             }
-            Ok(())
-        }));
+            Transport::Shm => {
+                // One blocking shm session per publisher lane, on its own thread.
+                let mut client = target.shm_client()?;
+                pubs.push(tokio::task::spawn_blocking(move || {
+                    for chunk in lane.chunks(batch) {
+                        let r: pb::BulkPublishResponse = client
+                            .unary(
+                                shm_method::BULK_PUBLISH_EVENT,
+                                &pb::BulkPublishRequest {
+                                    pubsub_name: pubsub.into(),
+                                    topic: topic.clone(),
+                                    entries: bulk_entries(chunk, now_ns()),
+                                    metadata: HashMap::new(),
+                                },
+                            )
+                            .map_err(|e| anyhow::anyhow!("shm bulk publish: {e}"))?;
+                        check_bulk(&r)?;
+                    }
+                    Ok(())
+                }));
+            }
+        }
     }
     let mut next = vec![0u32; cfg.keys as usize];
     let (mut out_of_order, mut duplicates, mut got) = (0, 0, 0);
@@ -299,6 +554,7 @@ async fn throughput(
         lat.push(g.at_ns.saturating_sub(g.sent_ns) as f64 / 1000.0);
     }
     let secs = start.elapsed().as_secs_f64();
+    drop(out_rx); // ends an shm subscriber thread
     for p in pubs {
         p.await??;
     }
@@ -315,7 +571,53 @@ async fn throughput(
 }
 
 /// Ping-pong through the runtime: PublishEvent, wait for the delivery.
-async fn latency(weft: &Weft, pubsub: &'static str, msgs: usize) -> anyhow::Result<Vec<f64>> {
+async fn latency(
+    target: &Target,
+    transport: Transport,
+    pubsub: &'static str,
+    msgs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    match transport {
+        Transport::Grpc => latency_grpc(&target.weft, pubsub, msgs).await,
+        Transport::Shm => {
+            // Both sessions on one dedicated thread: publish on one, wait
+            // for the delivery on the other.
+            let (mut publisher, sub) = (target.shm_client()?, target.shm_client()?);
+            tokio::task::spawn_blocking(move || {
+                let topic = unique("lat-shm");
+                let mut sub = ShmSub::open(sub, pubsub, &topic)?;
+                let mut lat = Vec::with_capacity(msgs);
+                for i in 0..msgs + msgs / 10 {
+                    let t = now_ns();
+                    let req = pb::PublishEventRequest {
+                        pubsub_name: pubsub.into(),
+                        topic: topic.clone(),
+                        data: format!("{}:{i}:{t}", i % 8).into_bytes(),
+                        data_content_type: "text/plain".into(),
+                        metadata: HashMap::from([(
+                            "partitionKey".to_string(),
+                            format!("key-{}", i % 8),
+                        )]),
+                    };
+                    publisher
+                        .unary::<_, ()>(shm_method::PUBLISH_EVENT, &req)
+                        .map_err(|e| anyhow::anyhow!("shm publish: {e}"))?;
+                    let g = sub
+                        .next(Duration::from_secs(30))?
+                        .context("no delivery within 30 s")?;
+                    if i >= msgs / 10 {
+                        lat.push((g.at_ns - g.sent_ns) as f64 / 1000.0);
+                    }
+                }
+                let _ = sub.c.cancel(sub.corr);
+                Ok(sorted(lat))
+            })
+            .await?
+        }
+    }
+}
+
+async fn latency_grpc(weft: &Weft, pubsub: &'static str, msgs: usize) -> anyhow::Result<Vec<f64>> {
     let topic = unique("lat");
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     subscribe(weft.client().await, pubsub, &topic, out_tx).await?;
@@ -462,6 +764,30 @@ async fn grpc_floor(weft: &Weft, n: usize) -> anyhow::Result<f64> {
     Ok(pct(&sorted(lat), 50.0))
 }
 
+/// p50s of a GetMetadata round trip and of a `weft.Echo` (8 bytes, the
+/// transport alone) over shm.
+async fn shm_floor(target: &Target, n: usize) -> anyhow::Result<(f64, f64)> {
+    let mut c = target.shm_client()?;
+    tokio::task::spawn_blocking(move || {
+        let (mut md, mut echo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let t = Instant::now();
+            let _: pb::GetMetadataResponse = c
+                .unary(shm_method::GET_METADATA, &pb::GetMetadataRequest {})
+                .map_err(|e| anyhow::anyhow!("shm GetMetadata: {e}"))?;
+            md.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        for _ in 0..n {
+            let t = Instant::now();
+            c.call(shm_method::WEFT_ECHO, b"pingpong")
+                .map_err(|e| anyhow::anyhow!("shm echo: {e}"))?;
+            echo.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok((pct(&sorted(md), 50.0), pct(&sorted(echo), 50.0)))
+    })
+    .await?
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -486,43 +812,76 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
             &[("brokers", b), ("partitions", "8")],
         );
     }
-    let weft = Weft::start(WeftOptions::new(&unique("bench")).resources(res.path())).await?;
+    let app = unique("bench");
+    let shm_socket = res.path().join("shm.sock");
+    let weft = Weft::start(
+        WeftOptions::new(&app)
+            .resources(res.path())
+            .arg("--shm-socket")
+            .arg(shm_socket.to_str().context("temp path is not UTF-8")?),
+    )
+    .await?;
+    let target = Target {
+        weft,
+        shm_socket,
+        app,
+        shm_idle: cfg.shm_idle,
+    };
     let mut backends: Vec<(&'static str, &'static str, usize)> =
         vec![("embedded", "pubsub", cfg.messages)];
     if cfg.kafka.is_some() {
         backends.push(("kafka", "kafka", cfg.kafka_messages));
     }
-    let floor = grpc_floor(&weft, 2000).await?;
+    let floor = grpc_floor(&target.weft, 2000).await?;
+    let (shm_md, shm_echo) = shm_floor(&target, 2000).await?;
     let mut out = String::new();
     out.push_str(&format!("command: `{command}`\n\n"));
     out.push_str(&format!(
-        "gRPC floor (unary GetMetadata round trip, p50): {floor:.0} µs\n\n"
+        "gRPC floor (unary GetMetadata round trip, p50): {floor:.0} µs; \
+         over shm: GetMetadata {shm_md:.1} µs, weft.Echo {shm_echo:.1} µs\n\n"
     ));
-    out.push_str("| backend | messages | wall s | deliveries/s | sat. p50 ms | sat. p99 ms | out of order | dup | runtime CPU s |\n|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("Throughput (publish and subscribe over the transport named):\n\n| backend | transport | messages | wall s | deliveries/s | sat. p50 ms | sat. p99 ms | out of order | dup | runtime CPU s |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut lat_rows = String::new();
     let mut base_rows = String::new();
     let tick = cpu_tick_hz();
     for (name, pubsub, n) in backends {
-        eprintln!("pubsub_bench: {name}: throughput, {n} messages");
-        let c0 = cpu_ticks(weft.pid());
-        let t = throughput(&weft, pubsub, &cfg, n).await?;
-        let cpu = (cpu_ticks(weft.pid()) - c0) as f64 / tick;
-        out.push_str(&format!(
-            "| {name} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
-            t.messages,
-            t.secs,
-            t.per_sec,
-            t.p50_us / 1000.0,
-            t.p99_us / 1000.0,
-            t.out_of_order,
-            t.duplicates,
-            cpu
-        ));
-        eprintln!(
-            "pubsub_bench: {name}: ping-pong latency, {} messages",
-            cfg.latency_msgs
-        );
-        let l = latency(&weft, pubsub, cfg.latency_msgs).await?;
+        let mut via = Vec::new();
+        for &tr in &cfg.transports {
+            eprintln!(
+                "pubsub_bench: {name} over {}: throughput, {n} messages",
+                tr.name()
+            );
+            let c0 = cpu_ticks(target.weft.pid());
+            let t = throughput(&target, tr, pubsub, &cfg, n).await?;
+            let cpu = (cpu_ticks(target.weft.pid()) - c0) as f64 / tick;
+            eprintln!(
+                "pubsub_bench: {name} over {}: {:.0} deliveries/s",
+                tr.name(),
+                t.per_sec
+            );
+            out.push_str(&format!(
+                "| {name} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
+                tr.name(),
+                t.messages,
+                t.secs,
+                t.per_sec,
+                t.p50_us / 1000.0,
+                t.p99_us / 1000.0,
+                t.out_of_order,
+                t.duplicates,
+                cpu
+            ));
+            via.push((tr, t.per_sec));
+        }
+        let mut lats = Vec::new();
+        for &tr in &cfg.transports {
+            eprintln!(
+                "pubsub_bench: {name} over {}: ping-pong latency, {} messages",
+                tr.name(),
+                cfg.latency_msgs
+            );
+            lats.push((tr, latency(&target, tr, pubsub, cfg.latency_msgs).await?));
+        }
         let kind = if name == "kafka" {
             "pubsub.kafka"
         } else {
@@ -531,19 +890,32 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
         let b = baseline(kind, cfg.kafka.as_deref(), cfg.latency_msgs).await?;
         eprintln!("pubsub_bench: {name}: in-process component throughput");
         let bt = baseline_throughput(kind, cfg.kafka.as_deref(), n, cfg.keys, cfg.batch).await?;
-        base_rows.push_str(&format!("| {name} | {n} | {bt:.0} | {:.0} |\n", t.per_sec));
-        lat_rows.push_str(&format!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-            pct(&l, 50.0),
-            pct(&l, 99.0),
-            pct(&b, 50.0),
-            pct(&b, 99.0),
-            pct(&l, 50.0) - pct(&b, 50.0)
+        let via_cell = |want: Transport| {
+            via.iter()
+                .find(|(tr, _)| *tr == want)
+                .map(|(_, v)| format!("{v:.0}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        base_rows.push_str(&format!(
+            "| {name} | {n} | {bt:.0} | {} | {} |\n",
+            via_cell(Transport::Grpc),
+            via_cell(Transport::Shm)
         ));
+        for (tr, l) in lats {
+            lat_rows.push_str(&format!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                tr.name(),
+                pct(&l, 50.0),
+                pct(&l, 99.0),
+                pct(&b, 50.0),
+                pct(&b, 99.0),
+                pct(&l, 50.0) - pct(&b, 50.0)
+            ));
+        }
     }
-    out.push_str("\nPing-pong (one message in flight), µs:\n\n| backend | via weft p50 | via weft p99 | in-process component p50 | in-process p99 | runtime overhead p50 |\n|---|---|---|---|---|---|\n");
+    out.push_str("\nPing-pong (one message in flight), µs:\n\n| backend | transport | via weft p50 | via weft p99 | in-process component p50 | in-process p99 | runtime overhead p50 |\n|---|---|---|---|---|---|---|\n");
     out.push_str(&lat_rows);
-    out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | messages | in-process deliveries/s | via weft deliveries/s |\n|---|---|---|---|\n");
+    out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | messages | in-process deliveries/s | via weft gRPC deliveries/s | via weft shm deliveries/s |\n|---|---|---|---|---|\n");
     out.push_str(&base_rows);
     Ok(out)
 }
