@@ -107,6 +107,14 @@ impl Runtime {
             }),
         ));
 
+        if let Some(port) = config.app_port {
+            // The callback model: deliver subscriptions through the app's
+            // AppCallback service on --app-port, once the API is served.
+            let channel = api::app_channel::GrpcAppChannel::new(port)
+                .map_err(|e| anyhow!("--app-port {port}: {e}"))?;
+            blocks.pubsub.start_app_subscriptions(Arc::new(channel));
+        }
+
         tracing::info!(
             app_id = %config.app_id,
             grpc = %grpc_addr,

@@ -122,12 +122,6 @@ impl Blocks {
             metadata: MetadataBlock::new(cfg, infos),
             shutdown,
         });
-        if let Some(port) = cfg.app_port {
-            // The callback model: the app's AppCallback service on --app-port.
-            let channel = crate::api::app_channel::GrpcAppChannel::new(port)
-                .map_err(|e| format!("--app-port {port}: {e}"))?;
-            blocks.pubsub.start_app_subscriptions(Arc::new(channel));
-        }
         Ok(blocks)
     }
 
