@@ -10,6 +10,7 @@ pub mod api;
 pub mod blocks;
 pub mod config;
 pub mod error;
+pub mod security;
 pub mod shutdown;
 
 use std::net::SocketAddr;

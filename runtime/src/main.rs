@@ -1,6 +1,6 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use weft::config::{Cli, Command, RunArgs, RuntimeConfig};
+use weft::config::{CaCommand, Cli, Command, RunArgs, RuntimeConfig};
 use weft::shutdown::Shutdown;
 use weft::Runtime;
 
@@ -8,6 +8,34 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Ca(cmd) => ca(cmd),
+    }
+}
+
+/// `weft ca init | issue`: prints the files written; exit status 2 on bad
+/// input.
+fn ca(cmd: CaCommand) -> std::process::ExitCode {
+    use weft::security::ca;
+    let written = match cmd {
+        CaCommand::Init(a) => ca::init_dir(
+            &a.dir,
+            &a.trust_domain,
+            std::time::Duration::from_secs(a.days * 86_400),
+            a.force,
+        ),
+        CaCommand::Issue(a) => ca::issue_to_dir(&a.ca_dir, &a.app_id, &a.namespace, a.ttl, &a.out),
+    };
+    match written {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weft ca: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }
 

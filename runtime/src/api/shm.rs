@@ -1102,7 +1102,10 @@ mod tests {
             let crate::config::Command::Run(args) =
                 <crate::config::Cli as clap::Parser>::try_parse_from(argv)
                     .unwrap()
-                    .command;
+                    .command
+            else {
+                unreachable!("argv is `weft run`")
+            };
             let cfg = RuntimeConfig::resolve(&args, |_| None).unwrap();
             let blocks = Blocks::build(&cfg, vec![], Shutdown::new()).await.unwrap();
             for m in method::ALL {

@@ -19,9 +19,69 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 pub enum Command {
     /// Run the runtime beside an application.
     Run(RunArgs),
+    /// Manage a mesh certificate authority: create a root, issue runtime
+    /// certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `weft ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root CA: DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init(CaInitArgs),
+    /// Issue a runtime certificate: OUT/cert.pem, OUT/key.pem (mode 0600)
+    /// and OUT/ca.pem (the trust bundle).
+    Issue(CaIssueArgs),
+}
+
+/// Flags of `weft ca init`.
+#[derive(Debug, Clone, Args)]
+pub struct CaInitArgs {
+    /// Directory to write the root into (created if needed).
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// Trust domain of the identities the root issues.
+    #[arg(long, default_value = "public", value_parser = parse_trust_domain)]
+    pub trust_domain: String,
+
+    /// Validity of the root, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub days: u64,
+
+    /// Replace an existing root (certificates it issued stop validating).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Flags of `weft ca issue`.
+#[derive(Debug, Clone, Args)]
+pub struct CaIssueArgs {
+    /// Directory of the root (from `weft ca init`); the trust domain is
+    /// read from it.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+
+    /// App id the certificate identifies (as `weft run --app-id`).
+    #[arg(long, value_parser = parse_app_id)]
+    pub app_id: String,
+
+    /// Namespace of the app.
+    #[arg(long, default_value = "default", value_parser = parse_namespace)]
+    pub namespace: String,
+
+    /// Lifetime of the certificate: a number with s, m, h or d.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+
+    /// Directory to write cert.pem, key.pem and ca.pem into.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Flags of `weft run`. Every flag has a `WEFT_*` environment fallback; the
@@ -116,6 +176,43 @@ pub struct RunArgs {
     /// its socket (an idle session uses no CPU).
     #[arg(long, env = "WEFT_SHM_YIELD_MICROS", default_value_t = 50)]
     pub shm_yield_micros: u64,
+
+    // === mesh identity ===
+    /// Certificate chain (PEM) this runtime presents to other runtimes; its
+    /// URI SAN `spiffe://<trust-domain>/ns/<namespace>/<app-id>` is the
+    /// runtime's identity. Give all three --mtls-* files or none: without
+    /// them a development CA under --dev-ca-dir issues the certificate.
+    /// The files are reloaded when they change.
+    #[arg(long, env = "WEFT_MTLS_CERT")]
+    pub mtls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8 or SEC1) of --mtls-cert.
+    #[arg(long, env = "WEFT_MTLS_KEY")]
+    pub mtls_key: Option<PathBuf>,
+
+    /// Root certificates (PEM) other runtimes' certificates must chain to;
+    /// several roots let a CA rotation overlap.
+    #[arg(long, env = "WEFT_MTLS_TRUST_BUNDLE")]
+    pub mtls_trust_bundle: Option<PathBuf>,
+
+    /// Trust domain of the development CA's identities.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "public")]
+    pub trust_domain: String,
+
+    /// Namespace of this app. Also read from NAMESPACE; defaults to
+    /// `default`.
+    #[arg(long, env = "WEFT_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Directory of the development CA (shared by the runtimes of one
+    /// machine). Defaults to `<data-dir>/dev-ca`.
+    #[arg(long, env = "WEFT_DEV_CA_DIR")]
+    pub dev_ca_dir: Option<PathBuf>,
+
+    /// Development only: runtime-to-runtime traffic in plain text, with no
+    /// authentication at all.
+    #[arg(long, env = "WEFT_DEV_INSECURE_PLAINTEXT_MESH")]
+    pub dev_insecure_plaintext_mesh: bool,
 }
 
 /// Settings of the shared-memory transport.
@@ -129,6 +226,65 @@ pub struct ShmSettings {
     pub spin: Duration,
     /// Then yield this long before sleeping on the socket.
     pub yield_for: Duration,
+}
+
+/// How this runtime proves its identity to other runtimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshIdentityConfig {
+    /// `--trust-domain`: of the development CA's identities (with files,
+    /// the certificate says).
+    pub trust_domain: String,
+    /// `--namespace`.
+    pub namespace: String,
+    pub source: MeshCertSource,
+    /// `--dev-insecure-plaintext-mesh`: no TLS on the mesh at all.
+    pub plaintext: bool,
+}
+
+/// Where the mesh certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshCertSource {
+    /// `--mtls-cert`, `--mtls-key`, `--mtls-trust-bundle`.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        trust_bundle: PathBuf,
+    },
+    /// A development CA in `dir`.
+    DevCa { dir: PathBuf },
+}
+
+impl MeshIdentityConfig {
+    /// What [`MeshTls::load`](crate::security::tls::MeshTls::load) loads for
+    /// the runtime of `app_id`; `None` in plain-text mode.
+    pub fn tls_source(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<crate::security::tls::TlsSource>, crate::security::SecurityError> {
+        use crate::security::tls::TlsSource;
+        if self.plaintext {
+            return Ok(None);
+        }
+        Ok(Some(match &self.source {
+            MeshCertSource::Files {
+                cert,
+                key,
+                trust_bundle,
+            } => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                trust_bundle: trust_bundle.clone(),
+            },
+            MeshCertSource::DevCa { dir } => TlsSource::DevCa {
+                dir: dir.clone(),
+                identity: crate::security::SpiffeId::new(
+                    &self.trust_domain,
+                    &self.namespace,
+                    app_id,
+                )?,
+            },
+        }))
+    }
 }
 
 /// Dapr's default gRPC port.
@@ -152,6 +308,36 @@ fn parse_app_id(raw: &str) -> Result<String, String> {
     }
 }
 
+fn parse_trust_domain(raw: &str) -> Result<String, String> {
+    crate::security::spiffe::validate_trust_domain(raw)?;
+    Ok(raw.to_string())
+}
+
+fn parse_namespace(raw: &str) -> Result<String, String> {
+    crate::security::spiffe::validate_segment("namespace", raw)?;
+    Ok(raw.to_string())
+}
+
+/// A duration such as `90s`, `30m`, `24h` or `7d`.
+fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let bad = || format!("'{raw}' is not a duration: use a number with s, m, h or d, e.g. 24h");
+    let split = raw.len().checked_sub(1).ok_or_else(bad)?;
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    match secs {
+        Some(s) if s > 0 && s <= 100 * 365 * 86_400 => Ok(Duration::from_secs(s)),
+        Some(_) => Err(format!("'{raw}' is out of range: from 1s to 100 years")),
+        None => Err(bad()),
+    }
+}
+
 /// The resolved settings a runtime starts with.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -168,6 +354,8 @@ pub struct RuntimeConfig {
     pub api_token: Option<String>,
     /// `None` with `--no-shm`.
     pub shm: Option<ShmSettings>,
+    /// The mesh certificate and identity.
+    pub mesh_identity: MeshIdentityConfig,
 }
 
 impl RuntimeConfig {
@@ -219,6 +407,7 @@ impl RuntimeConfig {
             spin: Duration::from_micros(args.shm_spin_micros),
             yield_for: Duration::from_micros(args.shm_yield_micros),
         });
+        let mesh_identity = resolve_mesh_identity(args, &data_dir, &env)?;
         Ok(Self {
             app_id: args.app_id.clone(),
             resources_path: args.resources_path.clone(),
@@ -232,8 +421,65 @@ impl RuntimeConfig {
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
             api_token,
             shm,
+            mesh_identity,
         })
     }
+}
+
+fn resolve_mesh_identity(
+    args: &RunArgs,
+    data_dir: &std::path::Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<MeshIdentityConfig, String> {
+    crate::security::spiffe::validate_trust_domain(&args.trust_domain)
+        .map_err(|e| format!("--trust-domain: {e}"))?;
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| env("NAMESPACE"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    crate::security::spiffe::validate_segment("namespace", &namespace)
+        .map_err(|e| format!("--namespace: {e}"))?;
+    let source = match (&args.mtls_cert, &args.mtls_key, &args.mtls_trust_bundle) {
+        (Some(cert), Some(key), Some(trust_bundle)) => MeshCertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            trust_bundle: trust_bundle.clone(),
+        },
+        (None, None, None) => MeshCertSource::DevCa {
+            dir: args
+                .dev_ca_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("dev-ca")),
+        },
+        (cert, key, bundle) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "--mtls-cert"),
+                (key.is_none(), "--mtls-key"),
+                (bundle.is_none(), "--mtls-trust-bundle"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, flag)| missing.then_some(flag))
+            .collect();
+            return Err(format!(
+                "--mtls-cert, --mtls-key and --mtls-trust-bundle go together: {} missing",
+                missing.join(" and ")
+            ));
+        }
+    };
+    if args.dev_insecure_plaintext_mesh && matches!(source, MeshCertSource::Files { .. }) {
+        return Err(
+            "--dev-insecure-plaintext-mesh turns mesh TLS off: do not combine it with --mtls-cert"
+                .to_string(),
+        );
+    }
+    Ok(MeshIdentityConfig {
+        trust_domain: args.trust_domain.clone(),
+        namespace,
+        source,
+        plaintext: args.dev_insecure_plaintext_mesh,
+    })
 }
 
 fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
@@ -256,6 +502,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(a) => a,
+            other => panic!("not `weft run`: {other:?}"),
         }
     }
 
@@ -324,6 +571,131 @@ mod tests {
         assert_eq!(shm.spin, Duration::from_micros(50));
         let c = RuntimeConfig::resolve(&args(&["--no-shm"]), env_of(&[])).unwrap();
         assert!(c.shm.is_none());
+    }
+
+    #[test]
+    fn mesh_identity_defaults_to_a_dev_ca() {
+        let c = RuntimeConfig::resolve(&args(&["--data-dir", "/d"]), env_of(&[])).unwrap();
+        assert_eq!(
+            c.mesh_identity,
+            MeshIdentityConfig {
+                trust_domain: "public".into(),
+                namespace: "default".into(),
+                source: MeshCertSource::DevCa {
+                    dir: PathBuf::from("/d/dev-ca")
+                },
+                plaintext: false,
+            }
+        );
+        let id = match c.mesh_identity.tls_source("orders").unwrap() {
+            Some(crate::security::tls::TlsSource::DevCa { identity, .. }) => identity,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id.to_string(), "spiffe://public/ns/default/orders");
+
+        let c = RuntimeConfig::resolve(
+            &args(&[
+                "--dev-ca-dir",
+                "/ca",
+                "--trust-domain",
+                "corp",
+                "--dev-insecure-plaintext-mesh",
+            ]),
+            env_of(&[("NAMESPACE", "team-a")]),
+        )
+        .unwrap();
+        let m = c.mesh_identity;
+        assert_eq!(m.source, MeshCertSource::DevCa { dir: "/ca".into() });
+        assert_eq!(
+            (m.trust_domain.as_str(), m.namespace.as_str()),
+            ("corp", "team-a")
+        );
+        assert!(m.plaintext);
+        assert!(m.tls_source("orders").unwrap().is_none());
+
+        let c = RuntimeConfig::resolve(
+            &args(&["--namespace", "team-b"]),
+            env_of(&[("NAMESPACE", "team-a")]),
+        )
+        .unwrap();
+        assert_eq!(c.mesh_identity.namespace, "team-b");
+    }
+
+    #[test]
+    fn mtls_files_go_together() {
+        let files = [
+            "--mtls-cert",
+            "/c.pem",
+            "--mtls-key",
+            "/k.pem",
+            "--mtls-trust-bundle",
+            "/b.pem",
+        ];
+        let c = RuntimeConfig::resolve(&args(&files), env_of(&[])).unwrap();
+        assert_eq!(
+            c.mesh_identity.source,
+            MeshCertSource::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into(),
+                trust_bundle: "/b.pem".into()
+            }
+        );
+        let err = RuntimeConfig::resolve(&args(&files[..2]), env_of(&[])).unwrap_err();
+        assert!(
+            err.contains("--mtls-key and --mtls-trust-bundle missing"),
+            "{err}"
+        );
+        let mut plain = files.to_vec();
+        plain.push("--dev-insecure-plaintext-mesh");
+        let err = RuntimeConfig::resolve(&args(&plain), env_of(&[])).unwrap_err();
+        assert!(err.contains("--dev-insecure-plaintext-mesh"), "{err}");
+    }
+
+    #[test]
+    fn trust_domain_and_namespace_are_validated() {
+        let err =
+            RuntimeConfig::resolve(&args(&["--trust-domain", "Corp"]), env_of(&[])).unwrap_err();
+        assert!(err.contains("--trust-domain"), "{err}");
+        let err = RuntimeConfig::resolve(&args(&["--namespace", "a/b"]), env_of(&[])).unwrap_err();
+        assert!(err.contains("--namespace"), "{err}");
+    }
+
+    #[test]
+    fn ca_subcommands_parse() {
+        let cli = Cli::try_parse_from(["weft", "ca", "init", "--dir", "/ca"]).unwrap();
+        let Command::Ca(CaCommand::Init(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (a.trust_domain.as_str(), a.days, a.force),
+            ("public", 365, false)
+        );
+
+        let cli = Cli::try_parse_from([
+            "weft", "ca", "issue", "--ca-dir", "/ca", "--app-id", "orders", "--ttl", "90m",
+            "--out", "/o",
+        ])
+        .unwrap();
+        let Command::Ca(CaCommand::Issue(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(a.ttl, Duration::from_secs(5400));
+        assert_eq!(a.namespace, "default");
+
+        for bad in [
+            &["--app-id", "bad id"][..],
+            &["--app-id", "a", "--ttl", "24"],
+            &["--app-id", "a", "--ttl", "0h"],
+            &["--app-id", "a", "--namespace", "a/b"],
+        ] {
+            let mut argv = vec!["weft", "ca", "issue", "--ca-dir", "/ca", "--out", "/o"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["weft", "ca", "init", "--dir", "/ca", "--trust-domain", "A"])
+                .is_err()
+        );
     }
 
     #[test]
