@@ -1,6 +1,7 @@
 //! Runtime configuration: command-line flags (with `WEFT_*` and Dapr
 //! environment fallbacks) and component resource files.
 
+pub mod app_config;
 pub mod resources;
 
 use std::net::{IpAddr, Ipv4Addr};
