@@ -2,6 +2,7 @@
 //! ([`ca`]), and mutual TLS that follows certificate rotation
 //! ([`tls`]).
 
+pub mod access;
 pub mod ca;
 mod error;
 pub mod spiffe;
