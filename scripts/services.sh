@@ -6,14 +6,15 @@
 #   scripts/services.sh status [SERVICE...]   print state; exit 3 if one is not running
 #   scripts/services.sh env    [SERVICE...]   print `export NAME=value` lines for tests
 #
-# Services: postgres, kafka. (Further ones go in as `svc_<name>_*` function
-# sets; see "Adding a service" at the end of this file.)
+# Services: postgres, zookeeper, kafka. (Further ones go in as `svc_<name>_*`
+# function sets; see "Adding a service" at the end of this file.)
 #
 # Settings (environment):
 #   WEFT_SERVICES_DIR   state dir for every service   (default: <repo>/.services)
 #   WEFT_PG_PORT        PostgreSQL port               (default: 55432)
 #   WEFT_KAFKA_PORT     Kafka broker port; the KRaft controller uses +1 (default: 59092)
 #   WEFT_KAFKA_VERSION  Apache Kafka version fetched with Maven (default: 4.1.1)
+#   WEFT_ZK_PORT        ZooKeeper client port          (default: 52181)
 #
 # The PostgreSQL cluster is a private one (its own initdb'd data dir, port and
 # socket dir); the system cluster is never touched. When run as root, the
@@ -26,7 +27,7 @@ SERVICES_DIR=${WEFT_SERVICES_DIR:-$REPO_ROOT/.services}
 case "$SERVICES_DIR" in /*) ;; *) SERVICES_DIR="$PWD/$SERVICES_DIR" ;; esac
 
 # Known services, in start order.
-SERVICES=(postgres kafka)
+SERVICES=(postgres zookeeper kafka)
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -267,6 +268,183 @@ svc_postgres_env() {
     printf "export WEFT_PG_PORT=%q\n" "$PG_PORT"
     printf "export WEFT_TEST_PG_URL=%q\n" "postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
     printf "export WEFT_TEST_PG_CTL=%q\n" "$SCRIPT_DIR/pgctl.sh"
+}
+
+# ============================================================================
+# Apache ZooKeeper (standalone server)
+# ============================================================================
+#
+# From Debian's `zookeeper` package (installed when missing and we are root):
+# its jars under /usr/share/java are run directly with a private zoo.cfg, data
+# dir, pid file and log under $SERVICES_DIR/zookeeper; the system's
+# /etc/zookeeper configuration and any system service are never touched.
+# tickTime is 500 ms and sessions may be 1 s .. 60 s, so tests can use short
+# session timeouts. `stop` keeps the data; `rm -rf $SERVICES_DIR/zookeeper/data`
+# resets it.
+
+ZK_PORT=${WEFT_ZK_PORT:-52181}
+ZK_DIR=$SERVICES_DIR/zookeeper
+ZK_DATA=$ZK_DIR/data
+ZK_CONF=$ZK_DIR/zoo.cfg
+ZK_LOG=$ZK_DIR/zookeeper.log
+ZK_PID=$ZK_DIR/zookeeper.pid
+ZK_JAR=/usr/share/java/zookeeper.jar
+
+zk_log_tail() {
+    if [ -f "$ZK_LOG" ]; then
+        echo "----- last lines of $ZK_LOG -----" >&2
+        tail -n 40 "$ZK_LOG" >&2 || true
+        echo "----------------------------------" >&2
+    else
+        echo "(no server log at $ZK_LOG)" >&2
+    fi
+}
+
+zk_ensure_installed() {
+    if ! [ -f "$ZK_JAR" ]; then
+        log "ZooKeeper ($ZK_JAR) not found; installing Debian package 'zookeeper'"
+        apt_install zookeeper
+        [ -f "$ZK_JAR" ] || die "$ZK_JAR still missing after installing the Debian package 'zookeeper'"
+    fi
+    command -v java >/dev/null 2>&1 || die "java not found (the Debian 'zookeeper' package should have pulled in a JRE)"
+}
+
+# The server's classpath: the Debian jar (its manifest lists the dependency
+# jars) plus an slf4j binding that logs to stderr, when one is installed.
+zk_classpath() {
+    local cp=$ZK_JAR j
+    for j in /usr/share/java/slf4j-simple.jar /usr/share/java/slf4j-log4j12.jar; do
+        if [ -f "$j" ]; then cp="$cp:$j"; break; fi
+    done
+    echo "$cp"
+}
+
+zk_write_conf() {
+    mkdir -p "$ZK_DATA"
+    cat >"$ZK_CONF" <<CONF
+# Written by scripts/services.sh on every start; edits are lost.
+tickTime=500
+minSessionTimeout=1000
+maxSessionTimeout=60000
+dataDir=$ZK_DATA
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr
+forceSync=no
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+CONF
+}
+
+# The server's pid, if the pid file names a live server of this services dir.
+zk_pid() {
+    local pid
+    [ -f "$ZK_PID" ] || return 1
+    pid=$(cat "$ZK_PID" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$ZK_CONF" || return 1
+    echo "$pid"
+}
+
+zk_port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT") 2>/dev/null
+}
+
+# Sends a four-letter word and prints the answer (bounded by `timeout`).
+zk_4lw() {
+    timeout 3 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "%s" "$2" >&3
+        cat <&3' _ "$ZK_PORT" "$1" 2>/dev/null
+}
+
+# True once the server answers `srvr` as a serving standalone node.
+zk_ready() {
+    local out
+    out=$(zk_4lw srvr) || return 1
+    grep -q '^Mode: standalone' <<<"$out"
+}
+
+svc_zookeeper_start() {
+    take_lock
+    zk_ensure_installed
+    mkdir -p "$ZK_DIR"
+    local pid i
+    if pid=$(zk_pid); then
+        log "zookeeper already running (pid $pid, 127.0.0.1:$ZK_PORT)"
+    else
+        if zk_port_open; then
+            die "127.0.0.1:$ZK_PORT is already in use by another process (set WEFT_ZK_PORT)"
+        fi
+        zk_write_conf
+        log "starting zookeeper on 127.0.0.1:$ZK_PORT (data $ZK_DATA)"
+        : >"$ZK_LOG"
+        # New session, no stdin, lock fd closed: the server outlives this script.
+        setsid java -Xms64m -Xmx256m -Djava.awt.headless=true \
+            -Dzookeeper.log.dir="$ZK_DIR" \
+            -Dorg.slf4j.simpleLogger.showDateTime=true \
+            -Dzookeeper.jmx.log4j.disable=true \
+            -cp "$(zk_classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_CONF" \
+            </dev/null >>"$ZK_LOG" 2>&1 9>&- &
+        pid=$!
+        echo "$pid" >"$ZK_PID"
+        for i in $(seq 1 120); do
+            kill -0 "$pid" 2>/dev/null || { zk_log_tail; die "zookeeper exited during start-up (log: $ZK_LOG)"; }
+            zk_ready && break
+            sleep 0.5
+        done
+    fi
+    if ! zk_ready; then
+        zk_log_tail
+        die "zookeeper on 127.0.0.1:$ZK_PORT did not answer 'srvr' within 60 s"
+    fi
+    log "zookeeper ready: 127.0.0.1:$ZK_PORT"
+}
+
+svc_zookeeper_stop() {
+    take_lock
+    local pid i
+    if ! pid=$(zk_pid); then
+        log "zookeeper not running"
+        rm -f "$ZK_PID"
+        return 0
+    fi
+    log "stopping zookeeper (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 40); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "zookeeper did not stop within 10 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    fi
+    rm -f "$ZK_PID"
+}
+
+svc_zookeeper_status() {
+    local pid
+    if ! [ -f "$ZK_JAR" ]; then
+        echo "zookeeper: not installed ($ZK_JAR missing; Debian package 'zookeeper')"
+        return 3
+    fi
+    if pid=$(zk_pid) && zk_ready; then
+        echo "zookeeper: running on 127.0.0.1:$ZK_PORT (pid $pid, data $ZK_DATA)"
+    elif pid=$(zk_pid); then
+        echo "zookeeper: process $pid running but not answering on 127.0.0.1:$ZK_PORT"
+        return 3
+    else
+        echo "zookeeper: stopped (data $ZK_DATA)"
+        return 3
+    fi
+}
+
+svc_zookeeper_env() {
+    printf "export WEFT_ZK_PORT=%q\n" "$ZK_PORT"
+    printf "export WEFT_TEST_ZK_SERVERS=%q\n" "127.0.0.1:$ZK_PORT"
 }
 
 # ============================================================================
@@ -580,7 +758,7 @@ svc_kafka_env() {
 }
 
 # ============================================================================
-# Adding a service (ZooKeeper, Kafka, ...):
+# Adding a service (Redis, etcd, ...):
 #   1. append its name to SERVICES (start order; stop runs in reverse);
 #   2. define svc_<name>_start, svc_<name>_stop, svc_<name>_status (exit 3
 #      when not running) and svc_<name>_env (export lines), keeping its

@@ -3,9 +3,10 @@
 #
 #   scripts/test.sh
 #
-# Installs what is missing (Debian postgresql; Apache Kafka's jars via Maven;
-# a Python venv with the Dapr SDK and pytest under .services/venv), starts the
-# private test services (scripts/services.sh: PostgreSQL, Kafka),
+# Installs what is missing (Debian postgresql and zookeeper; Apache Kafka's
+# jars via Maven; a Python venv with the Dapr SDK and pytest under
+# .services/venv), starts the private test services (scripts/services.sh:
+# PostgreSQL, ZooKeeper, Kafka),
 # then runs, stopping at the first failure:
 #   cargo fmt --check · cargo clippy -D warnings · cargo build · cargo test ·
 #   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
@@ -16,6 +17,7 @@
 #   WEFT_SERVICES_DIR   services state and the venv (default <repo>/.services)
 #   WEFT_PG_PORT        private PostgreSQL port (default 55432)
 #   WEFT_KAFKA_PORT     private Kafka broker port, controller on +1 (default 59092)
+#   WEFT_ZK_PORT        private ZooKeeper client port (default 52181)
 #   WEFT_TEST_THREADS   if set, passed to cargo test as --test-threads
 set -euo pipefail
 

@@ -14,6 +14,7 @@
 
 pub mod configuration;
 pub mod metadata;
+pub mod nameresolution;
 pub mod pubsub;
 pub mod state;
 
