@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "dapr/proto/runtime/v1/pubsub.proto",
     "dapr/proto/runtime/v1/secret.proto",
     "dapr/proto/runtime/v1/state.proto",
+    "weft/internal/v1/mesh.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -27,6 +28,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=dapr");
+    println!("cargo:rerun-if-changed=weft");
 
     let protos: Vec<PathBuf> = PROTOS.iter().map(|p| manifest_dir.join(p)).collect();
     for p in &protos {

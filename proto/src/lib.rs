@@ -29,8 +29,21 @@ pub mod dapr {
     }
 }
 
+/// Protobuf packages under `weft.*`: Weft's own services.
+pub mod weft {
+    /// `weft.internal.*`
+    pub mod internal {
+        /// `weft.internal.v1`: the runtime-to-runtime mesh service.
+        #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+        pub mod v1 {
+            tonic::include_proto!("weft.internal.v1");
+        }
+    }
+}
+
 pub use dapr::proto::common::v1 as common;
 pub use dapr::proto::runtime::v1 as runtime;
+pub use weft::internal::v1 as mesh;
 
 /// Encoded `FileDescriptorSet` of every compiled proto (for gRPC reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -4,12 +4,15 @@
 //! * [`config`]: flags, environment and component files;
 //! * [`blocks`]: one handler per API operation;
 //! * [`api`]: transports (gRPC on TCP and a Unix socket, HTTP, shared memory);
+//! * [`mesh`]: runtime-to-runtime invocation (mTLS, name resolution, load
+//!   balancing), and [`security`]: identities, certificates, access policies;
 //! * [`Runtime`]: starts everything and shuts it down in order.
 
 pub mod api;
 pub mod blocks;
 pub mod config;
 pub mod error;
+pub mod mesh;
 pub mod security;
 pub mod shutdown;
 
@@ -33,6 +36,8 @@ pub struct Runtime {
     pub uds_path: Option<PathBuf>,
     /// The shared-memory transport's socket, unless `--no-shm`.
     pub shm_socket: Option<PathBuf>,
+    /// The address other runtimes reach this one's mesh server at.
+    pub mesh_addr: SocketAddr,
     config: RuntimeConfig,
     servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -40,9 +45,12 @@ pub struct Runtime {
 impl Runtime {
     /// Loads components and starts the servers. Fails, naming the file,
     /// component, field or flag at fault, when anything is misconfigured.
-    pub async fn start(config: RuntimeConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn start(mut config: RuntimeConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create --data-dir {}", config.data_dir.display()))?;
+        // The mesh identity first: bad certificates stop the start before
+        // any component opens a connection.
+        let tls = load_mesh_tls(&mut config)?;
         let specs = match &config.resources_path {
             Some(dir) => resources::load_dir(dir, &config.app_id).map_err(|e| anyhow!("{e}"))?,
             None => {
@@ -109,18 +117,42 @@ impl Runtime {
         ));
 
         if let Some(port) = config.app_port {
-            // The callback model: deliver subscriptions through the app's
-            // AppCallback service on --app-port, once the API is served.
-            let channel = api::app_channel::GrpcAppChannel::new(port)
-                .map_err(|e| anyhow!("--app-port {port}: {e}"))?;
-            blocks.pubsub.start_app_subscriptions(Arc::new(channel));
+            // The callback model: deliver subscriptions and invocations
+            // through the app's AppCallback service on --app-port, once the
+            // API is served.
+            let channel = Arc::new(
+                api::app_channel::GrpcAppChannel::new(port)
+                    .map_err(|e| anyhow!("--app-port {port}: {e}"))?,
+            );
+            blocks.invoke.set_app(channel.clone());
+            blocks.pubsub.start_app_subscriptions(channel);
         }
+
+        // === mesh ===
+        let registration = weft_components::nameresolution::Registration::new(
+            config.app_id.clone(),
+            config.mesh_identity.namespace.clone(),
+            uuid::Uuid::new_v4().to_string(),
+            config.mesh.listen,
+        );
+        let mesh = mesh::start(
+            &config.mesh,
+            tls,
+            blocks.name_resolver.clone(),
+            registration,
+            blocks.clone(),
+            config.max_body_size,
+            shutdown.clone(),
+        )
+        .await?;
+        servers.push(("mesh", mesh.server));
 
         tracing::info!(
             app_id = %config.app_id,
             grpc = %grpc_addr,
             http = %http_addr,
             uds = ?config.uds,
+            mesh = %mesh.addr,
             version = blocks::metadata::RUNTIME_VERSION,
             "weft is ready"
         );
@@ -130,6 +162,7 @@ impl Runtime {
             http_addr,
             uds_path: config.uds.clone(),
             shm_socket,
+            mesh_addr: mesh.addr,
             config,
             servers,
         })
@@ -178,6 +211,40 @@ impl Runtime {
             None => Ok(()),
         }
     }
+}
+
+/// Loads the mesh certificate (or the development CA's), checks that it is
+/// this app's identity, starts following its files, and records the
+/// effective trust domain and namespace in `config`. `None` in the
+/// plain-text development mode.
+fn load_mesh_tls(
+    config: &mut RuntimeConfig,
+) -> anyhow::Result<Option<Arc<security::tls::MeshTls>>> {
+    let source = config
+        .mesh_identity
+        .tls_source(&config.app_id)
+        .map_err(|e| anyhow!("{e}"))?;
+    let Some(source) = source else {
+        tracing::warn!(
+            "--dev-insecure-plaintext-mesh: runtime-to-runtime traffic is PLAIN TEXT and \
+             unauthenticated; callers' app ids are not verified and access policies protect \
+             nothing. Development only"
+        );
+        return Ok(None);
+    };
+    let tls = security::tls::MeshTls::load(source).map_err(|e| anyhow!("{e}"))?;
+    let id = tls.identity();
+    if id.app_id != config.app_id {
+        return Err(anyhow!(
+            "--mtls-cert is a certificate for app '{}' ({id}), but this runtime is --app-id '{}'",
+            id.app_id,
+            config.app_id
+        ));
+    }
+    config.mesh_identity.trust_domain = id.trust_domain.clone();
+    config.mesh_identity.namespace = id.namespace.clone();
+    tls.spawn_reloader(std::time::Duration::from_secs(1));
+    Ok(Some(tls))
 }
 
 async fn serve_grpc<I, IO, IE>(

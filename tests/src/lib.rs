@@ -14,6 +14,8 @@ use anyhow::{anyhow, bail, Context};
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::runtime::dapr_client::DaprClient;
 
+pub mod invoke_app;
+
 /// Path of the `weft` binary under test.
 pub fn weft_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_BIN") {
@@ -420,5 +422,44 @@ pub mod order {
                     .values()
                     .all(|v| v.iter().max() == Some(&(per_key - 1)))
         }
+    }
+}
+
+/// Certificates made with the real `weft ca` commands.
+pub mod certs {
+    use std::path::{Path, PathBuf};
+
+    /// `weft ca init --dir <dir> --trust-domain <td>`.
+    pub fn ca_init(dir: &Path, trust_domain: &str) {
+        let d = dir.to_string_lossy();
+        let (status, out) =
+            super::run_to_exit(&["ca", "init", "--dir", &d, "--trust-domain", trust_domain]);
+        assert!(status.success(), "weft ca init failed: {out}");
+    }
+
+    /// `weft ca issue` for `app_id` into `out`; returns `(cert, key, bundle)`.
+    pub fn ca_issue(ca: &Path, app_id: &str, out: &Path, ttl: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let (c, o) = (ca.to_string_lossy(), out.to_string_lossy());
+        let (status, text) = super::run_to_exit(&[
+            "ca", "issue", "--ca-dir", &c, "--app-id", app_id, "--out", &o, "--ttl", ttl,
+        ]);
+        assert!(status.success(), "weft ca issue failed: {text}");
+        (
+            out.join("cert.pem"),
+            out.join("key.pem"),
+            out.join("ca.pem"),
+        )
+    }
+
+    /// The `weft run` flags for a certificate set.
+    pub fn flags(set: &(PathBuf, PathBuf, PathBuf)) -> Vec<String> {
+        vec![
+            "--mtls-cert".into(),
+            set.0.to_string_lossy().into_owned(),
+            "--mtls-key".into(),
+            set.1.to_string_lossy().into_owned(),
+            "--mtls-trust-bundle".into(),
+            set.2.to_string_lossy().into_owned(),
+        ]
     }
 }

@@ -1,6 +1,6 @@
 //! The app-side channel of the callback model: Dapr's `AppCallback` gRPC
-//! service on `127.0.0.1:<--app-port>`. A transport only: the pub/sub block
-//! decides what to call and what the answers mean.
+//! service on `127.0.0.1:<--app-port>`. A transport only: the pub/sub and
+//! invocation blocks decide what to call and what the answers mean.
 
 use std::time::Duration;
 
@@ -10,6 +10,8 @@ use tonic::Code;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 
+use crate::api::headers;
+use crate::blocks::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
 use crate::blocks::pubsub::{AppChannel, AppChannelError};
 
 /// How long connecting to the app may take before a call fails.
@@ -67,6 +69,41 @@ impl AppChannel for GrpcAppChannel {
                 .await
                 .map(|r| r.into_inner())
                 .map_err(channel_error)
+        })
+    }
+}
+
+impl AppInvoker for GrpcAppChannel {
+    fn on_invoke(
+        &self,
+        req: weft_proto::common::InvokeRequest,
+        forward: Vec<weft_proto::mesh::Header>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Invoked, tonic::Status>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let mut request = tonic::Request::new(req);
+            headers::extend_metadata(request.metadata_mut(), &forward);
+            request.set_timeout(timeout);
+            match client.on_invoke(request).await {
+                Ok(resp) => {
+                    let (md, response, _) = resp.into_parts();
+                    Ok(Invoked {
+                        response,
+                        headers: headers::from_metadata(&md),
+                    })
+                }
+                Err(status) => {
+                    // The app's own error, marked so that callers do not
+                    // mistake it for a failing runtime.
+                    let mut status = status;
+                    status.metadata_mut().insert(
+                        ERROR_ORIGIN_HEADER,
+                        tonic::metadata::MetadataValue::from_static("app"),
+                    );
+                    Err(status)
+                }
+            }
         })
     }
 }

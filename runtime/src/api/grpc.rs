@@ -12,6 +12,7 @@ use weft_proto::common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_server::{Dapr, DaprServer};
 
+use crate::api::headers;
 use crate::blocks::Blocks;
 use crate::error::ApiError;
 
@@ -104,9 +105,19 @@ impl Dapr for DaprApi {
 
     async fn invoke_service(
         &self,
-        _: Request<pb::InvokeServiceRequest>,
+        r: Request<pb::InvokeServiceRequest>,
     ) -> Result<Response<common::InvokeResponse>, Status> {
-        unimplemented("service invocation")
+        let deadline = headers::deadline(r.metadata());
+        let (md, _, req) = r.into_parts();
+        let forward = headers::from_metadata(&md);
+        let invoked = self
+            .blocks
+            .invoke
+            .invoke_service(req, forward, deadline)
+            .await?;
+        let mut resp = Response::new(invoked.response);
+        headers::extend_metadata(resp.metadata_mut(), &invoked.headers);
+        Ok(resp)
     }
 
     // === state ===

@@ -3,5 +3,6 @@
 
 pub mod app_channel;
 pub mod grpc;
+pub mod headers;
 pub mod http;
 pub mod shm;

@@ -2,6 +2,7 @@
 //! (gRPC today; HTTP routes and shared memory call the same methods).
 
 pub mod configuration;
+pub mod invoke;
 pub mod metadata;
 pub mod pubsub;
 pub mod state;
@@ -10,6 +11,7 @@ mod time;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use weft_components::nameresolution::{self as nrc, NameResolver};
 use weft_components::{
     configuration as cfgc, pubsub as pubsubc, state as statec, InitContext, Metadata,
 };
@@ -20,6 +22,7 @@ use crate::config::RuntimeConfig;
 use crate::shutdown::Shutdown;
 
 pub use configuration::ConfigurationBlock;
+pub use invoke::InvokeBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
 pub use state::StateBlock;
@@ -29,7 +32,11 @@ pub struct Blocks {
     pub state: StateBlock,
     pub configuration: ConfigurationBlock,
     pub pubsub: PubSubBlock,
+    pub invoke: InvokeBlock,
     pub metadata: MetadataBlock,
+    /// The name resolution component (`nameresolution.local` unless a
+    /// component file names another).
+    pub name_resolver: Arc<dyn NameResolver>,
     pub shutdown: Shutdown,
 }
 
@@ -39,6 +46,7 @@ fn known_types() -> String {
         .iter()
         .chain(cfgc::TYPES)
         .chain(pubsubc::TYPES)
+        .chain(nrc::TYPES)
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -59,6 +67,7 @@ impl Blocks {
         let mut state_stores = BTreeMap::new();
         let mut config_stores = BTreeMap::new();
         let mut pubsubs = BTreeMap::new();
+        let mut resolver: Option<(String, Arc<dyn NameResolver>)> = None;
         let mut infos = Vec::new();
         for spec in specs {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), spec.metadata.clone());
@@ -98,6 +107,17 @@ impl Blocks {
                     pubsubs.insert(spec.name.clone(), ps);
                     caps
                 }
+                "nameresolution" => {
+                    if let Some((first, _)) = &resolver {
+                        return Err(at(format!(
+                            "component '{}': only one name resolution component may be defined; '{first}' is already one",
+                            spec.name
+                        )));
+                    }
+                    let r = nrc::build(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
+                    resolver = Some((spec.name.clone(), r));
+                    Vec::new()
+                }
                 _ => {
                     return Err(at(format!(
                         "component '{}': field 'spec.type': unknown component type '{}' (known types: {})",
@@ -115,11 +135,30 @@ impl Blocks {
                 capabilities,
             });
         }
+        let name_resolver = match resolver {
+            Some((_, r)) => r,
+            None => {
+                let md = Metadata::new("nameresolution", "nameresolution.local", Vec::new());
+                nrc::build(&md, &ctx).await.map_err(|e| e.to_string())?
+            }
+        };
+        let access = match &cfg.app_config {
+            Some(path) => crate::config::app_config::load(path)?.access_control,
+            None => crate::security::access::AccessPolicy::allow_all(),
+        };
         let blocks = Arc::new(Self {
             state: StateBlock::new(state_stores),
             configuration: ConfigurationBlock::new(config_stores, shutdown.subscribe()),
             pubsub: PubSubBlock::new(&cfg.app_id, pubsubs, shutdown.subscribe()),
+            invoke: InvokeBlock::new(
+                &cfg.app_id,
+                &cfg.mesh_identity.namespace,
+                &cfg.mesh_identity.trust_domain,
+                cfg.mesh.call_timeout,
+                access,
+            ),
             metadata: MetadataBlock::new(cfg, infos),
+            name_resolver,
             shutdown,
         });
         Ok(blocks)
@@ -136,6 +175,7 @@ impl Blocks {
     pub async fn close(&self) {
         self.configuration.close().await;
         self.pubsub.close().await;
+        self.name_resolver.close().await;
         self.state.close().await;
     }
 }

@@ -178,6 +178,36 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_SHM_YIELD_MICROS", default_value_t = 50)]
     pub shm_yield_micros: u64,
 
+    // === service invocation mesh ===
+    /// Port of the runtime-to-runtime mesh server (mutual TLS). 0, the
+    /// default, takes any free port: name resolution publishes the real one.
+    #[arg(long, env = "WEFT_MESH_PORT", default_value_t = 0)]
+    pub mesh_port: u16,
+
+    /// Address the mesh server listens on. Defaults to --listen-address.
+    #[arg(long, env = "WEFT_MESH_LISTEN_ADDRESS")]
+    pub mesh_listen_address: Option<IpAddr>,
+
+    /// Address other runtimes dial, when the listen address is a wildcard or
+    /// is not reachable from them as is.
+    #[arg(long, env = "WEFT_MESH_ADVERTISE_ADDRESS")]
+    pub mesh_advertise_address: Option<IpAddr>,
+
+    /// Choice among an app's instances: `round-robin` or `p2c` (power of
+    /// two choices: the less busy of two random instances).
+    #[arg(long, env = "WEFT_MESH_LB", default_value = "round-robin")]
+    pub mesh_lb: String,
+
+    /// Longest a service invocation may take, in seconds, when the caller's
+    /// deadline is not shorter.
+    #[arg(long, env = "WEFT_INVOKE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub invoke_timeout_seconds: u64,
+
+    /// Dapr Configuration resource (YAML) with `spec.accessControl`
+    /// policies for calls into this app.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+
     // === mesh identity ===
     /// Certificate chain (PEM) this runtime presents to other runtimes; its
     /// URI SAN `spiffe://<trust-domain>/ns/<namespace>/<app-id>` is the
@@ -355,6 +385,9 @@ pub struct RuntimeConfig {
     pub api_token: Option<String>,
     /// `None` with `--no-shm`.
     pub shm: Option<ShmSettings>,
+    pub mesh: crate::mesh::MeshSettings,
+    /// `--config`: the Dapr Configuration file, if any.
+    pub app_config: Option<PathBuf>,
     /// The mesh certificate and identity.
     pub mesh_identity: MeshIdentityConfig,
 }
@@ -422,6 +455,19 @@ impl RuntimeConfig {
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
             api_token,
             shm,
+            mesh: crate::mesh::MeshSettings {
+                listen: std::net::SocketAddr::new(
+                    args.mesh_listen_address.unwrap_or(args.listen_address),
+                    args.mesh_port,
+                ),
+                advertise: args.mesh_advertise_address,
+                lb: args
+                    .mesh_lb
+                    .parse()
+                    .map_err(|e| format!("--mesh-lb: {e}"))?,
+                call_timeout: Duration::from_secs(args.invoke_timeout_seconds),
+            },
+            app_config: args.config.clone(),
             mesh_identity,
         })
     }

@@ -1,6 +1,6 @@
 //! Mesh security: SPIFFE identities ([`spiffe`]), a certificate authority
-//! ([`ca`]), and mutual TLS that follows certificate rotation
-//! ([`tls`]).
+//! ([`ca`]), mutual TLS that follows certificate rotation ([`tls`]) and
+//! access policies ([`access`]).
 
 pub mod access;
 pub mod ca;

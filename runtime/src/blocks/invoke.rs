@@ -1,0 +1,330 @@
+//! Service invocation: an app calls another app by its app id.
+//!
+//! Outbound (`InvokeService` from the local app) the block validates the
+//! request, adds W3C trace context and a deadline, and hands the call to a
+//! [`RemoteInvoker`] (the mesh client) — or straight to the local app when it
+//! calls itself. Inbound (a call from another runtime, with the caller's
+//! verified identity) it checks the target and the caller's claim, applies
+//! the access policy and calls the app through an [`AppInvoker`].
+//!
+//! Errors of the called app travel back unchanged: code, message and
+//! details.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::{Code, Status};
+use weft_proto::common;
+use weft_proto::mesh;
+use weft_proto::runtime as pb;
+
+use crate::security::access::{AccessPolicy, Caller, Decision};
+
+/// Header with the calling app's id, as Dapr sets it for the called app.
+pub const CALLER_APP_ID_HEADER: &str = "dapr-caller-app-id";
+/// Header with the called app's id, as Dapr sets it for the called app.
+pub const CALLEE_APP_ID_HEADER: &str = "dapr-callee-app-id";
+/// Response header marking an error status as the called app's own.
+pub const ERROR_ORIGIN_HEADER: &str = "weft-error-origin";
+
+/// Gives the answer of an invocation with the response headers to forward.
+pub struct Invoked {
+    pub response: common::InvokeResponse,
+    pub headers: Vec<mesh::Header>,
+}
+
+/// Reaches another app's runtime (implemented by the mesh client).
+pub trait RemoteInvoker: Send + Sync + 'static {
+    /// Sends `req` to one instance of `req.target_app_id`, within `timeout`.
+    fn invoke(
+        &self,
+        req: mesh::InvokeRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Invoked, Status>>;
+}
+
+/// Calls the local app's `OnInvoke` (implemented by the app channel).
+pub trait AppInvoker: Send + Sync + 'static {
+    fn on_invoke(
+        &self,
+        req: common::InvokeRequest,
+        headers: Vec<mesh::Header>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Invoked, Status>>;
+}
+
+/// Who is calling, as the mesh transport established it.
+#[derive(Debug, Clone)]
+pub enum PeerIdentity {
+    /// Verified from the caller's certificate.
+    Verified {
+        trust_domain: String,
+        namespace: String,
+        app_id: String,
+    },
+    /// Plain-text development mesh: nothing is verified.
+    Unverified,
+}
+
+/// The service invocation block of one runtime.
+pub struct InvokeBlock {
+    app_id: String,
+    namespace: String,
+    trust_domain: String,
+    default_timeout: Duration,
+    access: AccessPolicy,
+    remote: OnceLock<Arc<dyn RemoteInvoker>>,
+    app: OnceLock<Arc<dyn AppInvoker>>,
+}
+
+impl InvokeBlock {
+    pub fn new(
+        app_id: &str,
+        namespace: &str,
+        trust_domain: &str,
+        default_timeout: Duration,
+        access: AccessPolicy,
+    ) -> Self {
+        Self {
+            app_id: app_id.to_string(),
+            namespace: namespace.to_string(),
+            trust_domain: trust_domain.to_string(),
+            default_timeout,
+            access,
+            remote: OnceLock::new(),
+            app: OnceLock::new(),
+        }
+    }
+
+    /// The trust domain this runtime's identity belongs to.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Connects the mesh client, once the mesh is up.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteInvoker>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Connects the local app, when it serves `AppCallback` (--app-port).
+    pub fn set_app(&self, app: Arc<dyn AppInvoker>) {
+        let _ = self.app.set(app);
+    }
+
+    /// `InvokeService` from the local app. `deadline` is what is left of the
+    /// caller's gRPC deadline, if it set one.
+    pub async fn invoke_service(
+        &self,
+        req: pb::InvokeServiceRequest,
+        mut headers: Vec<mesh::Header>,
+        deadline: Option<Duration>,
+    ) -> Result<Invoked, Status> {
+        if req.id.is_empty() {
+            return Err(Status::invalid_argument(
+                "InvokeServiceRequest.id (the target app id) is required and was empty",
+            ));
+        }
+        let Some(message) = req.message else {
+            return Err(Status::invalid_argument(
+                "InvokeServiceRequest.message is required and was missing",
+            ));
+        };
+        if message.method.is_empty() {
+            return Err(Status::invalid_argument(
+                "InvokeServiceRequest.message.method is required and was empty",
+            ));
+        }
+        let timeout = deadline.map_or(self.default_timeout, |d| d.min(self.default_timeout));
+        trace_context::start_hop(&mut headers);
+        if req.id == self.app_id {
+            // Calling itself: no network hop, same headers as a remote call.
+            set_header(&mut headers, CALLER_APP_ID_HEADER, &self.app_id);
+            set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
+            return self.app()?.on_invoke(message, headers, timeout).await;
+        }
+        let remote = self.remote.get().ok_or_else(|| {
+            Status::unavailable("service invocation: the mesh is not started on this runtime")
+        })?;
+        let call = mesh::InvokeRequest {
+            target_app_id: req.id,
+            caller_app_id: self.app_id.clone(),
+            message: Some(message),
+            headers,
+        };
+        remote.invoke(call, timeout).await
+    }
+
+    /// A call from another runtime. `peer` is the caller's identity as the
+    /// transport verified it.
+    pub async fn handle_remote(
+        &self,
+        peer: &PeerIdentity,
+        req: mesh::InvokeRequest,
+        deadline: Option<Duration>,
+    ) -> Result<Invoked, Status> {
+        if req.target_app_id != self.app_id {
+            return Err(Status::not_found(format!(
+                "this runtime serves app '{}', not '{}' (stale name resolution?)",
+                self.app_id, req.target_app_id
+            )));
+        }
+        let (trust_domain, namespace, caller_app) = match peer {
+            PeerIdentity::Verified {
+                trust_domain,
+                namespace,
+                app_id,
+            } => {
+                if req.caller_app_id != *app_id {
+                    return Err(Status::permission_denied(format!(
+                        "caller claims app id '{}' but its certificate is for app '{app_id}'",
+                        req.caller_app_id
+                    )));
+                }
+                (trust_domain.as_str(), namespace.as_str(), app_id.as_str())
+            }
+            PeerIdentity::Unverified => (
+                self.trust_domain.as_str(),
+                self.namespace.as_str(),
+                req.caller_app_id.as_str(),
+            ),
+        };
+        if caller_app.is_empty() {
+            return Err(Status::invalid_argument(
+                "InvokeRequest.caller_app_id is required and was empty",
+            ));
+        }
+        let Some(message) = req.message else {
+            return Err(Status::invalid_argument(
+                "InvokeRequest.message is required and was missing",
+            ));
+        };
+        let verb = message
+            .http_extension
+            .as_ref()
+            .and_then(|h| common::http_extension::Verb::try_from(h.verb).ok())
+            .filter(|v| *v != common::http_extension::Verb::None)
+            .map(|v| v.as_str_name());
+        let caller = Caller {
+            trust_domain,
+            namespace,
+            app_id: caller_app,
+        };
+        if let Decision::Deny(why) = self.access.check(&caller, &message.method, verb) {
+            tracing::info!(caller = caller_app, method = %message.method, "invocation denied: {why}");
+            return Err(Status::permission_denied(why));
+        }
+        let mut headers = req.headers;
+        set_header(&mut headers, CALLER_APP_ID_HEADER, caller_app);
+        set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
+        let timeout = deadline.map_or(self.default_timeout, |d| d.min(self.default_timeout));
+        self.app()?.on_invoke(message, headers, timeout).await
+    }
+
+    fn app(&self) -> Result<&Arc<dyn AppInvoker>, Status> {
+        self.app.get().ok_or_else(|| {
+            Status::new(
+                Code::Unimplemented,
+                format!(
+                    "app '{}' has no app channel: start its runtime with --app-port to receive invocations",
+                    self.app_id
+                ),
+            )
+        })
+    }
+}
+
+/// Replaces every value of `key` with `value`.
+pub fn set_header(headers: &mut Vec<mesh::Header>, key: &str, value: &str) {
+    headers.retain(|h| h.key != key);
+    headers.push(mesh::Header {
+        key: key.to_string(),
+        values: vec![value.to_string()],
+    });
+}
+
+/// The first value of `key`, if any.
+pub fn header<'a>(headers: &'a [mesh::Header], key: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.values.first())
+        .map(String::as_str)
+}
+
+/// W3C trace context (`traceparent`, `tracestate`) across invocations.
+pub mod trace_context {
+    use super::{header, set_header};
+    use weft_proto::mesh;
+
+    pub const TRACEPARENT: &str = "traceparent";
+
+    /// Makes the outgoing hop a child of the caller's span: keeps the trace
+    /// id and flags of a valid `traceparent` with a new parent id, or starts
+    /// a new sampled trace. `tracestate` passes through untouched.
+    pub fn start_hop(headers: &mut Vec<mesh::Header>) {
+        let span = format!("{:016x}", random_u64() | 1);
+        let value = match header(headers, TRACEPARENT).and_then(parse) {
+            Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),
+            None => {
+                let trace_id = format!("{:016x}{:016x}", random_u64(), random_u64() | 1);
+                format!("00-{trace_id}-{span}-01")
+            }
+        };
+        set_header(headers, TRACEPARENT, &value);
+    }
+
+    /// `(trace-id, flags)` of a version-00 traceparent.
+    fn parse(raw: &str) -> Option<(&str, &str)> {
+        let mut parts = raw.split('-');
+        let (version, trace_id, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let ok = version == "00"
+            && parts.next().is_none()
+            && hex(trace_id, 32)
+            && trace_id.bytes().any(|b| b != b'0')
+            && hex(parent, 16)
+            && hex(flags, 2);
+        ok.then_some((trace_id, flags))
+    }
+
+    fn random_u64() -> u64 {
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        hi ^ lo
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keeps_trace_id_and_flags_with_a_new_parent() {
+            let mut h = Vec::new();
+            set_header(
+                &mut h,
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
+            start_hop(&mut h);
+            let v = header(&h, TRACEPARENT).unwrap();
+            assert!(v.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{v}");
+            assert!(v.ends_with("-01"));
+            assert!(!v.contains("00f067aa0ba902b7"));
+            assert_eq!(h.len(), 1);
+        }
+
+        #[test]
+        fn starts_a_trace_when_missing_or_malformed() {
+            for bad in [None, Some("garbage"), Some("00-0000-00f067aa0ba902b7-01")] {
+                let mut h = Vec::new();
+                if let Some(b) = bad {
+                    set_header(&mut h, TRACEPARENT, b);
+                }
+                start_hop(&mut h);
+                let v = header(&h, TRACEPARENT).unwrap().to_string();
+                assert!(parse(&v).is_some(), "{v}");
+            }
+        }
+    }
+}

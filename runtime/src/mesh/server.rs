@@ -1,0 +1,207 @@
+//! The called side of the mesh: accepts mTLS connections, learns each
+//! caller's SPIFFE identity from its certificate and serves
+//! `weft.internal.v1.Mesh` with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use weft_proto::mesh;
+use weft_proto::mesh::mesh_server::{Mesh, MeshServer};
+
+use super::io::MaybeTls;
+use crate::api::headers;
+use crate::blocks::invoke::PeerIdentity;
+use crate::blocks::Blocks;
+use crate::security::tls::{peer_identity, MeshTls};
+use crate::shutdown::Shutdown;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An accepted mesh connection and who is on the other end.
+pub struct Inbound {
+    io: MaybeTls<TlsStream<TcpStream>>,
+    peer: Arc<PeerIdentity>,
+}
+
+impl Connected for Inbound {
+    type ConnectInfo = Arc<PeerIdentity>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for Inbound {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Inbound {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections and completes handshakes concurrently, so one slow
+/// or hostile client cannot hold up the others. Refused handshakes are
+/// logged with the reason (no certificate, unknown root, expired, …).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<MeshTls>>,
+    shutdown: Shutdown,
+) -> mpsc::Receiver<Result<Inbound, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.wait() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mesh: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let tx = tx.clone();
+            match &acceptor {
+                None => {
+                    let conn = Inbound {
+                        io: MaybeTls::Plain(tcp),
+                        peer: Arc::new(PeerIdentity::Unverified),
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Some(conn) = handshake(acceptor, tcp, remote).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Option<Inbound> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "mesh: refused a connection: TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "mesh: refused a connection: TLS handshake timed out");
+            return None;
+        }
+    };
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    match peer_identity(certs) {
+        Ok(id) => Some(Inbound {
+            io: MaybeTls::Tls(Box::new(tls)),
+            peer: Arc::new(PeerIdentity::Verified {
+                trust_domain: id.trust_domain,
+                namespace: id.namespace,
+                app_id: id.app_id,
+            }),
+        }),
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "mesh: refused a connection: no usable SPIFFE identity");
+            None
+        }
+    }
+}
+
+/// `weft.internal.v1.Mesh` on top of the invocation block.
+pub struct MeshService {
+    blocks: Arc<Blocks>,
+}
+
+impl MeshService {
+    pub fn new(blocks: Arc<Blocks>, max_body_size: usize) -> MeshServer<Self> {
+        MeshServer::new(Self { blocks })
+            .max_decoding_message_size(max_body_size)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl Mesh for MeshService {
+    async fn invoke(
+        &self,
+        r: Request<mesh::InvokeRequest>,
+    ) -> Result<Response<mesh::InvokeResponse>, Status> {
+        let peer = r
+            .extensions()
+            .get::<Arc<PeerIdentity>>()
+            .cloned()
+            .ok_or_else(|| Status::internal("mesh: connection without peer information"))?;
+        let deadline = headers::deadline(r.metadata());
+        let req = r.into_inner();
+        let invoked = self
+            .blocks
+            .invoke
+            .handle_remote(&peer, req, deadline)
+            .await?;
+        Ok(Response::new(mesh::InvokeResponse {
+            message: Some(invoked.response),
+            headers: invoked.headers,
+        }))
+    }
+}

@@ -1,0 +1,486 @@
+//! Service invocation benchmark: app → runtime → runtime → app over the
+//! mTLS mesh, against the same apps calling each other directly over gRPC,
+//! in one run. Prints markdown.
+//!
+//! ```text
+//! cargo build --release -p weft -p weft-tests
+//! target/release/mesh_bench [--rate 1000] [--secs 10] [--payload 1024] [--clients 16]
+//! ```
+//!
+//! Two release `weft` processes (`bench-a`, `bench-b`) with certificates from
+//! `weft ca init` / `weft ca issue`, the local registry in a temporary
+//! directory, and app B (an `AppCallback` echo server) in this process.
+//!
+//! * Fixed rate: calls start on a fixed schedule (open loop, `--rate` per
+//!   second with a `--payload`-byte body) for `--secs`, each in its own
+//!   task, so a slow call never delays the next one; a call's latency runs
+//!   from the moment it is sent (tokio's timer has 1 ms granularity, too
+//!   coarse to measure from the schedule). Direct and mesh phases alternate in
+//!   `--rounds` rounds so drift on the host hits both alike. The runtimes'
+//!   CPU (from `/proc/<pid>/stat`) and resident memory are sampled over the
+//!   mesh phases.
+//! * Maximum throughput: `--clients` closed-loop callers for `--secs`, each
+//!   with one call in flight, over one HTTP/2 connection per caller.
+//!
+//! The caller and app B run on separate tokio current_thread runtimes in
+//! their own threads. This is a measuring tool: it asserts nothing about
+//! timings.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::common;
+use weft_proto::runtime as pb;
+use weft_proto::runtime::app_callback_client::AppCallbackClient;
+use weft_proto::runtime::dapr_client::DaprClient;
+use weft_tests::certs::{ca_init, ca_issue, flags};
+use weft_tests::invoke_app::InvokeApp;
+use weft_tests::{free_port, Weft, WeftOptions};
+
+const USAGE: &str = "\
+mesh_bench: added latency and throughput of service invocation through two runtimes
+
+usage: mesh_bench [options]
+  --rate N        calls per second in the fixed-rate phases (default 1000)
+  --secs S        length of each measured phase (default 10)
+  --rounds N      direct/mesh alternations at the fixed rate (default 2)
+  --payload N     request body bytes (default 1024)
+  --clients N     closed-loop callers for maximum throughput (default 16)
+  --plaintext     also measure the development plain-text mesh
+
+The weft binary is $WEFT_BIN, or else target/release/weft beside this binary.
+";
+
+struct Config {
+    rate: u64,
+    secs: f64,
+    rounds: usize,
+    payload: usize,
+    clients: usize,
+    plaintext: bool,
+}
+
+fn parse_args() -> anyhow::Result<Option<Config>> {
+    let mut c = Config {
+        rate: 1000,
+        secs: 10.0,
+        rounds: 2,
+        payload: 1024,
+        clients: 16,
+        plaintext: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        let mut value = || -> anyhow::Result<&str> {
+            i += 1;
+            args.get(i)
+                .map(String::as_str)
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--rate" => c.rate = value()?.parse().context("--rate")?,
+            "--secs" => c.secs = value()?.parse().context("--secs")?,
+            "--rounds" => c.rounds = value()?.parse().context("--rounds")?,
+            "--payload" => c.payload = value()?.parse().context("--payload")?,
+            "--clients" => c.clients = value()?.parse().context("--clients")?,
+            "--plaintext" => c.plaintext = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument {other}\n\n{USAGE}"),
+        }
+        i += 1;
+    }
+    if c.rate == 0 || c.secs <= 0.0 || c.clients == 0 || c.rounds == 0 {
+        bail!("--rate, --secs, --rounds and --clients must be positive");
+    }
+    Ok(Some(c))
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args() {
+        Ok(Some(c)) => c,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh_bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if std::env::var_os("WEFT_BIN").is_none() {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("weft")));
+        match beside {
+            Some(p) if p.is_file() => std::env::set_var("WEFT_BIN", p),
+            _ => {
+                eprintln!("mesh_bench: no weft binary beside this one: run cargo build --release -p weft, or set WEFT_BIN");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh_bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// App B on its own thread and current_thread runtime; returns its port.
+fn spawn_app() -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("app runtime");
+        rt.block_on(async move {
+            let (port, task) = InvokeApp::new("b").serve().await;
+            tx.send(port).expect("report app port");
+            let _ = task.await;
+        });
+    });
+    rx.recv().expect("app port")
+}
+
+struct Pair {
+    a: Weft,
+    b: Weft,
+    label: &'static str,
+}
+
+async fn start_pair(dir: &std::path::Path, app_port: u16, plaintext: bool) -> anyhow::Result<Pair> {
+    let tag = if plaintext { "plain" } else { "tls" };
+    let registry = dir.join(format!("registry-{tag}"));
+    let mut runtimes = Vec::new();
+    for (app, extra) in [("bench-a", None), ("bench-b", Some(app_port))] {
+        let mut opts = WeftOptions::new(app)
+            .arg("--mesh-port")
+            .arg(&free_port().to_string())
+            .arg("--no-shm")
+            .env("WEFT_LOCAL_REGISTRY_DIR", &registry.to_string_lossy())
+            .env("WEFT_LOG", "warn");
+        if let Some(p) = extra {
+            opts = opts.arg("--app-port").arg(&p.to_string());
+        }
+        if plaintext {
+            opts = opts.arg("--dev-insecure-plaintext-mesh");
+        } else {
+            let set = ca_issue(
+                &dir.join("ca"),
+                app,
+                &dir.join(format!("certs/{app}")),
+                "24h",
+            );
+            for f in flags(&set) {
+                opts = opts.arg(&f);
+            }
+        }
+        runtimes.push(Weft::start(opts).await?);
+    }
+    let b = runtimes.pop().expect("b");
+    let a = runtimes.pop().expect("a");
+    Ok(Pair {
+        a,
+        b,
+        label: if plaintext {
+            "mesh (plain text, dev)"
+        } else {
+            "mesh (mTLS)"
+        },
+    })
+}
+
+/// How a call is made: directly to app B, or through runtime A.
+#[derive(Clone)]
+enum Caller {
+    Direct(AppCallbackClient<Channel>),
+    Mesh(DaprClient<Channel>),
+}
+
+impl Caller {
+    async fn call(&mut self, body: &[u8]) -> Result<(), tonic::Status> {
+        let msg = common::InvokeRequest {
+            method: "echo".into(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: body.to_vec(),
+            }),
+            content_type: "application/octet-stream".into(),
+            http_extension: None,
+        };
+        match self {
+            Caller::Direct(c) => c.on_invoke(msg).await.map(|_| ()),
+            Caller::Mesh(c) => c
+                .invoke_service(pb::InvokeServiceRequest {
+                    id: "bench-b".into(),
+                    message: Some(msg),
+                })
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
+async fn channel(port: u16) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// Fixed-rate phase: latencies (µs) of every call and the error count.
+async fn fixed_rate(caller: &Caller, rate: u64, secs: f64, body: Arc<Vec<u8>>) -> (Vec<u64>, u64) {
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let total = (rate as f64 * secs) as u64;
+    let start = Instant::now() + Duration::from_millis(10);
+    let errors = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..total {
+        let at = start + interval * n as u32;
+        tokio::time::sleep_until(at.into()).await;
+        let mut c = caller.clone();
+        let tx = tx.clone();
+        let body = body.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            if c.call(&body).await.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = tx.send(sent.elapsed().as_micros() as u64);
+        });
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(total as usize);
+    while let Some(l) = rx.recv().await {
+        lat.push(l);
+    }
+    lat.sort_unstable();
+    (lat, errors.load(Ordering::Relaxed))
+}
+
+/// Closed-loop phase: calls per second and errors.
+async fn max_throughput(callers: Vec<Caller>, secs: f64, body: Arc<Vec<u8>>) -> (f64, u64) {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut c| {
+            let (done, errors, body) = (done.clone(), errors.clone(), body.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    match c.call(&body).await {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    (rate, errors.load(Ordering::Relaxed))
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
+fn ticks_per_sec() -> f64 {
+    100.0
+}
+
+struct Row {
+    label: String,
+    lat: Vec<u64>,
+    errors: u64,
+}
+
+async fn run(c: Config) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    ca_init(&dir.path().join("ca"), "public");
+    let app_port = spawn_app();
+    let mut pairs = vec![start_pair(dir.path(), app_port, false).await?];
+    if c.plaintext {
+        pairs.push(start_pair(dir.path(), app_port, true).await?);
+    }
+    let body = Arc::new(vec![0x5a_u8; c.payload]);
+    let direct = Caller::Direct(AppCallbackClient::new(channel(app_port).await?));
+    let meshes: Vec<Caller> = {
+        let mut v = Vec::new();
+        for p in &pairs {
+            v.push(Caller::Mesh(DaprClient::new(channel(p.a.grpc_port).await?)));
+        }
+        v
+    };
+    // Warm up every path (connections, TLS sessions, caches).
+    for caller in std::iter::once(&direct).chain(meshes.iter()) {
+        let _ = fixed_rate(caller, c.rate, 1.0, body.clone()).await;
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut usage: Vec<(String, f64, f64, u64, u64)> = Vec::new();
+    let mut direct_lat = Vec::new();
+    let mut direct_err = 0;
+    let mut mesh_lat: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
+    let mut mesh_err = vec![0u64; pairs.len()];
+    let mut cpu = vec![(0u64, 0u64, 0f64); pairs.len()];
+    for _ in 0..c.rounds {
+        let (l, e) = fixed_rate(&direct, c.rate, c.secs, body.clone()).await;
+        direct_lat.extend(l);
+        direct_err += e;
+        for (i, (p, m)) in pairs.iter().zip(&meshes).enumerate() {
+            let (a0, b0, t0) = (cpu_ticks(p.a.pid()), cpu_ticks(p.b.pid()), Instant::now());
+            let (l, e) = fixed_rate(m, c.rate, c.secs, body.clone()).await;
+            cpu[i].0 += cpu_ticks(p.a.pid()) - a0;
+            cpu[i].1 += cpu_ticks(p.b.pid()) - b0;
+            cpu[i].2 += t0.elapsed().as_secs_f64();
+            mesh_lat[i].extend(l);
+            mesh_err[i] += e;
+        }
+    }
+    direct_lat.sort_unstable();
+    rows.push(Row {
+        label: "direct gRPC (app → app)".into(),
+        lat: direct_lat,
+        errors: direct_err,
+    });
+    for (i, p) in pairs.iter().enumerate() {
+        let mut l = std::mem::take(&mut mesh_lat[i]);
+        l.sort_unstable();
+        rows.push(Row {
+            label: format!("{} (app → weft → weft → app)", p.label),
+            lat: l,
+            errors: mesh_err[i],
+        });
+        let secs = cpu[i].2;
+        let (rss_a, hwm_a) = rss_kb(p.a.pid());
+        let (rss_b, hwm_b) = rss_kb(p.b.pid());
+        usage.push((
+            p.label.to_string(),
+            cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
+            cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
+            rss_a.max(rss_b),
+            hwm_a.max(hwm_b),
+        ));
+    }
+
+    println!(
+        "## Fixed rate: {} calls/s, {} B payload, {} × {} s per path\n",
+        c.rate, c.payload, c.rounds, c.secs
+    );
+    println!("| path | calls | errors | p50 µs | p90 µs | p99 µs | p99.9 µs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.lat.len(),
+            r.errors,
+            pct(&r.lat, 50.0),
+            pct(&r.lat, 90.0),
+            pct(&r.lat, 99.0),
+            pct(&r.lat, 99.9)
+        );
+    }
+    println!("\n| added by the runtimes | p50 µs | p90 µs | p99 µs |");
+    println!("|---|---:|---:|---:|");
+    for r in rows.iter().skip(1) {
+        let d = &rows[0].lat;
+        let add = |p| pct(&r.lat, p) as i64 - pct(d, p) as i64;
+        println!(
+            "| {} | {} | {} | {} |",
+            r.label,
+            add(50.0),
+            add(90.0),
+            add(99.0)
+        );
+    }
+    println!(
+        "\n| runtimes at that rate | CPU weft A | CPU weft B | RSS now (max of A, B) | RSS peak |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (label, ca, cb, rss, hwm) in &usage {
+        println!(
+            "| {label} | {ca:.1} % | {cb:.1} % | {:.1} MB | {:.1} MB |",
+            *rss as f64 / 1024.0,
+            *hwm as f64 / 1024.0
+        );
+    }
+
+    println!(
+        "\n## Maximum throughput: {} closed-loop callers, {} s\n",
+        c.clients, c.secs
+    );
+    println!("| path | calls/s | errors |");
+    println!("|---|---:|---:|");
+    let mut callers = Vec::new();
+    for _ in 0..c.clients {
+        callers.push(Caller::Direct(AppCallbackClient::new(
+            channel(app_port).await?,
+        )));
+    }
+    let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
+    println!("| direct gRPC | {rate:.0} | {errors} |");
+    for p in &pairs {
+        let mut callers = Vec::new();
+        for _ in 0..c.clients {
+            callers.push(Caller::Mesh(DaprClient::new(channel(p.a.grpc_port).await?)));
+        }
+        let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
+        let (rss_a, _) = rss_kb(p.a.pid());
+        let (rss_b, _) = rss_kb(p.b.pid());
+        println!(
+            "| {} | {rate:.0} | {errors} | (RSS after: A {:.1} MB, B {:.1} MB) |",
+            p.label,
+            rss_a as f64 / 1024.0,
+            rss_b as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
