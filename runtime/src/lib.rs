@@ -10,8 +10,10 @@
 
 pub mod api;
 pub mod blocks;
+pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod mesh;
 pub mod security;
 pub mod shutdown;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 
 use crate::blocks::Blocks;
 use crate::config::resources;
@@ -77,14 +80,16 @@ impl Runtime {
         );
         let mut servers = Vec::new();
 
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(coalesce::Coalesce::new));
         servers.push((
             "grpc-tcp",
             tokio::spawn(serve_grpc(routes.clone(), incoming, shutdown.clone())),
         ));
         if let Some(l) = uds_listener {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l)
+                .map(|conn| conn.map(coalesce::Coalesce::new));
             servers.push((
                 "grpc-uds",
                 tokio::spawn(serve_grpc(routes, incoming, shutdown.clone())),
@@ -116,14 +121,18 @@ impl Runtime {
             }),
         ));
 
-        if let Some(port) = config.app_port {
-            // The callback model: deliver subscriptions and invocations
-            // through the app's AppCallback service on --app-port, once the
-            // API is served.
-            let channel = Arc::new(
+        // The callback model: deliver subscriptions and invocations through
+        // the app's AppCallback service, once the API is served.
+        let app_channel = match (config.app_port, &config.app_socket) {
+            (Some(port), _) => Some(
                 api::app_channel::GrpcAppChannel::new(port)
                     .map_err(|e| anyhow!("--app-port {port}: {e}"))?,
-            );
+            ),
+            (None, Some(path)) => Some(api::app_channel::GrpcAppChannel::unix(path)),
+            (None, None) => None,
+        };
+        if let Some(channel) = app_channel {
+            let channel = Arc::new(channel);
             blocks.invoke.set_app(channel.clone());
             blocks.pubsub.start_app_subscriptions(channel);
         }

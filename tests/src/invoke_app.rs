@@ -59,6 +59,18 @@ impl InvokeApp {
         });
         (port, task)
     }
+
+    /// Serves on a Unix socket at `path` until the task is aborted.
+    pub async fn serve_unix(&self, path: &std::path::Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind app socket");
+        let svc = AppCallbackServer::new(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await;
+        })
+    }
 }
 
 #[tonic::async_trait]

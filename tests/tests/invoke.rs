@@ -873,3 +873,63 @@ async fn zookeeper_name_resolution_follows_instances() {
     let resp = call(&mut b1.client().await, "zk-a", "echo").await.unwrap();
     assert_eq!(md(&resp, "x-instance"), "a");
 }
+
+// === local transports ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_memory_callers_and_unix_socket_apps_use_the_mesh() {
+    let env = Env::new();
+    // App B listens on a Unix socket (--app-socket) instead of a port.
+    let app = InvokeApp::new("b-unix");
+    let sock = env.path("b-app.sock");
+    let _served = app.serve_unix(&sock).await;
+    let mut opts = WeftOptions::new("local-b")
+        .arg("--app-socket")
+        .arg(&sock.to_string_lossy())
+        .env("WEFT_LOCAL_REGISTRY_DIR", &env.registry());
+    for a in env.certs("local-b", "b") {
+        opts = opts.arg(&a);
+    }
+    let _b = Weft::start(opts).await.unwrap();
+    // App A calls over shared memory.
+    let shm = env.path("a-shm.sock");
+    let a = tls_node(
+        &env,
+        "local-a",
+        "a",
+        vec!["--shm-socket".into(), shm.to_string_lossy().into_owned()],
+    )
+    .await;
+
+    let answer = tokio::task::spawn_blocking(move || {
+        use prost::Message;
+        let mut opts = weft_shm::client::ClientOptions::new("local-a");
+        opts.call_timeout = Duration::from_secs(20);
+        let mut c = weft_shm::client::Client::connect(&shm, opts).unwrap();
+        let ok = c
+            .call(
+                weft_shm::method::INVOKE_SERVICE,
+                &request("local-b", "echo", b"over shm").encode_to_vec(),
+            )
+            .map(|body| common::InvokeResponse::decode(body.as_slice()).unwrap());
+        let err = c
+            .call(
+                weft_shm::method::INVOKE_SERVICE,
+                &request("local-b", "fail", b"").encode_to_vec(),
+            )
+            .unwrap_err();
+        (ok, err)
+    })
+    .await
+    .unwrap();
+    let (ok, err) = answer;
+    assert_eq!(ok.unwrap().data.unwrap().value, b"over shm");
+    assert_eq!(err.code, Code::FailedPrecondition as u32, "{err:?}");
+    assert_eq!(err.message, "app says no");
+    // And over gRPC from the same runtime.
+    let resp = call(&mut a.client().await, "local-b", "echo")
+        .await
+        .unwrap();
+    assert_eq!(md(&resp, "x-instance"), "b-unix");
+    assert_eq!(app.calls(), 3);
+}

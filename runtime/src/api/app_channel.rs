@@ -1,6 +1,7 @@
 //! The app-side channel of the callback model: Dapr's `AppCallback` gRPC
-//! service on `127.0.0.1:<--app-port>`. A transport only: the pub/sub and
-//! invocation blocks decide what to call and what the answers mean.
+//! service on `127.0.0.1:<--app-port>`, or on the Unix socket
+//! `--app-socket`. A transport only: the pub/sub and invocation blocks
+//! decide what to call and what the answers mean.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use weft_proto::runtime::app_callback_client::AppCallbackClient;
 use crate::api::headers;
 use crate::blocks::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
 use crate::blocks::pubsub::{AppChannel, AppChannelError};
+use crate::coalesce::Coalesce;
 
 /// How long connecting to the app may take before a call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,14 +27,46 @@ pub struct GrpcAppChannel {
 
 impl GrpcAppChannel {
     pub fn new(port: u16) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .map_err(|e| e.to_string())?
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Coalesce::new(stream)))
+        });
+        Ok(Self::with_connector(connector))
+    }
+
+    fn with_connector<C, IO>(connector: C) -> Self
+    where
+        C: tower_service::Service<
+                tonic::codegen::http::Uri,
+                Response = hyper_util::rt::TokioIo<IO>,
+                Error = std::io::Error,
+            > + Send
+            + 'static,
+        C::Future: Send,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let channel = Endpoint::from_static("http://app.local")
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        Ok(Self {
-            client: AppCallbackClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(usize::MAX),
-        })
+            .connect_with_connector_lazy(connector);
+        Self {
+            client: AppCallbackClient::new(channel).max_decoding_message_size(usize::MAX),
+        }
+    }
+}
+
+impl GrpcAppChannel {
+    /// `AppCallback` on a Unix socket (`--app-socket`).
+    pub fn unix(path: &std::path::Path) -> Self {
+        let path = std::sync::Arc::new(path.to_path_buf());
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Coalesce::new(stream)))
+            }
+        });
+        Self::with_connector(connector)
     }
 }
 

@@ -1006,7 +1006,15 @@ pub fn dispatch(
     use weft_shm::method::*;
     let b = blocks.clone();
     match method {
-        INVOKE_SERVICE => unimplemented::<pb::InvokeServiceRequest>(body, "service invocation"),
+        INVOKE_SERVICE => unary(body, move |r| async move {
+            // No metadata or deadline travels over this transport; the
+            // error details of the called app are not carried either.
+            b.invoke
+                .invoke_service(r, Vec::new(), None)
+                .await
+                .map(|invoked| invoked.response)
+                .map_err(|s| ApiError::new(s.code(), s.message()))
+        }),
         GET_STATE => unary(body, move |r| async move { b.state.get_state(r).await }),
         GET_BULK_STATE => unary(
             body,

@@ -226,7 +226,7 @@ impl InvokeBlock {
             Status::new(
                 Code::Unimplemented,
                 format!(
-                    "app '{}' has no app channel: start its runtime with --app-port to receive invocations",
+                    "app '{}' has no app channel: start its runtime with --app-port or --app-socket to receive invocations",
                     self.app_id
                 ),
             )
@@ -290,8 +290,7 @@ pub mod trace_context {
     }
 
     fn random_u64() -> u64 {
-        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
-        hi ^ lo
+        crate::ids::random_u64()
     }
 
     #[cfg(test)]

@@ -118,8 +118,13 @@ pub struct RunArgs {
     pub uds: Option<PathBuf>,
 
     /// The application's port, where it serves Dapr's AppCallback service.
-    #[arg(long, env = "WEFT_APP_PORT")]
+    #[arg(long, env = "WEFT_APP_PORT", conflicts_with = "app_socket")]
     pub app_port: Option<u16>,
+
+    /// Unix socket where the app serves `AppCallback`, instead of
+    /// --app-port: a faster local hop for apps that can listen on one.
+    #[arg(long, env = "WEFT_APP_SOCKET")]
+    pub app_socket: Option<PathBuf>,
 
     /// Protocol of the application's port. Only `grpc` is supported.
     #[arg(long, env = "WEFT_APP_PROTOCOL", default_value = "grpc", value_parser = ["grpc"])]
@@ -379,6 +384,8 @@ pub struct RuntimeConfig {
     pub http_port: u16,
     pub uds: Option<PathBuf>,
     pub app_port: Option<u16>,
+    /// `--app-socket`: the app's `AppCallback` on a Unix socket.
+    pub app_socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub max_body_size: usize,
     pub graceful_shutdown: Duration,
@@ -450,6 +457,7 @@ impl RuntimeConfig {
             http_port,
             uds: args.uds.clone(),
             app_port: args.app_port,
+            app_socket: args.app_socket.clone(),
             data_dir,
             max_body_size: args.max_body_size as usize,
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),

@@ -172,20 +172,7 @@ impl Balancer {
 }
 
 fn random_usize() -> usize {
-    // xorshift over a per-thread state seeded from a UUID: cheap and good
-    // enough to spread choices.
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x as usize
-    })
+    crate::ids::random_u64() as usize
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use weft_proto::mesh::mesh_client::MeshClient as GrpcMeshClient;
 use super::balancer::{Balancer, InstanceStats, LbPolicy};
 use super::io::MaybeTls;
 use crate::blocks::invoke::{header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER};
+use crate::coalesce::Coalesce;
 use crate::security::tls::{peer_identity, MeshTls};
 
 /// How long establishing a connection (TCP + TLS) may take.
@@ -54,7 +55,7 @@ struct Connector {
     trust_domain: String,
 }
 
-type ClientIo = TokioIo<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>>;
+type ClientIo = TokioIo<Coalesce<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>>>;
 
 impl tower_service::Service<Uri> for Connector {
     type Response = ClientIo;
@@ -78,7 +79,7 @@ impl tower_service::Service<Uri> for Connector {
                     .map_err(|e| fail(e.to_string()))?;
                 let _ = tcp.set_nodelay(true);
                 let Some(tls) = &this.tls else {
-                    return Ok(TokioIo::new(MaybeTls::Plain(tcp)));
+                    return Ok(TokioIo::new(Coalesce::new(MaybeTls::Plain(tcp))));
                 };
                 let connector = tokio_rustls::TlsConnector::from(tls.client_config());
                 let name = rustls::pki_types::ServerName::try_from("weft.mesh")
@@ -98,7 +99,7 @@ impl tower_service::Service<Uri> for Connector {
                         this.app_id, this.namespace, this.trust_domain
                     )));
                 }
-                Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream))))
+                Ok(TokioIo::new(Coalesce::new(MaybeTls::Tls(Box::new(stream)))))
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
                 Ok(r) => r,

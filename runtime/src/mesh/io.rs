@@ -1,5 +1,7 @@
 //! Mesh connections: TLS (or the development plain-text mode) over TCP,
 //! behind one type per side so tonic and hyper see a single I/O type.
+//! Both sides wrap it in [`Coalesce`](crate::coalesce::Coalesce), so that a
+//! message leaves as one TLS record in one system call.
 
 use std::io;
 use std::pin::Pin;

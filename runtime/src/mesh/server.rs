@@ -18,6 +18,7 @@ use super::io::MaybeTls;
 use crate::api::headers;
 use crate::blocks::invoke::PeerIdentity;
 use crate::blocks::Blocks;
+use crate::coalesce::Coalesce;
 use crate::security::tls::{peer_identity, MeshTls};
 use crate::shutdown::Shutdown;
 
@@ -26,7 +27,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An accepted mesh connection and who is on the other end.
 pub struct Inbound {
-    io: MaybeTls<TlsStream<TcpStream>>,
+    io: Coalesce<MaybeTls<TlsStream<TcpStream>>>,
     peer: Arc<PeerIdentity>,
 }
 
@@ -66,7 +67,7 @@ impl tokio::io::AsyncWrite for Inbound {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 
     fn poll_flush(
@@ -114,7 +115,7 @@ pub fn incoming(
             match &acceptor {
                 None => {
                     let conn = Inbound {
-                        io: MaybeTls::Plain(tcp),
+                        io: Coalesce::new(MaybeTls::Plain(tcp)),
                         peer: Arc::new(PeerIdentity::Unverified),
                     };
                     if tx.send(Ok(conn)).await.is_err() {
@@ -154,7 +155,7 @@ async fn handshake(
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
     match peer_identity(certs) {
         Ok(id) => Some(Inbound {
-            io: MaybeTls::Tls(Box::new(tls)),
+            io: Coalesce::new(MaybeTls::Tls(Box::new(tls))),
             peer: Arc::new(PeerIdentity::Verified {
                 trust_domain: id.trust_domain,
                 namespace: id.namespace,

@@ -7,9 +7,15 @@
 //! target/release/mesh_bench [--rate 1000] [--secs 10] [--payload 1024] [--clients 16]
 //! ```
 //!
-//! Two release `weft` processes (`bench-a`, `bench-b`) with certificates from
-//! `weft ca init` / `weft ca issue`, the local registry in a temporary
-//! directory, and app B (an `AppCallback` echo server) in this process.
+//! App B (an `AppCallback` echo server) runs in this process, on a TCP port
+//! and on a Unix socket. For each variant a pair of release `weft`
+//! processes (`bench-a`, `bench-b`) with certificates from `weft ca init` /
+//! `weft ca issue` and its own local registry:
+//!
+//! * mTLS between the runtimes, the local hops (app A → weft A, weft B →
+//!   app B) over TCP: gRPC port and `--app-port`;
+//! * the same with the local hops over Unix sockets: `--uds`, `--app-socket`;
+//! * with `--plaintext`, the development plain-text mesh (Unix sockets).
 //!
 //! * Fixed rate: calls start on a fixed schedule (open loop, `--rate` per
 //!   second with a `--payload`-byte body) for `--secs`, each in its own
@@ -26,6 +32,7 @@
 //! their own threads. This is a measuring tool: it asserts nothing about
 //! timings.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,7 +57,7 @@ usage: mesh_bench [options]
   --rounds N      direct/mesh alternations at the fixed rate (default 2)
   --payload N     request body bytes (default 1024)
   --clients N     closed-loop callers for maximum throughput (default 16)
-  --plaintext     also measure the development plain-text mesh
+  --plaintext     also measure the development plain-text mesh (Unix-socket local hops)
 
 The weft binary is $WEFT_BIN, or else target/release/weft beside this binary.
 ";
@@ -138,8 +145,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// App B on its own thread and current_thread runtime; returns its port.
-fn spawn_app() -> u16 {
+/// App B on its own thread and current_thread runtime, on a TCP port and on
+/// the Unix socket `sock`; returns the port.
+fn spawn_app(sock: PathBuf) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -147,7 +155,9 @@ fn spawn_app() -> u16 {
             .build()
             .expect("app runtime");
         rt.block_on(async move {
-            let (port, task) = InvokeApp::new("b").serve().await;
+            let app = InvokeApp::new("b");
+            let (port, task) = app.serve().await;
+            let _unix = app.serve_unix(&sock).await;
             tx.send(port).expect("report app port");
             let _ = task.await;
         });
@@ -155,27 +165,61 @@ fn spawn_app() -> u16 {
     rx.recv().expect("app port")
 }
 
+/// One way through the runtimes.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// App → runtime over TCP (gRPC port), runtime → app over TCP (--app-port).
+    TlsTcp,
+    /// The local hops over Unix sockets (--uds, --app-socket).
+    TlsUnix,
+    /// Unix sockets, and plain text between the runtimes (development flag).
+    PlainUnix,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::TlsTcp => "mesh mTLS, local hops TCP",
+            Variant::TlsUnix => "mesh mTLS, local hops Unix socket",
+            Variant::PlainUnix => "mesh plain text (dev), local hops Unix socket",
+        }
+    }
+}
+
 struct Pair {
     a: Weft,
     b: Weft,
-    label: &'static str,
+    variant: Variant,
 }
 
-async fn start_pair(dir: &std::path::Path, app_port: u16, plaintext: bool) -> anyhow::Result<Pair> {
-    let tag = if plaintext { "plain" } else { "tls" };
-    let registry = dir.join(format!("registry-{tag}"));
+async fn start_pair(
+    dir: &std::path::Path,
+    app_port: u16,
+    app_sock: &std::path::Path,
+    variant: Variant,
+    n: usize,
+) -> anyhow::Result<Pair> {
+    let registry = dir.join(format!("registry-{n}"));
     let mut runtimes = Vec::new();
-    for (app, extra) in [("bench-a", None), ("bench-b", Some(app_port))] {
+    for app in ["bench-a", "bench-b"] {
         let mut opts = WeftOptions::new(app)
             .arg("--mesh-port")
             .arg(&free_port().to_string())
             .arg("--no-shm")
             .env("WEFT_LOCAL_REGISTRY_DIR", &registry.to_string_lossy())
             .env("WEFT_LOG", "warn");
-        if let Some(p) = extra {
-            opts = opts.arg("--app-port").arg(&p.to_string());
+        let unix = variant != Variant::TlsTcp;
+        if app == "bench-a" && unix {
+            opts = opts.uds(&dir.join(format!("a-{n}.sock")));
         }
-        if plaintext {
+        if app == "bench-b" {
+            opts = if unix {
+                opts.arg("--app-socket").arg(&app_sock.to_string_lossy())
+            } else {
+                opts.arg("--app-port").arg(&app_port.to_string())
+            };
+        }
+        if variant == Variant::PlainUnix {
             opts = opts.arg("--dev-insecure-plaintext-mesh");
         } else {
             let set = ca_issue(
@@ -192,15 +236,18 @@ async fn start_pair(dir: &std::path::Path, app_port: u16, plaintext: bool) -> an
     }
     let b = runtimes.pop().expect("b");
     let a = runtimes.pop().expect("a");
-    Ok(Pair {
-        a,
-        b,
-        label: if plaintext {
-            "mesh (plain text, dev)"
-        } else {
-            "mesh (mTLS)"
-        },
-    })
+    Ok(Pair { a, b, variant })
+}
+
+impl Pair {
+    /// A new client of runtime A, on the transport of this variant.
+    async fn caller(&self) -> anyhow::Result<Caller> {
+        let ch = match &self.a.uds {
+            Some(path) => weft_tests::uds_channel(path).await?,
+            None => channel(self.a.grpc_port).await?,
+        };
+        Ok(Caller::Mesh(DaprClient::new(ch)))
+    }
 }
 
 /// How a call is made: directly to app B, or through runtime A.
@@ -344,17 +391,22 @@ struct Row {
 async fn run(c: Config) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     ca_init(&dir.path().join("ca"), "public");
-    let app_port = spawn_app();
-    let mut pairs = vec![start_pair(dir.path(), app_port, false).await?];
+    let app_sock = dir.path().join("app-b.sock");
+    let app_port = spawn_app(app_sock.clone());
+    let mut variants = vec![Variant::TlsTcp, Variant::TlsUnix];
     if c.plaintext {
-        pairs.push(start_pair(dir.path(), app_port, true).await?);
+        variants.push(Variant::PlainUnix);
+    }
+    let mut pairs = Vec::new();
+    for (n, v) in variants.into_iter().enumerate() {
+        pairs.push(start_pair(dir.path(), app_port, &app_sock, v, n).await?);
     }
     let body = Arc::new(vec![0x5a_u8; c.payload]);
     let direct = Caller::Direct(AppCallbackClient::new(channel(app_port).await?));
     let meshes: Vec<Caller> = {
         let mut v = Vec::new();
         for p in &pairs {
-            v.push(Caller::Mesh(DaprClient::new(channel(p.a.grpc_port).await?)));
+            v.push(p.caller().await?);
         }
         v
     };
@@ -394,7 +446,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let mut l = std::mem::take(&mut mesh_lat[i]);
         l.sort_unstable();
         rows.push(Row {
-            label: format!("{} (app → weft → weft → app)", p.label),
+            label: p.variant.label().to_string(),
             lat: l,
             errors: mesh_err[i],
         });
@@ -402,7 +454,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let (rss_a, hwm_a) = rss_kb(p.a.pid());
         let (rss_b, hwm_b) = rss_kb(p.b.pid());
         usage.push((
-            p.label.to_string(),
+            p.variant.label().to_string(),
             cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
             cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
             rss_a.max(rss_b),
@@ -457,8 +509,8 @@ async fn run(c: Config) -> anyhow::Result<()> {
         "\n## Maximum throughput: {} closed-loop callers, {} s\n",
         c.clients, c.secs
     );
-    println!("| path | calls/s | errors |");
-    println!("|---|---:|---:|");
+    println!("| path | calls/s | errors | RSS after |");
+    println!("|---|---:|---:|---:|");
     let mut callers = Vec::new();
     for _ in 0..c.clients {
         callers.push(Caller::Direct(AppCallbackClient::new(
@@ -466,18 +518,18 @@ async fn run(c: Config) -> anyhow::Result<()> {
         )));
     }
     let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
-    println!("| direct gRPC | {rate:.0} | {errors} |");
+    println!("| direct gRPC | {rate:.0} | {errors} | |");
     for p in &pairs {
         let mut callers = Vec::new();
         for _ in 0..c.clients {
-            callers.push(Caller::Mesh(DaprClient::new(channel(p.a.grpc_port).await?)));
+            callers.push(p.caller().await?);
         }
         let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
         let (rss_a, _) = rss_kb(p.a.pid());
         let (rss_b, _) = rss_kb(p.b.pid());
         println!(
-            "| {} | {rate:.0} | {errors} | (RSS after: A {:.1} MB, B {:.1} MB) |",
-            p.label,
+            "| {} | {rate:.0} | {errors} | A {:.1} MB, B {:.1} MB |",
+            p.variant.label(),
             rss_a as f64 / 1024.0,
             rss_b as f64 / 1024.0
         );
