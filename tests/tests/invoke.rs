@@ -451,6 +451,15 @@ async fn the_mesh_refuses_peers_without_a_valid_identity() {
     let ok = raw::invoke(port, true, Some((&good.0, &good.1)), "tls-a", "tls-b").await;
     assert!(ok.is_ok(), "{ok:?}");
 
+    // A request for an app this runtime does not serve.
+    let err = raw::invoke(port, true, Some((&good.0, &good.1)), "tls-a", "tls-c")
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("NotFound") && err.contains("tls-c"),
+        "{err}"
+    );
+
     // No certificate.
     let err = raw::invoke(port, true, None, "tls-a", "tls-b").await;
     assert!(err.is_err(), "no client certificate must be refused");
