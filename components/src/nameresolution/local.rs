@@ -46,7 +46,6 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,9 +93,8 @@ fn tmp_fallback_dir() -> PathBuf {
 
 /// The process's real user id.
 fn current_uid() -> u32 {
-    // SAFETY: getuid(2) takes no arguments, touches no memory of ours and
-    // always succeeds.
-    unsafe { libc::getuid() }
+    // /proc/self belongs to the process's (effective) user.
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
 /// `nameresolution.local`; see the module docs.
@@ -514,7 +512,7 @@ fn write_entry(path: &Path, reg: &Registration) -> io::Result<OwnEntry> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     let written = (|| {
-        flock(&file, libc::LOCK_EX | libc::LOCK_NB)?;
+        file.try_lock().map_err(io::Error::from)?;
         file.write_all(format!("{}\npid={}\n", reg.address, std::process::id()).as_bytes())?;
         file.flush()?;
         fs::rename(&tmp, path)
@@ -537,18 +535,6 @@ fn remove_if_same(path: &Path, dev: u64, ino: u64) -> bool {
     match fs::symlink_metadata(path) {
         Ok(m) if m.dev() == dev && m.ino() == ino => fs::remove_file(path).is_ok(),
         _ => false,
-    }
-}
-
-/// `flock(2)` on an open file.
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: the descriptor is owned by `file` and open for the whole call;
-    // flock has no memory-safety preconditions.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -612,20 +598,22 @@ fn read_live_entry(path: &Path) -> io::Result<Liveness> {
     if !meta.is_file() {
         return Ok(Liveness::Gone);
     }
-    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+    match file.try_lock_shared() {
         Ok(()) => {
             // Nobody holds it: the runtime that wrote it is gone. Remove
             // it unless it was replaced in the meantime.
             remove_if_same(path, meta.dev(), meta.ino());
             Ok(Liveness::Stale)
         }
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+        Err(std::fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
             (&mut file).take(MAX_FILE_LEN).read_to_string(&mut text)?;
             let addr = text.lines().next().and_then(|l| l.trim().parse().ok());
             Ok(Liveness::Live(addr))
         }
-        Err(e) => Err(io::Error::new(e.kind(), format!("flock: {e}"))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io::Error::new(e.kind(), format!("flock: {e}")))
+        }
     }
 }
 
@@ -691,7 +679,7 @@ mod tests {
         // A live (locked) file with garbage in it.
         let path = tmp.path().join("default").join("app-g").join("bad");
         let f = File::create(&path).unwrap();
-        flock(&f, libc::LOCK_EX).unwrap();
+        f.lock().unwrap();
         fs::write(&path, "not an address\n").unwrap();
         let got = r.resolve("app-g", "default").await.unwrap();
         assert_eq!(got, vec![SocketAddr::from(([127, 0, 0, 1], 7))]);
