@@ -23,6 +23,13 @@
 //! numbers must each be the previous one plus one, or a step back to one
 //! already seen (a redelivered suffix). A gap — which a reordering always
 //! produces — fails the check.
+//!
+//! The `pipelined_*` checks subscribe with `max_in_flight_per_partition > 1`
+//! and pin what pipelining promises: order per key, no loss, a full window
+//! and no more, commits only over the acked prefix (a new member starts at
+//! the first unacked message, repeating later acked ones), and a RETRY in
+//! the middle of a window redelivering the retried message and then the
+//! rest in order.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -88,6 +95,11 @@ pub async fn run_all(ps: &dyn PubSub, s: &Settings) {
     unacked_go_to_other_member(ps, s).await;
     new_member_resumes_from_committed(ps, s).await;
     groups_each_see_everything(ps, s).await;
+    pipelined_per_key_order_no_loss(ps, s).await;
+    pipelined_window_commits_only_the_acked_prefix(ps, s).await;
+    pipelined_retry_redelivers_the_rest_in_order(ps, s).await;
+    pipelined_drop_keeps_order(ps, s).await;
+    pipelined_unacked_go_to_other_member(ps, s).await;
 }
 
 // === helpers ===
@@ -109,6 +121,33 @@ fn options(s: &Settings, topic: &str, group: &str) -> SubscribeOptions {
     o.retry_backoff = s.retry_backoff;
     o.revoke_timeout = s.revoke_timeout;
     o
+}
+
+/// [`options`] with up to `window` messages per partition in flight.
+fn pipelined(s: &Settings, topic: &str, group: &str, window: usize) -> SubscribeOptions {
+    let mut o = options(s, topic, group);
+    o.max_in_flight_per_partition = window;
+    o
+}
+
+/// Receives `n` deliveries and checks their (seq, attempt) in order.
+async fn recv_seqs(
+    check: &str,
+    s: &Settings,
+    rx: &mut mpsc::Receiver<Delivery>,
+    expected: &[(u64, u32)],
+    what: &str,
+) -> Vec<Delivery> {
+    let mut got = Vec::with_capacity(expected.len());
+    for i in 0..expected.len() {
+        got.push(recv(check, s, rx, &format!("{what}: delivery {i}")).await);
+    }
+    let seen: Vec<(u64, u32)> = got
+        .iter()
+        .map(|d| (parse(check, &d.message).1, d.message.attempt))
+        .collect();
+    assert_eq!(seen, expected, "{check}: {what}: (seq, attempt) in order");
+    got
 }
 
 fn msg(topic: &str, key: &str, seq: u64) -> PublishRequest {
@@ -604,4 +643,231 @@ pub async fn groups_each_see_everything(ps: &dyn PubSub, s: &Settings) {
     for task in tasks {
         task.abort();
     }
+}
+
+// === pipelining (max_in_flight_per_partition > 1) ===
+
+/// Pipelined, all acking: every key in publish order, each message once.
+pub async fn pipelined_per_key_order_no_loss(ps: &dyn PubSub, s: &Settings) {
+    let check = "pipelined_per_key_order_no_loss";
+    let (keys, per_key) = (50, 40);
+    let t = topic(s, check);
+    let rx = subscribe(check, ps, pipelined(s, &t, &group(check), 16)).await;
+    tokio::time::sleep(s.settle).await;
+    let sh = shared();
+    let task = consume(check, 0, rx, &sh);
+    publish_all(check, ps, batch(&t, keys, per_key)).await;
+    wait_complete(check, s, &sh, keys, per_key).await;
+    task.abort();
+    let p = sh.0.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(
+        p.total,
+        keys * per_key as usize,
+        "{check}: a single member all-acking sees each message once"
+    );
+}
+
+/// A window of 4 on one partition: 4 messages arrive without acks and no
+/// more; acks of later ones do not move it while the first is unacked; once
+/// it is, the next 4 come. A member leaving with one unacked message: the
+/// next member starts exactly there, repeating the later (acked) ones.
+pub async fn pipelined_window_commits_only_the_acked_prefix(ps: &dyn PubSub, s: &Settings) {
+    let check = "pipelined_window_commits_only_the_acked_prefix";
+    let t = topic(s, check);
+    let g = group(check);
+    let mut a = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    tokio::time::sleep(s.settle).await;
+    publish_all(check, ps, (0..10).map(|i| msg(&t, "k", i)).collect()).await;
+    let mut first = recv_seqs(
+        check,
+        s,
+        &mut a,
+        &[(0, 0), (1, 0), (2, 0), (3, 0)],
+        "a full window",
+    )
+    .await;
+    expect_nothing(check, s, &mut a, "the window of 4 is full").await;
+    let m0 = first.remove(0);
+    for d in first {
+        d.ack(Ack::Success);
+    }
+    expect_nothing(
+        check,
+        s,
+        &mut a,
+        "messages 1-3 are acked but 0 is not: the window does not move",
+    )
+    .await;
+    m0.ack(Ack::Success);
+    let mut second = recv_seqs(
+        check,
+        s,
+        &mut a,
+        &[(4, 0), (5, 0), (6, 0), (7, 0)],
+        "the next window",
+    )
+    .await;
+    // Ack 5 and 7, keep 4 and 6 unacked, leave.
+    let m7 = second.remove(3);
+    let m5 = second.remove(1);
+    m5.ack(Ack::Success);
+    m7.ack(Ack::Success);
+    drop(a);
+    drop(second);
+    let mut b = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    let rest = recv_seqs(
+        check,
+        s,
+        &mut b,
+        &[(4, 0), (5, 0), (6, 0), (7, 0)],
+        "the new member: from the first unacked message (4), acked 5 and 7 again",
+    )
+    .await;
+    for d in rest {
+        d.ack(Ack::Success);
+    }
+    for d in recv_seqs(check, s, &mut b, &[(8, 0), (9, 0)], "the rest").await {
+        d.ack(Ack::Success);
+    }
+    expect_nothing(check, s, &mut b, "everything was acked").await;
+}
+
+/// RETRY of the second message of a window: it comes again (attempt 1),
+/// then everything after it in order — the later message that was already
+/// acked too; acks of hand-outs after it that were made before the RETRY
+/// count for nothing, the ack of the message before it does.
+pub async fn pipelined_retry_redelivers_the_rest_in_order(ps: &dyn PubSub, s: &Settings) {
+    let check = "pipelined_retry_redelivers_the_rest_in_order";
+    let t = topic(s, check);
+    let g = group(check);
+    let mut a = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    tokio::time::sleep(s.settle).await;
+    publish_all(check, ps, (0..8).map(|i| msg(&t, "k", i)).collect()).await;
+    let mut w = recv_seqs(
+        check,
+        s,
+        &mut a,
+        &[(0, 0), (1, 0), (2, 0), (3, 0)],
+        "a full window",
+    )
+    .await;
+    let m3 = w.pop().expect("4 deliveries");
+    let m2 = w.pop().expect("4 deliveries");
+    let m1 = w.pop().expect("4 deliveries");
+    let m0 = w.pop().expect("4 deliveries");
+    m2.ack(Ack::Success);
+    m1.ack(Ack::Retry);
+    // 0 came before the retried message: its ack counts (and commits 0).
+    m0.ack(Ack::Success);
+    // 3 was handed out before the RETRY of 1: its ack no longer counts.
+    m3.ack(Ack::Success);
+    let again = recv_seqs(
+        check,
+        s,
+        &mut a,
+        &[(1, 1), (2, 0), (3, 0), (4, 0)],
+        "after the RETRY of 1: 1 again, then 2, 3 (already acked) and 4 in order",
+    )
+    .await;
+    expect_nothing(check, s, &mut a, "the window of 4 is full again").await;
+    // Leave without acking: only 0 was committed.
+    drop(a);
+    drop(again);
+    let mut b = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    let mut expected_seq = 1;
+    while expected_seq < 8 {
+        let d = recv(
+            check,
+            s,
+            &mut b,
+            &format!("message {expected_seq} on the new member"),
+        )
+        .await;
+        assert_eq!(
+            parse(check, &d.message).1,
+            expected_seq,
+            "{check}: the new member resumes at 1 (the only commit was 0) and goes on in order"
+        );
+        expected_seq += 1;
+        d.ack(Ack::Success);
+    }
+    expect_nothing(check, s, &mut b, "everything was acked").await;
+}
+
+/// DROP in the middle of a window counts as acked: the rest stays in order,
+/// nothing is redelivered, and the commit moves past the dropped message.
+pub async fn pipelined_drop_keeps_order(ps: &dyn PubSub, s: &Settings) {
+    let check = "pipelined_drop_keeps_order";
+    let t = topic(s, check);
+    let g = group(check);
+    let mut a = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    tokio::time::sleep(s.settle).await;
+    publish_all(check, ps, (0..6).map(|i| msg(&t, "k", i)).collect()).await;
+    let w = recv_seqs(
+        check,
+        s,
+        &mut a,
+        &[(0, 0), (1, 0), (2, 0), (3, 0)],
+        "a full window",
+    )
+    .await;
+    for d in w {
+        let drop = parse(check, &d.message).1 == 1;
+        d.ack(if drop { Ack::Drop } else { Ack::Success });
+    }
+    for d in recv_seqs(check, s, &mut a, &[(4, 0), (5, 0)], "the rest").await {
+        d.ack(Ack::Success);
+    }
+    expect_nothing(check, s, &mut a, "a dropped message is not redelivered").await;
+    drop(a);
+    let mut b = subscribe(check, ps, pipelined(s, &t, &g, 4)).await;
+    tokio::time::sleep(s.settle).await;
+    publish_all(check, ps, vec![msg(&t, "k", 6)]).await;
+    let d = recv(check, s, &mut b, "the message after the committed ones").await;
+    assert_eq!(
+        parse(check, &d.message).1,
+        6,
+        "{check}: the new member resumes after the dropped and acked messages"
+    );
+    d.ack(Ack::Success);
+}
+
+/// Pipelined: a member that leaves holding several unacked messages per
+/// partition; the other member gets them again, in order, nothing is lost.
+pub async fn pipelined_unacked_go_to_other_member(ps: &dyn PubSub, s: &Settings) {
+    let check = "pipelined_unacked_go_to_other_member";
+    let (keys, per_key) = (40, 25);
+    let t = topic(s, check);
+    let g = group(check);
+    let mut a = subscribe(check, ps, pipelined(s, &t, &g, 8)).await;
+    let b = subscribe(check, ps, pipelined(s, &t, &g, 8)).await;
+    tokio::time::sleep(s.settle).await;
+    let sh = shared();
+    let task_b = consume(check, 1, b, &sh);
+    publish_all(check, ps, batch(&t, keys, per_key)).await;
+    for i in 0..20 {
+        let d = recv(check, s, &mut a, &format!("member A's message {i}")).await;
+        let (key, seq) = parse(check, &d.message);
+        sh.0.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(0, &d.message, key, seq);
+        d.ack(Ack::Success);
+        sh.1.send_modify(|n| *n += 1);
+    }
+    let mut held = Vec::new();
+    while held.len() < 12 {
+        match tokio::time::timeout(s.quiet, a.recv()).await {
+            Ok(Some(d)) => held.push(d),
+            _ => break,
+        }
+    }
+    assert!(
+        held.len() > 1,
+        "{check}: member A got {} messages to leave unacked, expected a window's worth",
+        held.len()
+    );
+    drop(a);
+    drop(held);
+    wait_complete(check, s, &sh, keys, per_key).await;
+    task_b.abort();
 }

@@ -11,9 +11,9 @@
 //! partition and assigns partitions among its live members, sticky and
 //! balanced: when a member joins or leaves only the partitions that must
 //! move are revoked. A revoked partition stops handing out messages, waits up
-//! to `revoke_timeout` for the ack of its in-flight message, commits, and
-//! only then goes to its new owner, which starts at the committed offset —
-//! so whatever was not acked is delivered again.
+//! to `revoke_timeout` for the acks of the messages it has out, commits the
+//! acked prefix, and only then goes to its new owner, which starts at the
+//! committed offset — so whatever was not committed is delivered again.
 //!
 //! A new group starts at the oldest message the partition still holds.
 //! `instance_id` (static membership) is accepted and ignored: members live
@@ -29,20 +29,26 @@
 //! messages after its members leave, as a Kafka group's offsets would.)
 //! Messages live in memory only: they do not survive a restart.
 //!
-//! Delivery never polls: partition workers sleep on a [`Notify`] until a
-//! message is published, on the subscription's bounded channel when the
-//! consumer is slow, and on the ack of their in-flight message.
+//! Delivery is pushed, with no task per partition: publishing hands a
+//! partition's new messages straight to its owner's channel when the owner
+//! has room, and an ack hands out the next ones, both on the caller's
+//! thread. Each owned partition keeps a [`Window`] of its handed-out,
+//! uncommitted messages (`max_in_flight_per_partition` of them at most);
+//! timers exist only for RETRY backoffs and revocation timeouts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 
+use super::window::{Settled, Window};
 use super::{
-    Ack, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest, SubscribeOptions,
+    Ack, AckSink, AckToken, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest,
+    SubscribeOptions,
 };
 use crate::metadata::{ComponentError, InitContext, Metadata};
 
@@ -55,7 +61,7 @@ pub const DEFAULT_MAX_MESSAGES_PER_PARTITION: usize = 1_000_000;
 /// Default `maxBytesPerPartition`.
 pub const DEFAULT_MAX_BYTES_PER_PARTITION: usize = 64 << 20;
 
-/// Ids of members and partition workers.
+/// Ids of members, ownerships and hand-outs.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn next_id() -> u64 {
@@ -79,15 +85,15 @@ struct Broker {
 
 struct Topic {
     name: String,
-    /// Per partition: woken when a message is published.
-    published: Vec<Notify>,
     round_robin: AtomicUsize,
     state: Mutex<TopicState>,
 }
 
 struct TopicState {
     logs: Vec<Log>,
-    groups: HashMap<String, Group>,
+    /// Never removed (a group keeps its offsets after its members leave), so
+    /// an index names a group for good.
+    groups: Vec<Group>,
 }
 
 #[derive(Clone)]
@@ -118,10 +124,6 @@ struct Log {
 }
 
 impl Log {
-    fn end(&self) -> i64 {
-        self.base + self.entries.len() as i64
-    }
-
     fn get(&self, offset: i64) -> Option<&Stored> {
         let idx = usize::try_from(offset.checked_sub(self.base)?).ok()?;
         self.entries.get(idx)
@@ -129,27 +131,70 @@ impl Log {
 }
 
 struct Group {
-    /// Next offset to deliver, per partition.
+    name: String,
+    /// Committed position (next offset to deliver after a handover), per partition.
     committed: Vec<i64>,
     /// Live members in join order.
     members: Vec<u64>,
     member_state: HashMap<u64, Member>,
     /// Who should own each partition.
     target: Vec<Option<u64>>,
-    /// The worker currently delivering each partition.
-    active: Vec<Option<Active>>,
+    /// Who delivers each partition now, and what it handed out.
+    parts: Vec<Option<Owner>>,
 }
 
 struct Member {
     tx: mpsc::Sender<Delivery>,
-    permits: Arc<Semaphore>,
-    options: SubscribeOptions,
+    sink: Arc<dyn AckSink>,
+    max_in_flight: usize,
+    per_partition: usize,
+    retry_backoff: Duration,
+    revoke_timeout: Duration,
+    /// Partitions of this member with messages in flight.
+    busy: usize,
+    /// Partitions held back by `max_in_flight` (or a full channel), oldest first.
+    waiting: VecDeque<usize>,
+    rt: tokio::runtime::Handle,
 }
 
-struct Active {
-    worker: u64,
+impl Member {
+    fn gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A partition's current delivery to one member.
+struct Owner {
     member: u64,
-    revoke: watch::Sender<bool>,
+    /// Unique per ownership, so that timers of an earlier one do nothing.
+    id: u64,
+    window: Window,
+    backing_off: bool,
+    /// Bumped by every RETRY, so that only the latest backoff ends it.
+    backoff_seq: u64,
+    revoking: bool,
+    /// In the member's `waiting` queue.
+    waiting: bool,
+}
+
+/// Where a member's deliveries report their acks.
+struct MemberSink {
+    topic: Weak<Topic>,
+    group: usize,
+    member: u64,
+}
+
+impl AckSink for MemberSink {
+    fn ack(&self, token: AckToken, ack: Ack) {
+        let Some(topic) = self.topic.upgrade() else {
+            return;
+        };
+        let Ok(p) = usize::try_from(token.partition) else {
+            return;
+        };
+        let mut st = lock(&topic.state);
+        on_ack(&topic, &mut st, self.group, self.member, p, token, ack);
+    }
 }
 
 // === impl EmbeddedBroker ===
@@ -240,11 +285,10 @@ impl Broker {
             .or_insert_with(|| {
                 Arc::new(Topic {
                     name: name.to_string(),
-                    published: (0..self.partitions).map(|_| Notify::new()).collect(),
                     round_robin: AtomicUsize::new(0),
                     state: Mutex::new(TopicState {
                         logs: (0..self.partitions).map(|_| Log::default()).collect(),
-                        groups: HashMap::new(),
+                        groups: Vec::new(),
                     }),
                 })
             })
@@ -344,49 +388,43 @@ impl PubSub for EmbeddedBroker {
             .unwrap_or_else(|| Err(PubSubError::Internal("no publish result".into())))
     }
 
+    /// Appends each run of messages to one topic under one lock, then hands
+    /// the new messages to the partitions' owners.
     async fn publish_bulk(&self, reqs: Vec<PublishRequest>) -> Vec<Result<(), PubSubError>> {
         let broker = &self.inner;
         let mut out = Vec::with_capacity(reqs.len());
-        let mut by_topic: Vec<(Arc<Topic>, Vec<bool>)> = Vec::new();
-        for req in reqs {
+        let mut it = reqs.into_iter().peekable();
+        while let Some(first) = it.next() {
             if let Err(e) = broker.check_open() {
                 out.push(Err(e));
                 continue;
             }
-            if req.topic.is_empty() {
+            if first.topic.is_empty() {
                 out.push(Err(PubSubError::InvalidRequest(
                     "topic is required and was empty".into(),
                 )));
                 continue;
             }
-            let topic = match by_topic.iter().find(|(t, _)| t.name == req.topic) {
-                Some((t, _)) => t.clone(),
-                None => {
-                    let t = broker.topic(&req.topic);
-                    by_topic.push((t.clone(), vec![false; broker.partitions]));
-                    t
-                }
-            };
-            let res = {
-                let mut st = lock(&topic.state);
-                broker.append(&topic, &mut st, req)
-            };
-            match res {
-                Ok(p) => {
-                    if let Some((_, touched)) =
-                        by_topic.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &topic))
-                    {
+            let topic = broker.topic(&first.topic);
+            let mut st = lock(&topic.state);
+            let mut touched = vec![false; st.logs.len()];
+            let mut req = first;
+            loop {
+                match broker.append(&topic, &mut st, req) {
+                    Ok(p) => {
                         touched[p] = true;
+                        out.push(Ok(()));
                     }
-                    out.push(Ok(()));
+                    Err(e) => out.push(Err(e)),
                 }
-                Err(e) => out.push(Err(e)),
+                match it.next_if(|r| r.topic == topic.name) {
+                    Some(r) => req = r,
+                    None => break,
+                }
             }
-        }
-        for (topic, touched) in by_topic {
-            for (p, t) in touched.into_iter().enumerate() {
-                if t {
-                    topic.published[p].notify_waiters();
+            for (p, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+                for g in 0..st.groups.len() {
+                    pump(&topic, &mut st, g, p);
                 }
             }
         }
@@ -409,44 +447,54 @@ impl PubSub for EmbeddedBroker {
                 "consumer group is required and was empty".into(),
             ));
         }
-        if options.max_in_flight == 0 {
-            return Err(PubSubError::InvalidRequest(
-                "max_in_flight must be at least 1".into(),
-            ));
-        }
+        options.validate()?;
         let topic = broker.topic(&options.topic);
         let id = next_id();
-        let cap = options.max_in_flight.min(broker.partitions).max(1);
-        let (tx, rx) = mpsc::channel(cap);
+        let (tx, rx) = mpsc::channel(options.channel_capacity(Some(broker.partitions)));
         let watcher_tx = tx.clone();
         let group_name = options.group.clone();
-        {
+        let rt = tokio::runtime::Handle::current();
+        let g = {
             let mut st = lock(&topic.state);
-            let bases: Vec<i64> = st.logs.iter().map(|l| l.base).collect();
-            let n = bases.len();
-            let group = st
-                .groups
-                .entry(group_name.clone())
-                .or_insert_with(|| Group {
-                    committed: bases,
-                    members: Vec::new(),
-                    member_state: HashMap::new(),
-                    target: vec![None; n],
-                    active: (0..n).map(|_| None).collect(),
-                });
+            let g = match st.groups.iter().position(|g| g.name == group_name) {
+                Some(g) => g,
+                None => {
+                    let committed: Vec<i64> = st.logs.iter().map(|l| l.base).collect();
+                    let n = committed.len();
+                    st.groups.push(Group {
+                        name: group_name.clone(),
+                        committed,
+                        members: Vec::new(),
+                        member_state: HashMap::new(),
+                        target: vec![None; n],
+                        parts: (0..n).map(|_| None).collect(),
+                    });
+                    st.groups.len() - 1
+                }
+            };
+            let group = &mut st.groups[g];
             group.members.push(id);
             group.member_state.insert(
                 id,
                 Member {
                     tx,
-                    permits: Arc::new(Semaphore::new(
-                        options.max_in_flight.min(Semaphore::MAX_PERMITS),
-                    )),
-                    options,
+                    sink: Arc::new(MemberSink {
+                        topic: Arc::downgrade(&topic),
+                        group: g,
+                        member: id,
+                    }),
+                    max_in_flight: options.max_in_flight,
+                    per_partition: options.max_in_flight_per_partition,
+                    retry_backoff: options.retry_backoff,
+                    revoke_timeout: options.revoke_timeout,
+                    busy: 0,
+                    waiting: VecDeque::new(),
+                    rt,
                 },
             );
-            rebalance(&topic, &group_name, group);
-        }
+            rebalance(&topic, &mut st, g);
+            g
+        };
         tracing::debug!(component = %broker.name, topic = %topic.name, group = %group_name, member = id, "member joined");
         // Leave the group when the subscriber drops its receiver or the broker closes.
         let mut closed = broker.closed_tx.subscribe();
@@ -458,11 +506,10 @@ impl PubSub for EmbeddedBroker {
             }
             drop(watcher_tx);
             let mut st = lock(&topic.state);
-            if let Some(group) = st.groups.get_mut(&group_name) {
-                group.members.retain(|m| *m != id);
-                group.member_state.remove(&id);
-                rebalance(&topic, &group_name, group);
-            }
+            let group = &mut st.groups[g];
+            group.members.retain(|m| *m != id);
+            group.member_state.remove(&id);
+            rebalance(&topic, &mut st, g);
             tracing::debug!(component = %name, topic = %topic.name, group = %group_name, member = id, "member left");
         });
         Ok(rx)
@@ -474,10 +521,11 @@ impl PubSub for EmbeddedBroker {
         let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
         for topic in topics {
             let mut st = lock(&topic.state);
-            for (name, group) in st.groups.iter_mut() {
+            for g in 0..st.groups.len() {
+                let group = &mut st.groups[g];
                 group.members.clear();
                 group.member_state.clear();
-                rebalance(&topic, name, group);
+                rebalance(&topic, &mut st, g);
             }
         }
     }
@@ -485,10 +533,11 @@ impl PubSub for EmbeddedBroker {
 
 // === group management (called with the topic lock held) ===
 
-/// Recomputes the target assignment and starts or revokes workers.
-fn rebalance(topic: &Arc<Topic>, group_name: &str, group: &mut Group) {
+/// Recomputes the target assignment and starts or revokes ownerships.
+fn rebalance(topic: &Arc<Topic>, st: &mut TopicState, g: usize) {
+    let group = &mut st.groups[g];
     group.target = assign(&group.target, &group.members);
-    reconcile(topic, group_name, group);
+    reconcile(topic, st, g);
 }
 
 /// Sticky balanced assignment: members (in join order) get `n / m`
@@ -520,57 +569,287 @@ fn assign(prev: &[Option<u64>], members: &[u64]) -> Vec<Option<u64>> {
     out
 }
 
-/// Revokes partitions whose worker is not the target's, and starts workers
-/// for partitions that have a target and no worker.
-fn reconcile(topic: &Arc<Topic>, group_name: &str, group: &mut Group) {
-    for p in 0..group.target.len() {
+/// Revokes partitions whose owner is not their target (releasing at once
+/// those with nothing in flight or whose owner is gone, or else after the
+/// acks or the owner's `revoke_timeout`), and starts delivering partitions
+/// that have a target and no owner.
+fn reconcile(topic: &Arc<Topic>, st: &mut TopicState, g: usize) {
+    for p in 0..st.groups[g].target.len() {
+        let group = &mut st.groups[g];
         let target = group.target[p];
-        match &group.active[p] {
-            Some(a) if target != Some(a.member) => {
-                a.revoke.send_replace(true);
-            }
-            Some(_) => {}
-            None => {
-                let Some(member_id) = target else { continue };
-                let Some(member) = group.member_state.get(&member_id) else {
-                    continue;
-                };
-                if member.tx.is_closed() {
-                    continue; // leaving: its watcher removes it and rebalances
+        if let Some(owner) = group.parts[p].as_mut() {
+            if Some(owner.member) != target {
+                let member = group.member_state.get_mut(&owner.member);
+                let gone = member.as_ref().is_none_or(|m| m.gone());
+                if !owner.revoking {
+                    owner.revoking = true;
+                    if let Some(m) = member {
+                        if owner.waiting {
+                            owner.waiting = false;
+                            m.waiting.retain(|x| *x != p);
+                        }
+                        if !owner.window.is_empty() && !gone {
+                            let (topic, owner_id) = (topic.clone(), owner.id);
+                            let timeout = m.revoke_timeout;
+                            m.rt.spawn(async move {
+                                tokio::time::sleep(timeout).await;
+                                let mut st = lock(&topic.state);
+                                let timed_out = st.groups[g].parts[p]
+                                    .as_ref()
+                                    .is_some_and(|o| o.id == owner_id && o.revoking);
+                                if timed_out {
+                                    release(&topic, &mut st, g, p);
+                                }
+                            });
+                        }
+                    }
                 }
-                let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                    tracing::error!(topic = %topic.name, "embedded broker used outside a Tokio runtime");
-                    continue;
-                };
-                let (revoke_tx, revoke_rx) = watch::channel(false);
-                let worker = Worker {
-                    topic: topic.clone(),
-                    group: group_name.to_string(),
-                    partition: p,
-                    id: next_id(),
-                    pos: group.committed[p],
-                    tx: member.tx.clone(),
-                    permits: member.permits.clone(),
-                    retry_backoff: member.options.retry_backoff,
-                    revoke_timeout: member.options.revoke_timeout,
-                    revoke: revoke_rx,
-                };
-                group.active[p] = Some(Active {
-                    worker: worker.id,
-                    member: member_id,
-                    revoke: revoke_tx,
-                });
-                handle.spawn(worker.run());
+                if owner.window.is_empty() || gone {
+                    drop_owner(group, p);
+                }
+            }
+        }
+        let group = &mut st.groups[g];
+        if group.parts[p].is_none() {
+            let Some(member_id) = target else { continue };
+            let Some(member) = group.member_state.get(&member_id) else {
+                continue;
+            };
+            if member.gone() {
+                continue; // leaving: its watcher removes it and rebalances
+            }
+            group.parts[p] = Some(Owner {
+                member: member_id,
+                id: next_id(),
+                window: Window::new(member.per_partition),
+                backing_off: false,
+                backoff_seq: 0,
+                revoking: false,
+                waiting: false,
+            });
+            pump(topic, st, g, p);
+        }
+    }
+}
+
+/// Forgets partition `p`'s ownership (what it handed out and did not
+/// commit goes to the next owner).
+fn drop_owner(group: &mut Group, p: usize) {
+    let Some(owner) = group.parts[p].take() else {
+        return;
+    };
+    if let Some(m) = group.member_state.get_mut(&owner.member) {
+        if !owner.window.is_empty() {
+            m.busy = m.busy.saturating_sub(1);
+        }
+        if owner.waiting {
+            m.waiting.retain(|x| *x != p);
+        }
+    }
+}
+
+/// Ends a revoked ownership and hands the partition to its target.
+fn release(topic: &Arc<Topic>, st: &mut TopicState, g: usize, p: usize) {
+    let old = st.groups[g].parts[p].as_ref().map(|o| o.member);
+    drop_owner(&mut st.groups[g], p);
+    reconcile(topic, st, g);
+    if let Some(m) = old {
+        pump_waiting(topic, st, g, m);
+    }
+}
+
+/// Hands out partition `p`'s next messages to its owner while its window,
+/// the owner's `max_in_flight` and its channel allow.
+fn pump(topic: &Arc<Topic>, st: &mut TopicState, g: usize, p: usize) {
+    let TopicState { logs, groups } = st;
+    let group = &mut groups[g];
+    let log = &logs[p];
+    loop {
+        let Some(owner) = group.parts[p].as_mut() else {
+            return;
+        };
+        if owner.revoking || owner.backing_off || !owner.window.has_room() {
+            return;
+        }
+        let offset = group.committed[p] + owner.window.len() as i64;
+        let Some(stored) = log.get(offset) else {
+            return;
+        };
+        let Some(member) = group.member_state.get_mut(&owner.member) else {
+            return;
+        };
+        let idle = owner.window.is_empty();
+        if idle && member.busy >= member.max_in_flight {
+            if !owner.waiting {
+                owner.waiting = true;
+                member.waiting.push_back(p);
+            }
+            return;
+        }
+        let id = next_id();
+        let message = Message {
+            topic: topic.name.clone(),
+            partition: p as i32,
+            offset,
+            key: stored.key.clone(),
+            data: stored.data.clone(),
+            headers: stored.headers.clone(),
+            attempt: owner.window.attempt(offset),
+        };
+        let token = AckToken {
+            partition: p as i32,
+            offset,
+            id,
+        };
+        match member
+            .tx
+            .try_send(Delivery::with_sink(message, member.sink.clone(), token))
+        {
+            Ok(()) => {
+                if idle {
+                    member.busy += 1;
+                }
+                owner.window.hand_out(offset, id);
+            }
+            Err(TrySendError::Full(d)) => {
+                // Only while deliveries of a revoked ownership still sit in
+                // the channel; the next ack of this member pumps again.
+                d.disarm();
+                if !owner.waiting {
+                    owner.waiting = true;
+                    member.waiting.push_back(p);
+                }
+                return;
+            }
+            Err(TrySendError::Closed(d)) => {
+                // Leaving: its watcher removes it and rebalances.
+                d.disarm();
+                return;
             }
         }
     }
+}
+
+/// Pumps the partitions a member holds back, oldest first, while it has room.
+fn pump_waiting(topic: &Arc<Topic>, st: &mut TopicState, g: usize, member_id: u64) {
+    loop {
+        let group = &mut st.groups[g];
+        let Some(member) = group.member_state.get_mut(&member_id) else {
+            return;
+        };
+        if member.busy >= member.max_in_flight {
+            return;
+        }
+        let Some(p) = member.waiting.pop_front() else {
+            return;
+        };
+        match group.parts[p].as_mut() {
+            Some(o) if o.member == member_id => o.waiting = false,
+            _ => continue,
+        }
+        pump(topic, st, g, p);
+        if st.groups[g].parts[p].as_ref().is_some_and(|o| o.waiting) {
+            return; // still held back (a full channel)
+        }
+    }
+}
+
+/// Applies an ack of `member_id`'s delivery of partition `p`.
+fn on_ack(
+    topic: &Arc<Topic>,
+    st: &mut TopicState,
+    g: usize,
+    member_id: u64,
+    p: usize,
+    token: AckToken,
+    ack: Ack,
+) {
+    let Some(group) = st.groups.get_mut(g) else {
+        return;
+    };
+    let Some(owner) = group
+        .parts
+        .get_mut(p)
+        .and_then(Option::as_mut)
+        .filter(|o| o.member == member_id)
+    else {
+        // An earlier ownership's delivery: nothing to settle, but the member
+        // may have room now.
+        pump_waiting(topic, st, g, member_id);
+        return;
+    };
+    let was_busy = !owner.window.is_empty();
+    let settled = owner.window.settle(token.offset, token.id, ack);
+    let idle = was_busy && owner.window.is_empty();
+    let revoking = owner.revoking;
+    match settled {
+        Settled::Stale => {}
+        Settled::Acked { committed, .. } => {
+            if let Some(c) = committed {
+                let slot = &mut group.committed[p];
+                *slot = (*slot).max(c);
+                trim(st, p);
+            }
+        }
+        Settled::Rewound if revoking => {}
+        Settled::Rewound => {
+            owner.backing_off = true;
+            owner.backoff_seq += 1;
+            let (seq, owner_id) = (owner.backoff_seq, owner.id);
+            if let Some(m) = group.member_state.get(&member_id) {
+                let (topic, backoff) = (topic.clone(), m.retry_backoff);
+                m.rt.spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    let mut st = lock(&topic.state);
+                    let ended = match st.groups[g].parts[p].as_mut() {
+                        Some(o) if o.id == owner_id && o.backoff_seq == seq => {
+                            o.backing_off = false;
+                            true
+                        }
+                        _ => false,
+                    };
+                    if ended {
+                        pump(&topic, &mut st, g, p);
+                    }
+                });
+            }
+        }
+    }
+    let group = &mut st.groups[g];
+    let mut queued = false;
+    if idle {
+        if let Some(m) = group.member_state.get_mut(&member_id) {
+            m.busy = m.busy.saturating_sub(1);
+            // Partitions held back by max_in_flight go first; this one
+            // queues behind them.
+            if !m.waiting.is_empty() && !revoking {
+                if let Some(o) = group.parts[p].as_mut() {
+                    if !o.waiting {
+                        o.waiting = true;
+                        m.waiting.push_back(p);
+                    }
+                    queued = true;
+                }
+            }
+        }
+    }
+    if revoking {
+        if idle {
+            release(topic, st, g, p);
+        }
+        return;
+    }
+    if !queued {
+        pump(topic, st, g, p);
+    }
+    pump_waiting(topic, st, g, member_id);
 }
 
 /// Drops the messages of `partition` that every group has committed.
 fn trim(st: &mut TopicState, partition: usize) {
     let Some(min) = st
         .groups
-        .values()
+        .iter()
         .filter_map(|g| g.committed.get(partition))
         .min()
         .copied()
@@ -586,140 +865,6 @@ fn trim(st: &mut TopicState, partition: usize) {
             }
             None => break,
         }
-    }
-}
-
-// === impl Worker ===
-
-/// Delivers one partition to one member, one message at a time.
-struct Worker {
-    topic: Arc<Topic>,
-    group: String,
-    partition: usize,
-    id: u64,
-    /// Offset of the next message to deliver.
-    pos: i64,
-    tx: mpsc::Sender<Delivery>,
-    permits: Arc<Semaphore>,
-    retry_backoff: Duration,
-    revoke_timeout: Duration,
-    revoke: watch::Receiver<bool>,
-}
-
-/// Resolves once the worker is revoked (or its group state is gone).
-async fn revoked(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|r| *r).await;
-}
-
-impl Worker {
-    async fn run(mut self) {
-        self.deliver().await;
-        // Release: hand the partition to its target owner.
-        let mut st = lock(&self.topic.state);
-        if let Some(group) = st.groups.get_mut(&self.group) {
-            if matches!(&group.active[self.partition], Some(a) if a.worker == self.id) {
-                group.active[self.partition] = None;
-            }
-            reconcile(&self.topic, &self.group, group);
-        }
-    }
-
-    /// Delivers until revoked or the subscriber is gone.
-    async fn deliver(&mut self) {
-        let mut attempt = 0u32;
-        loop {
-            let Some(stored) = self.next_message().await else {
-                return;
-            };
-            let permit = tokio::select! {
-                biased;
-                _ = revoked(&mut self.revoke) => return,
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (delivery, mut ack_rx) = Delivery::new(Message {
-                topic: self.topic.name.clone(),
-                partition: self.partition as i32,
-                offset: self.pos,
-                key: stored.key,
-                data: stored.data,
-                headers: stored.headers,
-                attempt,
-            });
-            tokio::select! {
-                biased;
-                _ = revoked(&mut self.revoke) => return,
-                sent = self.tx.send(delivery) => if sent.is_err() { return },
-            }
-            let mut revoking = false;
-            let ack = tokio::select! {
-                a = &mut ack_rx => a.unwrap_or(Ack::Retry),
-                _ = revoked(&mut self.revoke) => {
-                    revoking = true;
-                    match tokio::time::timeout(self.revoke_timeout, &mut ack_rx).await {
-                        Ok(Ok(a)) => a,
-                        _ => Ack::Retry,
-                    }
-                }
-            };
-            drop(permit);
-            match ack {
-                Ack::Success | Ack::Drop => {
-                    self.pos += 1;
-                    attempt = 0;
-                    self.commit();
-                }
-                Ack::Retry if revoking => return,
-                Ack::Retry => {
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        biased;
-                        _ = revoked(&mut self.revoke) => return,
-                        _ = tokio::time::sleep(self.retry_backoff) => {}
-                    }
-                }
-            }
-            if revoking {
-                return;
-            }
-        }
-    }
-
-    /// Waits for the message at `pos`; `None` when revoked first.
-    async fn next_message(&mut self) -> Option<Stored> {
-        loop {
-            let notified = self.topic.published[self.partition].notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = lock(&self.topic.state);
-                let log = &st.logs[self.partition];
-                if self.pos < log.base {
-                    // Cannot happen (trimming stops at every group's commit); be safe.
-                    self.pos = log.base;
-                }
-                if let Some(s) = log.get(self.pos) {
-                    return Some(s.clone());
-                }
-                debug_assert!(self.pos >= log.end());
-            }
-            tokio::select! {
-                biased;
-                _ = revoked(&mut self.revoke) => return None,
-                _ = notified => {}
-            }
-        }
-    }
-
-    fn commit(&self) {
-        let mut st = lock(&self.topic.state);
-        if let Some(group) = st.groups.get_mut(&self.group) {
-            let c = &mut group.committed[self.partition];
-            *c = (*c).max(self.pos);
-        }
-        trim(&mut st, self.partition);
     }
 }
 

@@ -26,15 +26,19 @@
 //! thread. `cooperative-sticky` assignment, no auto-commit and no automatic
 //! offset store. Fetched messages go into a bounded buffer per partition (the
 //! partition is paused when the buffer is full and resumed when it drains);
-//! the head of a partition's buffer is handed out and the next one only
-//! after the head was acked, so a `Retry` redelivers the head from the buffer
-//! after the backoff. Acked positions are committed every 100 ms, and
-//! synchronously when partitions are revoked (after waiting up to
-//! `revoke_timeout` for in-flight acks) and when the subscription closes.
+//! the front of a partition's buffer is its [`Window`]: the messages handed
+//! out and not yet committed (one at a time by default, up to
+//! `max_in_flight_per_partition` when pipelined). They stay buffered until
+//! acked, so a `Retry` hands the retried message and the ones after it out
+//! again from the buffer after the backoff. Acks are plain calls
+//! ([`AckSink`]) that hand out the next messages at once. The acked prefix
+//! of each window is committed every 100 ms, and synchronously when
+//! partitions are revoked (after waiting up to `revoke_timeout` for every
+//! handed-out message's ack) and when the subscription closes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -49,8 +53,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::window::{Settled, Window};
 use super::{
-    Ack, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest, SubscribeOptions,
+    Ack, AckSink, AckToken, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest,
+    SubscribeOptions,
 };
 use crate::metadata::{ComponentError, InitContext, Metadata};
 
@@ -496,6 +502,7 @@ impl PubSub for KafkaPubSub {
         options: SubscribeOptions,
     ) -> Result<mpsc::Receiver<Delivery>, PubSubError> {
         self.check_topic("subscribe", &options.topic)?;
+        options.validate()?;
         let group = match (options.group.trim(), &self.cfg.consumer_group) {
             ("", Some(g)) => g.clone(),
             ("", None) => {
@@ -509,18 +516,20 @@ impl PubSub for KafkaPubSub {
         self.ensure_topic(&options.topic).await?;
         self.wait_for_metadata(&options.topic).await?;
 
-        let (tx, rx) = mpsc::channel(options.max_in_flight.max(1));
-        let shared = Arc::new(SubShared {
+        let (tx, rx) = mpsc::channel(options.channel_capacity(None));
+        let shared = Arc::new_cyclic(|me| SubShared {
             component: self.name.clone(),
             topic: options.topic.clone(),
             group: group.clone(),
-            max_in_flight: options.max_in_flight.max(1),
+            max_in_flight: options.max_in_flight,
+            per_partition: options.max_in_flight_per_partition,
             retry_backoff: options.retry_backoff,
             revoke_timeout: options.revoke_timeout,
             rt: tokio::runtime::Handle::current(),
             tx,
             state: Mutex::default(),
             acked: Condvar::new(),
+            me: me.clone(),
         });
         let context = SubContext {
             log: LogContext {
@@ -666,50 +675,56 @@ impl ClientContext for LogContext {
 // === Subscriptions ===
 
 /// What a subscription's consumer thread, its rebalance callbacks and the
-/// ack tasks share.
+/// acks (through [`AckSink`]) share.
 struct SubShared {
     component: String,
     topic: String,
     group: String,
     max_in_flight: usize,
+    per_partition: usize,
     retry_backoff: Duration,
     revoke_timeout: Duration,
     rt: tokio::runtime::Handle,
     tx: mpsc::Sender<Delivery>,
     state: Mutex<SubState>,
-    /// Signalled whenever an in-flight message is acked (revocation waits on it).
+    /// Signalled whenever an ack empties a window (revocation waits on it).
     acked: Condvar,
+    /// This subscription as the deliveries' ack sink.
+    me: Weak<SubShared>,
 }
 
 #[derive(Default)]
 struct SubState {
     parts: HashMap<i32, Part>,
-    /// Partitions whose head can be handed out, oldest first: (partition, generation).
+    /// Partitions that can hand out a message, oldest first: (partition, generation).
     ready: VecDeque<(i32, u64)>,
-    /// Partitions with a message handed out and not acked.
-    in_flight: usize,
+    /// Partitions with messages handed out and not committed.
+    busy: usize,
     generation: u64,
+    /// Id of the next hand-out.
+    next_id: u64,
     closed: bool,
 }
 
 /// One assigned partition.
 struct Part {
-    /// Changes with every assignment, so acks from an earlier ownership are ignored.
+    /// Changes with every assignment, so timers of an earlier ownership do nothing.
     generation: u64,
-    /// Fetched, not yet acked messages; the head is the one handed out.
+    /// Fetched, not yet committed messages; the first `window.len()` are
+    /// handed out.
     buf: VecDeque<Message>,
     /// Payload and key bytes in `buf`.
     buf_bytes: usize,
     /// Lowest offset accepted from the fetcher (duplicates after a pause are skipped).
     next_offset: i64,
-    in_flight: bool,
-    /// The head was retried and waits for the backoff.
+    window: Window,
+    /// A message was retried and waits for the backoff.
     backing_off: bool,
+    /// Bumped by every RETRY, so that only the latest backoff ends it.
+    backoff_seq: u64,
     /// In `SubState::ready`.
     queued: bool,
-    /// Deliveries of the head so far.
-    attempt: u32,
-    /// Last acked offset, -1 if none.
+    /// Last offset that left the window acked, -1 if none.
     acked: i64,
     /// Offset last sent in a commit (next to consume), -1 if none.
     committed: i64,
@@ -718,16 +733,16 @@ struct Part {
 }
 
 impl Part {
-    fn new(generation: u64) -> Self {
+    fn new(generation: u64, per_partition: usize) -> Self {
         Self {
             generation,
             buf: VecDeque::new(),
             buf_bytes: 0,
             next_offset: -1,
-            in_flight: false,
+            window: Window::new(per_partition),
             backing_off: false,
+            backoff_seq: 0,
             queued: false,
-            attempt: 0,
             acked: -1,
             committed: -1,
             paused: false,
@@ -736,7 +751,18 @@ impl Part {
     }
 
     fn deliverable(&self) -> bool {
-        !self.in_flight && !self.backing_off && !self.revoking && !self.buf.is_empty()
+        !self.backing_off
+            && !self.revoking
+            && self.window.has_room()
+            && self.window.len() < self.buf.len()
+    }
+}
+
+impl AckSink for SubShared {
+    fn ack(&self, token: AckToken, ack: Ack) {
+        if let Some(me) = self.me.upgrade() {
+            me.on_ack(token, ack);
+        }
     }
 }
 
@@ -754,99 +780,112 @@ impl SubShared {
         }
     }
 
-    /// Hands out ready heads while fewer than `max_in_flight` partitions
-    /// have a message in flight.
+    /// Hands out the ready partitions' next messages, each up to its window,
+    /// while fewer than `max_in_flight` partitions have messages out.
     fn pump(self: &Arc<Self>, st: &mut SubState) {
-        while st.in_flight < self.max_in_flight && !st.closed {
-            let Some((p, generation)) = st.ready.pop_front() else {
+        while !st.closed {
+            let Some(&(p, generation)) = st.ready.front() else {
                 break;
             };
-            let Some(part) = st.parts.get_mut(&p) else {
+            let SubState {
+                parts,
+                ready,
+                busy,
+                next_id,
+                closed,
+                ..
+            } = &mut *st;
+            let Some(part) = parts.get_mut(&p).filter(|x| x.generation == generation) else {
+                ready.pop_front();
                 continue;
             };
-            if part.generation != generation {
-                continue;
+            if part.window.is_empty() && part.deliverable() && *busy >= self.max_in_flight {
+                break; // the oldest ready partition waits for a free slot
             }
+            ready.pop_front();
             part.queued = false;
-            if !part.deliverable() {
-                continue;
-            }
-            let mut message = part
-                .buf
-                .front()
-                .cloned()
-                .expect("deliverable partition has a head");
-            message.attempt = part.attempt;
-            let offset = message.offset;
-            let (delivery, ack_rx) = Delivery::new(message);
-            match self.tx.try_send(delivery) {
-                Ok(()) => {
-                    part.in_flight = true;
-                    st.in_flight += 1;
-                    let me = self.clone();
-                    self.rt.spawn(async move {
-                        let ack = ack_rx.await.unwrap_or(Ack::Retry);
-                        me.on_ack(p, generation, offset, ack);
-                    });
-                }
-                Err(TrySendError::Full(d)) => {
-                    // Only after a revocation released a slot whose delivery
-                    // still sits in the channel; the next ack pumps again.
-                    drop(d);
-                    part.queued = true;
-                    st.ready.push_front((p, generation));
-                    break;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    st.closed = true;
-                    break;
+            while part.deliverable() {
+                let idx = part.window.len();
+                let mut message = part.buf[idx].clone();
+                let offset = message.offset;
+                message.attempt = part.window.attempt(offset);
+                let id = *next_id;
+                *next_id += 1;
+                let sink: Arc<dyn AckSink> = self.clone();
+                let token = AckToken {
+                    partition: p,
+                    offset,
+                    id,
+                };
+                match self.tx.try_send(Delivery::with_sink(message, sink, token)) {
+                    Ok(()) => {
+                        if part.window.is_empty() {
+                            *busy += 1;
+                        }
+                        part.window.hand_out(offset, id);
+                    }
+                    Err(TrySendError::Full(d)) => {
+                        // Only while deliveries of a revoked assignment still
+                        // sit in the channel; the next ack pumps again.
+                        d.disarm();
+                        part.queued = true;
+                        ready.push_front((p, generation));
+                        return;
+                    }
+                    Err(TrySendError::Closed(d)) => {
+                        d.disarm();
+                        *closed = true;
+                        return;
+                    }
                 }
             }
         }
     }
 
-    fn on_ack(self: &Arc<Self>, p: i32, generation: u64, offset: i64, ack: Ack) {
+    fn on_ack(self: &Arc<Self>, token: AckToken, ack: Ack) {
+        let p = token.partition;
         let mut st = self.lock();
-        let mut settled = false;
-        let mut retry = false;
+        let mut retry = None;
+        let mut idle = false;
         if let Some(part) = st.parts.get_mut(&p) {
-            if part.generation == generation
-                && part.in_flight
-                && part.buf.front().map(|m| m.offset) == Some(offset)
-            {
-                part.in_flight = false;
-                settled = true;
-                match ack {
-                    Ack::Success | Ack::Drop => {
+            let was_busy = !part.window.is_empty();
+            match part.window.settle(token.offset, token.id, ack) {
+                Settled::Stale => {}
+                Settled::Acked { popped, .. } => {
+                    for _ in 0..popped {
                         if let Some(m) = part.buf.pop_front() {
                             part.buf_bytes = part.buf_bytes.saturating_sub(message_bytes(&m));
+                            part.acked = m.offset;
                         }
-                        part.acked = offset;
-                        part.attempt = 0;
                     }
-                    Ack::Retry => {
-                        part.attempt = part.attempt.saturating_add(1);
+                }
+                Settled::Rewound => {
+                    if !part.revoking {
                         part.backing_off = true;
-                        retry = true;
+                        part.backoff_seq += 1;
+                        retry = Some((part.generation, part.backoff_seq));
                     }
                 }
             }
+            idle = was_busy && part.window.is_empty();
         }
-        if settled {
-            st.in_flight -= 1;
-            Self::mark_ready(&mut st, p);
+        if idle {
+            st.busy -= 1;
         }
+        Self::mark_ready(&mut st, p);
         self.pump(&mut st);
         drop(st);
-        self.acked.notify_all();
-        if retry {
+        if idle {
+            self.acked.notify_all();
+        }
+        if let Some((generation, seq)) = retry {
             let me = self.clone();
             let backoff = self.retry_backoff;
             self.rt.spawn(async move {
                 tokio::time::sleep(backoff).await;
                 let mut st = me.lock();
                 if let Some(part) = st.parts.get_mut(&p) {
-                    if part.generation == generation && part.backing_off {
+                    if part.generation == generation && part.backoff_seq == seq {
                         part.backing_off = false;
                         Self::mark_ready(&mut st, p);
                     }
@@ -976,9 +1015,10 @@ impl SubShared {
             if e.topic() != self.topic {
                 continue;
             }
-            if let Some(old) = st.parts.insert(e.partition(), Part::new(generation)) {
-                if old.in_flight {
-                    st.in_flight -= 1;
+            let part = Part::new(generation, self.per_partition);
+            if let Some(old) = st.parts.insert(e.partition(), part) {
+                if !old.window.is_empty() {
+                    st.busy -= 1;
                 }
             }
         }
@@ -986,7 +1026,8 @@ impl SubShared {
     }
 
     /// Stops handing out the revoked partitions, waits up to `revoke_timeout`
-    /// for their in-flight acks, commits what was acked, then forgets them.
+    /// until every message they handed out was acked (or retried), commits
+    /// the acked prefix, then forgets them.
     fn on_revoke(self: &Arc<Self>, consumer: &BaseConsumer<SubContext>, tpl: &TopicPartitionList) {
         let revoked: Vec<i32> = tpl
             .elements()
@@ -1008,7 +1049,7 @@ impl SubShared {
                 true => 0,
                 false => revoked
                     .iter()
-                    .filter(|p| st.parts.get(p).is_some_and(|x| x.in_flight))
+                    .filter(|p| st.parts.get(p).is_some_and(|x| !x.window.is_empty()))
                     .count(),
             };
             if busy == 0 {
@@ -1035,8 +1076,8 @@ impl SubShared {
         let mut st = self.lock();
         for p in &revoked {
             if let Some(part) = st.parts.remove(p) {
-                if part.in_flight {
-                    st.in_flight -= 1;
+                if !part.window.is_empty() {
+                    st.busy -= 1;
                 }
             }
         }

@@ -9,24 +9,37 @@
 //!   group's partitions are shared among its live subscriptions (in this
 //!   process and, for networked brokers, in others); each partition has one
 //!   owner at a time.
-//! * Within a partition a subscription receives message n+1 only after
-//!   message n was acked with [`Ack::Success`] or [`Ack::Drop`]. Different
-//!   partitions are delivered concurrently, up to `options.max_in_flight`
-//!   partitions at once.
-//! * [`Ack::Retry`] redelivers the same message, after `options.retry_backoff`,
-//!   before anything later in its partition; other partitions go on.
-//! * The committed position of a partition only ever moves past acked
-//!   messages. Whatever was delivered but not acked when a subscription ends
-//!   (receiver dropped, process killed, partition revoked) is delivered again
-//!   to the partition's next owner.
+//! * Within a partition messages are handed out in offset order. With
+//!   `options.max_in_flight_per_partition = 1` (the default, *strict*) a
+//!   subscription receives message n+1 only after message n was acked with
+//!   [`Ack::Success`] or [`Ack::Drop`]. With N > 1 (*pipelined*) up to N
+//!   messages of a partition past its committed position are handed out at
+//!   once, still in order. Different partitions are delivered concurrently,
+//!   up to `options.max_in_flight` partitions with messages in flight.
+//! * [`Ack::Retry`] of message n redelivers n, after `options.retry_backoff`,
+//!   before anything later in its partition; other partitions go on. When
+//!   pipelined, everything after n that was already handed out is handed out
+//!   again after n, in order (acked or not): a suffix repeats, nothing is
+//!   reordered. `Message::attempt` counts the retries of that very message.
+//! * [`Ack::Drop`] counts as acked for ordering and commits.
+//! * The committed position of a partition only ever moves over a
+//!   contiguous prefix of acked messages: never past an unacked one, even
+//!   when later ones were acked (pipelined). Whatever was not committed when
+//!   a subscription ends (receiver dropped, process killed, partition
+//!   revoked) is delivered again to the partition's next owner.
 //! * On revocation the backend stops handing out that partition's messages,
-//!   waits up to `options.revoke_timeout` for in-flight acks, commits, then
-//!   releases the partition.
+//!   waits up to `options.revoke_timeout` for the acks of all its handed-out
+//!   messages, commits, then releases the partition.
 //! * Dropping a [`Delivery`] without acking it counts as [`Ack::Retry`].
+//!
+//! Acks reach a backend through an [`AckSink`]: a plain call on the acking
+//! thread, no channel or task per message. Backends keep each partition's
+//! handed-out messages in a [`window::Window`].
 
 pub mod conformance;
 pub mod embedded;
 pub mod kafka;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +80,10 @@ pub struct SubscribeOptions {
     pub group: String,
     /// Most partitions with a message in flight at once.
     pub max_in_flight: usize,
+    /// Most messages of one partition handed out past its committed
+    /// position at once: 1 (default) is strict (n+1 only after n's ack),
+    /// up to [`MAX_IN_FLIGHT_PER_PARTITION`].
+    pub max_in_flight_per_partition: usize,
     /// Wait before redelivering a message acked with [`Ack::Retry`].
     pub retry_backoff: Duration,
     /// How long a revoked partition waits for in-flight acks.
@@ -75,12 +92,42 @@ pub struct SubscribeOptions {
     pub instance_id: Option<String>,
 }
 
+/// Largest `max_in_flight_per_partition` a backend accepts.
+pub const MAX_IN_FLIGHT_PER_PARTITION: usize = 1024;
+
 impl SubscribeOptions {
+    /// Checks the limits every backend relies on.
+    pub fn validate(&self) -> Result<(), PubSubError> {
+        if self.max_in_flight == 0 {
+            return Err(PubSubError::InvalidRequest(
+                "max_in_flight must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_IN_FLIGHT_PER_PARTITION).contains(&self.max_in_flight_per_partition) {
+            return Err(PubSubError::InvalidRequest(format!(
+                "max_in_flight_per_partition must be 1 to {MAX_IN_FLIGHT_PER_PARTITION}, got {}",
+                self.max_in_flight_per_partition
+            )));
+        }
+        Ok(())
+    }
+
+    /// Capacity of a subscription's channel: every message that may be in
+    /// flight at once, for `partitions` partitions (when known).
+    pub fn channel_capacity(&self, partitions: Option<usize>) -> usize {
+        let parts = partitions.map_or(self.max_in_flight, |p| p.min(self.max_in_flight));
+        parts
+            .max(1)
+            .saturating_mul(self.max_in_flight_per_partition.max(1))
+            .min(1 << 20)
+    }
+
     pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
         Self {
             topic: topic.into(),
             group: group.into(),
             max_in_flight: 64,
+            max_in_flight_per_partition: 1,
             retry_backoff: Duration::from_millis(200),
             revoke_timeout: Duration::from_secs(5),
             instance_id: None,
@@ -113,11 +160,44 @@ pub enum Ack {
     Drop,
 }
 
+/// Identifies one hand-out of a message to the backend that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckToken {
+    pub partition: i32,
+    pub offset: i64,
+    /// Unique per hand-out (a redelivery gets a new one), so a late ack of
+    /// an earlier hand-out is recognised and ignored.
+    pub id: u64,
+}
+
+/// Where a backend learns the verdicts on its deliveries.
+pub trait AckSink: Send + Sync + 'static {
+    /// Called exactly once per delivery, on the thread that acks (or drops)
+    /// it. Implementations take their own locks; the caller holds none of
+    /// the backend's.
+    fn ack(&self, token: AckToken, ack: Ack);
+}
+
+enum Acker {
+    /// Already acked, or disarmed by the backend.
+    Done,
+    Oneshot(oneshot::Sender<Ack>),
+    Sink(Arc<dyn AckSink>, AckToken),
+}
+
 /// A message handed to a subscriber, with the means to ack it.
-#[derive(Debug)]
 pub struct Delivery {
     pub message: Message,
-    ack: Option<oneshot::Sender<Ack>>,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("acked", &matches!(self.acker, Acker::Done))
+            .finish()
+    }
 }
 
 impl Delivery {
@@ -127,25 +207,45 @@ impl Delivery {
         (
             Self {
                 message,
-                ack: Some(tx),
+                acker: Acker::Oneshot(tx),
             },
             rx,
         )
     }
 
+    /// Creates a delivery whose ack is a call to `sink` with `token`.
+    pub fn with_sink(message: Message, sink: Arc<dyn AckSink>, token: AckToken) -> Self {
+        Self {
+            message,
+            acker: Acker::Sink(sink, token),
+        }
+    }
+
     /// Acks the message.
     pub fn ack(mut self, ack: Ack) {
-        if let Some(tx) = self.ack.take() {
-            let _ = tx.send(ack);
+        self.settle(ack);
+    }
+
+    /// Forgets the ack without reporting it (a delivery that never left the
+    /// backend, e.g. its channel was closed).
+    pub(crate) fn disarm(mut self) {
+        self.acker = Acker::Done;
+    }
+
+    fn settle(&mut self, ack: Ack) {
+        match std::mem::replace(&mut self.acker, Acker::Done) {
+            Acker::Done => {}
+            Acker::Oneshot(tx) => {
+                let _ = tx.send(ack);
+            }
+            Acker::Sink(sink, token) => sink.ack(token, ack),
         }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(tx) = self.ack.take() {
-            let _ = tx.send(Ack::Retry);
-        }
+        self.settle(Ack::Retry);
     }
 }
 
