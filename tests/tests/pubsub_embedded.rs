@@ -1,7 +1,7 @@
 //! Pub/sub on the embedded broker of a real `weft` process: publishing,
 //! streaming subscriptions (ordering, no loss, a member leaving mid-run,
 //! RETRY, DROP to a dead-letter topic), the callback model against an
-//! AppCallback server in the test, and bad inputs.
+//! AppCallback server in the test (strict and pipelined), and bad inputs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -648,4 +648,235 @@ async fn bad_inputs_get_clear_errors_and_the_runtime_keeps_serving() {
         .await
         .unwrap();
     c.get_metadata(pb::GetMetadataRequest {}).await.unwrap();
+}
+
+// === the callback model, pipelined ===
+
+/// (key, seq, attempt, partition) of each OnTopicEvent call, in call order.
+type PipelinedCalls = Arc<Mutex<Vec<(String, u64, u64, i64)>>>;
+
+/// An app whose subscription asks for 4 events per partition in flight; each
+/// call takes 20 ms, so calls of one partition overlap when pipelined.
+/// Events are `k<n>` / seq, published round robin over the keys.
+#[derive(Clone, Default)]
+struct PipelinedApp {
+    calls: PipelinedCalls,
+    /// Per partition: calls under way now, and the most at once.
+    in_flight: Arc<Mutex<HashMap<i64, (usize, usize)>>>,
+}
+
+#[tonic::async_trait]
+impl pb::app_callback_server::AppCallback for PipelinedApp {
+    async fn on_invoke(
+        &self,
+        _: Request<common::InvokeRequest>,
+    ) -> Result<Response<common::InvokeResponse>, Status> {
+        Err(Status::unimplemented("no invocation"))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(pb::ListTopicSubscriptionsResponse {
+            subscriptions: vec![pb::TopicSubscription {
+                pubsub_name: "pubsub".into(),
+                topic: "pcb".into(),
+                metadata: HashMap::from([
+                    ("maxInFlightPerPartition".to_string(), "4".to_string()),
+                    ("retryBackoff".to_string(), "50ms".to_string()),
+                ]),
+                routes: None,
+                dead_letter_topic: String::new(),
+                bulk_subscribe: None,
+            }],
+        }))
+    }
+
+    async fn on_topic_event(
+        &self,
+        r: Request<pb::TopicEventRequest>,
+    ) -> Result<Response<pb::TopicEventResponse>, Status> {
+        let ev = r.into_inner();
+        let (key, seq) = key_seq(&ev);
+        let attempt = ext_number(&ev, "attempt").unwrap_or(-1.0) as u64;
+        let partition = ext_number(&ev, "partition").unwrap_or(-1.0) as i64;
+        self.calls
+            .lock()
+            .unwrap()
+            .push((key.clone(), seq, attempt, partition));
+        {
+            let mut f = self.in_flight.lock().unwrap();
+            let e = f.entry(partition).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.in_flight
+            .lock()
+            .unwrap()
+            .entry(partition)
+            .or_default()
+            .0 -= 1;
+        let status = match (key.as_str(), seq, attempt) {
+            ("k0", 3, 0) => EventStatus::Retry,
+            _ => EventStatus::Success,
+        };
+        Ok(Response::new(pb::TopicEventResponse {
+            status: status as i32,
+        }))
+    }
+
+    async fn list_input_bindings(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::ListInputBindingsResponse>, Status> {
+        Ok(Response::new(pb::ListInputBindingsResponse::default()))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: Request<pb::BindingEventRequest>,
+    ) -> Result<Response<pb::BindingEventResponse>, Status> {
+        Err(Status::unimplemented("no bindings"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _: Request<pb::TopicEventBulkRequest>,
+    ) -> Result<Response<pb::TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("no bulk"))
+    }
+
+    async fn on_job_event(
+        &self,
+        _: Request<pb::JobEventRequest>,
+    ) -> Result<Response<pb::JobEventResponse>, Status> {
+        Err(Status::unimplemented("no jobs"))
+    }
+}
+
+/// The callback model with `maxInFlightPerPartition: 4`: up to 4 calls of
+/// one partition run at once. Concurrent unary calls carry no order among
+/// themselves (the runtime starts them in partition order, but they may
+/// reach the app's handlers in any order — which is why the default stays
+/// 1), so this checks what pipelining keeps in this model: nothing is lost,
+/// at most 4 calls of a partition overlap, and commits follow the partition
+/// order — a RETRY in the middle of a window calls that event again and
+/// then every later event of its partition that was already out, never an
+/// earlier one, and no other partition repeats anything.
+#[tokio::test(flavor = "current_thread")]
+async fn callback_model_pipelines_with_ordered_commits() {
+    let app_port = free_port();
+    let weft = Weft::start(
+        WeftOptions::new("pipelined-callback-app")
+            .arg("--app-port")
+            .arg(&app_port.to_string()),
+    )
+    .await
+    .unwrap();
+    let mut c = weft.client().await;
+    let (keys, per_key) = (4, 12u64);
+    for seq in 0..per_key {
+        for k in 0..keys {
+            publish(&mut c, "pcb", &format!("k{k}"), seq).await;
+        }
+    }
+    let app = PipelinedApp::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+        .await
+        .unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::app_callback_server::AppCallbackServer::new(app.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let everything = |calls: &[(String, u64, u64, i64)]| {
+        (0..keys).all(|k| {
+            (0..per_key).all(|s| {
+                calls.iter().any(|c| {
+                    c.0 == format!("k{k}") && c.1 == s && (c.0 != "k0" || c.1 != 3 || c.2 > 0)
+                })
+            })
+        })
+    };
+    let calls = loop {
+        let calls = app.calls.lock().unwrap().clone();
+        if everything(&calls) {
+            // Repeated calls would come right behind; give them a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            break app.calls.lock().unwrap().clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "callback deliveries: {calls:?}\n{}",
+            weft.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.abort();
+
+    // The offset of every (key, seq), and how often each was called.
+    let mut times: HashMap<(String, u64), (usize, i64)> = HashMap::new();
+    for (k, s, _, p) in &calls {
+        times.entry((k.clone(), *s)).or_insert((0, *p)).0 += 1;
+    }
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.0 == "k0" && c.1 == 3)
+            .map(|c| c.2)
+            .collect::<Vec<_>>(),
+        vec![0, 1],
+        "the retried event is called twice, attempts 0 and 1"
+    );
+    // Positions of the events of each partition in publish order.
+    let hot_partition = times[&("k0".to_string(), 3)].1;
+    let on_hot: Vec<(String, u64)> = (0..per_key)
+        .flat_map(|s| (0..keys).map(move |k| (format!("k{k}"), s)))
+        .filter(|m| times[m].1 == hot_partition)
+        .collect();
+    let at = on_hot
+        .iter()
+        .position(|m| *m == ("k0".to_string(), 3))
+        .expect("k0/3 on its partition");
+    let mut repeated_after = 0;
+    for (i, m) in on_hot.iter().enumerate() {
+        let n = times[m].0;
+        if i < at {
+            assert_eq!(n, 1, "{m:?} comes before the retried event: called once");
+        } else if i > at {
+            assert!(n <= 2, "{m:?} called {n} times");
+            if n == 2 {
+                assert!(
+                    i - at <= 3,
+                    "{m:?} is repeated but was not in the window (4) with the retried event"
+                );
+                repeated_after += 1;
+            }
+        }
+    }
+    for (m, (n, p)) in &times {
+        if *p != hot_partition {
+            assert_eq!(*n, 1, "{m:?} is on another partition: called once");
+        }
+    }
+    let most = app
+        .in_flight
+        .lock()
+        .unwrap()
+        .values()
+        .map(|e| e.1)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (2..=4).contains(&most),
+        "calls of one partition overlap, at most 4 at once: {most}"
+    );
+    eprintln!(
+        "pipelined callback: {} calls for {} events, up to {most} of a partition at once; {repeated_after} events after the retried one were out and called again",
+        calls.len(),
+        keys * per_key as usize
+    );
 }

@@ -15,9 +15,13 @@
 //! (allowed: at-least-once, e.g. after a kill or a rebalance — it may repeat
 //! a suffix); `seq > next` means a message was skipped or reordered, which
 //! fails the test. At the end every key must have reached its count. This is
-//! sound because the app records a delivery before acking it, and a
-//! partition's next message is only handed out after the previous one was
-//! acked (so it is already in the record).
+//! sound because the app records a delivery before acking it, a stream
+//! delivers each partition in offset order, and a partition's committed
+//! position — where its next owner starts — never passes a message that was
+//! not acked (so every message before it is already in the record). That
+//! holds strict (one message of a partition out at a time) and pipelined
+//! (`maxInFlightPerPartition`: several out at once, commits over the acked
+//! prefix only); the tests run both ways.
 //!
 //! Kafka tests skip with a notice when `WEFT_TEST_KAFKA_BROKERS` is unset,
 //! and fail when `CI` is set. The tests of this file run one at a time (each
@@ -652,28 +656,60 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
         return;
     };
     let _serial = serial();
+    kafka_kill_and_join(brokers, &[], 100_000, false).await;
+}
+
+/// The same, pipelined (16 events per partition out to the app at once),
+/// killing a runtime whose app stopped acking: its full windows come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_pipelined_group_keeps_key_order_through_kill_and_join() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    kafka_kill_and_join(brokers, &[(PIPELINED, "16")], 60_000, true).await;
+}
+
+/// Subscription metadata of the pipelined tests.
+const PIPELINED: &str = "maxInFlightPerPartition";
+
+/// `hold`: runtime 1's subscriber stops acking at 30 % and the kill waits
+/// until it holds a full window (16) of unacked events, so the kill
+/// certainly leaves pipelined windows behind.
+async fn kafka_kill_and_join(
+    brokers: String,
+    metadata: &[(&str, &str)],
+    n: usize,
+    hold_before_kill: bool,
+) {
     let backend = Backend::Kafka(brokers);
     let res = backend.resources().expect("resources");
     let pubsub = backend.pubsub();
     let (app, topic) = (unique("ordered"), unique("orders"));
-    let plan = Plan::random(1000, 100_000, 0x5eed_1234);
+    let plan = Plan::random(1000, n, 0x5eed_1234);
     let total = plan.total();
     let rec = Recorder::new(&plan.counts, true);
 
     let mut wefts: Vec<Weft> =
         futures::future::join_all((0..3).map(|_| start(&app, Some(res.path())))).await;
+    let hold = Arc::new(AtomicBool::new(false));
     let mut subs: Vec<Option<Sub>> = Vec::new();
     for (i, w) in wefts.iter().enumerate() {
+        let policy = if i == 1 && hold_before_kill {
+            ack_until(hold.clone())
+        } else {
+            ack_all()
+        };
         subs.push(Some(
             subscribe(
                 w.client().await,
                 i,
                 pubsub,
                 &topic,
-                &[],
+                metadata,
                 None,
                 rec.clone(),
-                ack_all(),
+                policy,
             )
             .await,
         ));
@@ -707,6 +743,25 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
         || rec.seen() >= total * 3 / 10,
     )
     .await;
+    let held_by_1 = || -> Vec<Obs> {
+        rec.log()
+            .into_iter()
+            .filter(|o| o.sub == 1 && o.status.is_none())
+            .collect()
+    };
+    if hold_before_kill {
+        hold.store(true, Ordering::SeqCst);
+        let refs: Vec<&Weft> = wefts.iter().collect();
+        wait_until(
+            "kafka: runtime 1 holds a full window",
+            Duration::from_secs(120),
+            &rec,
+            &refs,
+            || held_by_1().len() >= 16,
+        )
+        .await;
+    }
+    let held = held_by_1();
     let before_kill = rec.len();
     wefts[1].signal("KILL");
     let status = wefts[1]
@@ -726,7 +781,7 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
             3,
             pubsub,
             &topic,
-            &[],
+            metadata,
             None,
             rec.clone(),
             ack_all(),
@@ -747,13 +802,16 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
         .await
         .expect("publisher finishes")
         .expect("publisher");
-    rec.assert_complete("kafka, 3 runtimes, kill -9 and join");
+    rec.assert_complete(&format!(
+        "kafka, 3 runtimes, kill -9 and join, {metadata:?}"
+    ));
     let log = rec.log();
     let after_kill = log[before_kill..].iter().filter(|o| o.sub == 3).count();
     eprintln!(
-        "kafka kill/join: {total} messages, {} deliveries, {} redeliveries; the fourth runtime took {after_kill}",
+        "kafka kill/join {metadata:?}: {total} messages, {} deliveries, {} redeliveries ({} held unacked by the killed runtime); the fourth runtime took {after_kill}",
         log.len(),
-        log.len() - total
+        log.len() - total,
+        held.len()
     );
     assert!(
         after_kill > 0,
@@ -763,6 +821,21 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
         log.len() - total == rec.lock().redeliveries,
         "every extra delivery is a counted redelivery"
     );
+    let missing: Vec<&Obs> = held
+        .iter()
+        .filter(|h| {
+            !log[before_kill..]
+                .iter()
+                .any(|o| (o.key, o.seq) == (h.key, h.seq) && o.sub != 1)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of the {} events runtime 1 held unacked when it was killed were not delivered again, e.g. {:?}",
+        missing.len(),
+        held.len(),
+        missing.first()
+    );
 }
 
 /// Embedded broker: three streaming subscribers of one group in one runtime;
@@ -770,6 +843,17 @@ async fn kafka_group_keeps_key_order_through_kill_and_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_group_keeps_key_order_through_disconnect_and_join() {
     let _serial = serial();
+    embedded_disconnect_and_join(&[]).await;
+}
+
+/// The same, pipelined: 16 events per partition out to the app at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_pipelined_group_keeps_key_order_through_disconnect_and_join() {
+    let _serial = serial();
+    embedded_disconnect_and_join(&[(PIPELINED, "16")]).await;
+}
+
+async fn embedded_disconnect_and_join(metadata: &[(&str, &str)]) {
     let backend = Backend::Embedded;
     let pubsub = backend.pubsub();
     let (app, topic) = (unique("ordered"), unique("orders"));
@@ -792,7 +876,7 @@ async fn embedded_group_keeps_key_order_through_disconnect_and_join() {
                 i,
                 pubsub,
                 &topic,
-                &[],
+                metadata,
                 None,
                 rec.clone(),
                 policy,
@@ -848,7 +932,7 @@ async fn embedded_group_keeps_key_order_through_disconnect_and_join() {
             3,
             pubsub,
             &topic,
-            &[],
+            metadata,
             None,
             rec.clone(),
             ack_all(),
@@ -885,11 +969,13 @@ async fn embedded_group_keeps_key_order_through_disconnect_and_join() {
         .await
         .expect("publisher finishes")
         .expect("publisher");
-    rec.assert_complete("embedded, 3 subscribers, abrupt disconnect and join");
+    rec.assert_complete(&format!(
+        "embedded, 3 subscribers, abrupt disconnect and join, {metadata:?}"
+    ));
     let log = rec.log();
     let late = log[cut..].iter().filter(|o| o.sub == 3).count();
     eprintln!(
-        "embedded disconnect/join: {total} messages, {} deliveries, {} redeliveries ({} held by the disconnected subscriber); the new subscriber took {late}",
+        "embedded disconnect/join {metadata:?}: {total} messages, {} deliveries, {} redeliveries ({} held by the disconnected subscriber); the new subscriber took {late}",
         log.len(),
         rec.lock().redeliveries,
         held.len()
@@ -1287,4 +1373,322 @@ async fn kafka_restart_resumes_from_committed_offsets() {
         phase2.len(),
         held.len()
     );
+}
+
+// === pipelining: RETRY in the middle of a window, commits ===
+
+/// Pipelined (8 per partition), with everything published beforehand so the
+/// window is full: a RETRY of one message rewinds its partition to exactly
+/// that message — it comes again (attempt 1) and then everything after it
+/// in order, including the messages that were out (and acked) when it was
+/// retried — while every other partition is delivered once, without a
+/// repeat.
+async fn retry_in_the_middle_of_a_window(backend: Backend) {
+    let pubsub = backend.pubsub();
+    let res = backend.resources();
+    let (app, topic) = (unique("pretry"), unique("pretry"));
+    let weft = start(&app, res.as_ref().map(|d| d.path())).await;
+    // Key 0 has 40 messages, keys 1..32 have 10; interleaved.
+    let mut counts = vec![10u32; 32];
+    counts[0] = 40;
+    let msgs: Vec<(u32, u32)> = (0..40u32)
+        .flat_map(|s| {
+            (0..32u32)
+                .filter(move |k| *k == 0 || s < 10)
+                .map(move |k| (k, s))
+        })
+        .collect();
+    let total = msgs.len();
+    let mut client = weft.client().await;
+    publish(&mut client, pubsub, &topic, &msgs, 256).await;
+
+    let hot = (0u32, 5u32);
+    let rec = Recorder::new(&counts, true);
+    let policy: Policy = Box::new(move |o| {
+        if (o.key, o.seq) == hot && o.attempt == 0 {
+            Decision::Reply(Status::Retry)
+        } else {
+            Decision::Reply(Status::Success)
+        }
+    });
+    let _sub = subscribe(
+        weft.client().await,
+        0,
+        pubsub,
+        &topic,
+        &[(PIPELINED, "8"), ("retryBackoff", "200ms")],
+        None,
+        rec.clone(),
+        policy,
+    )
+    .await;
+    wait_until(
+        "pipelined retry: everything seen",
+        Duration::from_secs(120),
+        &rec,
+        &[&weft],
+        || rec.seen() >= total,
+    )
+    .await;
+    // A redelivered suffix would arrive right behind; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rec.assert_complete("pipelined retry");
+
+    let log = rec.log();
+    let first = log
+        .iter()
+        .find(|o| (o.key, o.seq) == hot)
+        .expect("the retried message was delivered")
+        .clone();
+    let on_hot: Vec<&Obs> = log
+        .iter()
+        .filter(|o| o.partition == first.partition)
+        .collect();
+    let offsets: Vec<i64> = on_hot.iter().map(|o| o.offset).collect();
+    let steps_back: Vec<usize> = (1..offsets.len())
+        .filter(|i| offsets[*i] != offsets[i - 1] + 1)
+        .collect();
+    assert_eq!(
+        steps_back.len(),
+        1,
+        "partition {} of the retried message: offsets must go up one by one except for one step back, got {offsets:?}",
+        first.partition
+    );
+    let r = steps_back[0];
+    assert_eq!(
+        offsets[r], first.offset,
+        "the partition rewinds to the retried message: {offsets:?}"
+    );
+    assert_eq!(
+        (on_hot[r].key, on_hot[r].seq, on_hot[r].attempt),
+        (hot.0, hot.1, 1),
+        "the first redelivery is the retried message, attempt 1"
+    );
+    let past = offsets[r - 1] - first.offset;
+    assert!(
+        (1..8).contains(&past),
+        "when the RETRY came, messages past the retried one were out (pipelined), at most a window's worth: {past}"
+    );
+    for o in &log {
+        if o.partition != first.partition {
+            assert!(
+                o.attempt == 0 && o.status == Some(Status::Success),
+                "other partitions flow once: {o:?}"
+            );
+        }
+    }
+    let others = log
+        .iter()
+        .filter(|o| o.partition != first.partition)
+        .count();
+    assert_eq!(
+        others + (on_hot.len() - past as usize - 1),
+        total,
+        "only the suffix of the retried message's partition is delivered twice"
+    );
+    eprintln!(
+        "pipelined retry: {hot:?} at offset {} of partition {}; {past} messages after it were out and came again after it",
+        first.offset, first.partition
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_pipelined_retry_in_the_middle_of_a_window() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    retry_in_the_middle_of_a_window(Backend::Kafka(brokers)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_pipelined_retry_in_the_middle_of_a_window() {
+    let _serial = serial();
+    retry_in_the_middle_of_a_window(Backend::Embedded).await;
+}
+
+/// Waits (bounded) until nothing new was recorded for `quiet`.
+async fn wait_quiet(what: &str, rec: &Recorder, wefts: &[&Weft], quiet: Duration) {
+    let start = Instant::now();
+    let (mut len, mut since) = (rec.len(), Instant::now());
+    while since.elapsed() < quiet {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{what}: deliveries did not stop within 120 s: {}\n{}",
+            rec.progress(),
+            runtime_logs(wefts)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if rec.len() != len {
+            (len, since) = (rec.len(), Instant::now());
+        }
+    }
+}
+
+/// Pipelined (8 per partition): the app holds (never acks) one message in
+/// some partitions and acks everything else, including what comes after
+/// the held message. Each such partition stops with exactly 8 messages out
+/// past its committed position. After a restart (Kafka: a new runtime of
+/// the same app; embedded: a new subscription of the same group, the broker
+/// lives in the runtime) exactly the suffix from each partition's first
+/// held message is delivered again — the acked messages after it too, the
+/// ones before it never.
+async fn commit_never_skips_an_unacked_message(backend: Backend) {
+    let pubsub = backend.pubsub();
+    let res = backend.resources();
+    let (app, topic) = (unique("pcommit"), unique("pcommit"));
+    let plan = Plan::round_robin(64, 30);
+    let total = plan.total();
+    let rec = Recorder::new(&plan.counts, true);
+    let held = |(k, s): (u32, u32)| k % 5 == 0 && s == 3;
+
+    let mut first = start(&app, res.as_ref().map(|d| d.path())).await;
+    let mut client = first.client().await;
+    publish(&mut client, pubsub, &topic, &plan.msgs, 500).await;
+    let policy: Policy = Box::new(move |o| {
+        if held((o.key, o.seq)) {
+            Decision::Hold
+        } else {
+            Decision::Reply(Status::Success)
+        }
+    });
+    let sub = subscribe(
+        first.client().await,
+        0,
+        pubsub,
+        &topic,
+        &[(PIPELINED, "8")],
+        None,
+        rec.clone(),
+        policy,
+    )
+    .await;
+    wait_until(
+        "commit: something delivered",
+        Duration::from_secs(120),
+        &rec,
+        &[&first],
+        || rec.len() > 0,
+    )
+    .await;
+    wait_quiet("commit: phase 1", &rec, &[&first], Duration::from_secs(3)).await;
+    let phase1 = rec.log();
+    let mut parts: HashMap<i64, Vec<&Obs>> = HashMap::new();
+    for o in &phase1 {
+        parts.entry(o.partition).or_default().push(o);
+    }
+    // Per partition: the offset of its first held message, if any.
+    let mut first_held: HashMap<i64, i64> = HashMap::new();
+    for (p, obs) in &parts {
+        let offsets: Vec<i64> = obs.iter().map(|o| o.offset).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[1] == w[0] + 1),
+            "phase 1, partition {p}: delivered once each, in order: {offsets:?}"
+        );
+        if let Some(h) = obs
+            .iter()
+            .filter(|o| o.status.is_none())
+            .map(|o| o.offset)
+            .min()
+        {
+            first_held.insert(*p, h);
+            assert_eq!(
+                *offsets.last().expect("delivered"),
+                h + 7,
+                "phase 1, partition {p}: first held message at offset {h}, so exactly 8 out past the commit"
+            );
+        }
+    }
+    assert!(
+        !first_held.is_empty(),
+        "no partition holds a message: {}",
+        rec.progress()
+    );
+    let ended = sub.close().await;
+    eprintln!("commit: first subscription closed ({ended})");
+
+    let (second, _first) = match backend {
+        Backend::Kafka(_) => {
+            first.signal("TERM");
+            let status = first
+                .wait_exit(Duration::from_secs(30))
+                .await
+                .expect("graceful stop");
+            assert!(status.success(), "weft exited with {status} on SIGTERM");
+            (
+                start(&app, res.as_ref().map(|d| d.path())).await,
+                Some(first),
+            )
+        }
+        Backend::Embedded => (first, None),
+    };
+    let cut = rec.len();
+    let _sub = subscribe(
+        second.client().await,
+        1,
+        pubsub,
+        &topic,
+        &[(PIPELINED, "8")],
+        None,
+        rec.clone(),
+        ack_all(),
+    )
+    .await;
+    wait_until(
+        "commit: everything seen",
+        Duration::from_secs(120),
+        &rec,
+        &[&second],
+        || rec.seen() >= total,
+    )
+    .await;
+    wait_quiet("commit: phase 2", &rec, &[&second], Duration::from_secs(2)).await;
+    rec.assert_complete("pipelined commits");
+
+    let log = rec.log();
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for o in &log {
+        let l = last.entry(o.partition).or_insert(o.offset);
+        *l = (*l).max(o.offset);
+    }
+    for (p, l) in &last {
+        let again: Vec<i64> = log[cut..]
+            .iter()
+            .filter(|o| o.partition == *p)
+            .map(|o| o.offset)
+            .collect();
+        let from = match first_held.get(p) {
+            Some(h) => *h,
+            None => parts
+                .get(p)
+                .and_then(|obs| obs.last())
+                .map_or(0, |o| o.offset + 1),
+        };
+        let expected: Vec<i64> = (from..=*l).collect();
+        assert_eq!(
+            again, expected,
+            "partition {p} after the restart: exactly the suffix from its first unacked message ({:?})",
+            first_held.get(p)
+        );
+    }
+    eprintln!(
+        "pipelined commits: {} partitions held a message; after the restart each was delivered again from exactly that message; {} deliveries in all for {total} messages",
+        first_held.len(),
+        log.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_pipelined_restart_redelivers_exactly_the_unacked_suffix() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let _serial = serial();
+    commit_never_skips_an_unacked_message(Backend::Kafka(brokers)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_pipelined_resubscribe_redelivers_exactly_the_unacked_suffix() {
+    let _serial = serial();
+    commit_never_skips_an_unacked_message(Backend::Embedded).await;
 }

@@ -509,3 +509,55 @@ fn bad_more_records_close_only_that_session() {
         env.weft.logs()
     );
 }
+
+/// Pipelining over shared memory (`maxInFlightPerPartition: 4`, the same
+/// block path as gRPC): 4 events of a partition arrive without acks and no
+/// more; acks of later ones do not move the window while the first is
+/// unacked; a RETRY in the middle of the window redelivers that event and
+/// then the rest in order.
+#[test]
+fn pipelined_window_over_shm() {
+    let env = start("shm-pipelined");
+    let mut publisher = env.client();
+    let topic = "window";
+    let mut sub = ShmSub::open(
+        env.client(),
+        topic,
+        &[("maxInFlightPerPartition", "4"), ("retryBackoff", "50ms")],
+    );
+    let items: Vec<(String, u64)> = (0..10).map(|s| ("w".to_string(), s)).collect();
+    bulk_publish(&mut publisher, m::BULK_PUBLISH_EVENT, topic, &items);
+    let take = |sub: &mut ShmSub, expected: &[(u64, u64)]| -> Vec<String> {
+        let mut ids = Vec::new();
+        for want in expected {
+            let ev = sub.next_event(WAIT).expect("an event in time");
+            assert_eq!((key_seq(&ev).1, attempt(&ev)), *want, "(seq, attempt)");
+            ids.push(ev.id);
+        }
+        ids
+    };
+    let quiet = Duration::from_millis(300);
+    let w = take(&mut sub, &[(0, 0), (1, 0), (2, 0), (3, 0)]);
+    assert!(sub.next_event(quiet).is_none(), "the window of 4 is full");
+    sub.ack(&w[1], EventStatus::Success);
+    sub.ack(&w[2], EventStatus::Success);
+    assert!(
+        sub.next_event(quiet).is_none(),
+        "0 is unacked: the window does not move"
+    );
+    sub.ack(&w[0], EventStatus::Success);
+    let more = take(&mut sub, &[(4, 0), (5, 0), (6, 0)]);
+    sub.ack(&more[0], EventStatus::Retry);
+    let again = take(&mut sub, &[(4, 1), (5, 0), (6, 0)]);
+    // Acks of hand-outs taken back by the RETRY count for nothing.
+    sub.ack(&more[1], EventStatus::Success);
+    sub.ack(&more[2], EventStatus::Success);
+    assert!(sub.next_event(quiet).is_none(), "3 to 6 are out: full");
+    for id in [&w[3], &again[0], &again[1], &again[2]] {
+        sub.ack(id, EventStatus::Success);
+    }
+    for id in take(&mut sub, &[(7, 0), (8, 0), (9, 0)]) {
+        sub.ack(&id, EventStatus::Success);
+    }
+    assert!(sub.next_event(quiet).is_none(), "everything was acked");
+}
