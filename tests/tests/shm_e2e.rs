@@ -201,8 +201,11 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     let err = err.unwrap_err();
     assert_eq!(err.code, grpc_err.code() as u32);
     assert_eq!(err.message, grpc_err.message());
+    // Invocation is served: an empty request is refused naming the field.
+    let e = c.call(m::INVOKE_SERVICE, &[]).unwrap_err();
+    assert_eq!(e.code, code::INVALID_ARGUMENT, "{e}");
+    assert!(e.message.contains("InvokeServiceRequest.id"), "{e}");
     for (id, block) in [
-        (m::INVOKE_SERVICE, "service invocation"),
         (m::GET_SECRET, "secrets"),
         (m::TRY_LOCK_ALPHA1, "distributed lock"),
         (m::INVOKE_BINDING, "bindings"),
