@@ -291,9 +291,9 @@ impl PubSubBlock {
 
 /// Lets the subscriptions a publish handed messages to (the embedded broker
 /// hands them over during the call) write them to their streams before the
-/// publisher's answer is written: on a one-thread runtime the event then
-/// leaves first, which on this kind of host saves the subscriber tens of
-/// microseconds (measured in docs/benchmarks.md). Costs one task switch.
+/// publisher's answer is written, so on a one-thread runtime the event
+/// leaves first. Costs one task switch; the gain measured end to end is
+/// small and within the noise of a busy host (docs/benchmarks.md).
 async fn deliver_first() {
     tokio::task::yield_now().await;
 }

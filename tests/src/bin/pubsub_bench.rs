@@ -16,7 +16,10 @@
 //!   subscription acks every event as soon as it arrives. Reported: delivered
 //!   messages per second (first publish to last delivery), latency from the
 //!   publish time in the payload to the delivery (saturated: mostly queueing),
-//!   and a check that every key arrived complete and in order.
+//!   and a check that every key arrived complete and in order. Each run is
+//!   made strict (one event per partition out to the app at a time) and,
+//!   unless `--in-flight-per-partition 1`, pipelined (subscription metadata
+//!   `maxInFlightPerPartition`).
 //! * **latency**: one PublishEvent at a time, waiting for its delivery
 //!   (ping-pong), `--latency-msgs` times; p50/p99 of publish → delivery.
 //! * **baseline**: the same ping-pong against the same component type
@@ -55,6 +58,10 @@ usage: pubsub_bench [options]
   --batch N           entries per BulkPublishEvent (default 500)
   --lanes N           concurrent publishers, disjoint keys (default 4)
   --latency-msgs N    ping-pong messages per latency run (default 2000)
+  --in-flight-per-partition N
+                      pipelined throughput rows with this many events per
+                      partition out to the app (maxInFlightPerPartition),
+                      beside the strict rows; 1: strict rows only (default 32)
   --transport T       grpc, shm or both (default both)
   --shm-idle I        how shm clients wait: default (spin 50 µs, yield 50 µs,
                       then sleep), sleep (at once) or spin (never sleep)
@@ -72,6 +79,7 @@ struct Config {
     batch: usize,
     lanes: usize,
     latency_msgs: usize,
+    per_partition: usize,
     transports: Vec<Transport>,
     shm_idle: weft_shm::IdleConfig,
     kafka: Option<String>,
@@ -86,6 +94,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
         batch: 500,
         lanes: 4,
         latency_msgs: 2000,
+        per_partition: 32,
         transports: vec![Transport::Grpc, Transport::Shm],
         shm_idle: weft_shm::IdleConfig::default(),
         kafka: std::env::var("WEFT_TEST_KAFKA_BROKERS")
@@ -107,6 +116,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
             "--batch" => c.batch = val()?.parse()?,
             "--lanes" => c.lanes = val()?.parse()?,
             "--latency-msgs" => c.latency_msgs = val()?.parse()?,
+            "--in-flight-per-partition" => c.per_partition = val()?.parse()?,
             "--transport" => {
                 c.transports = match val()?.as_str() {
                     "grpc" => vec![Transport::Grpc],
@@ -131,8 +141,8 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Config>> {
             other => bail!("unknown argument {other}\n\n{HELP}"),
         }
     }
-    if c.keys == 0 || c.batch == 0 || c.lanes == 0 {
-        bail!("--keys, --batch and --lanes must be positive");
+    if c.keys == 0 || c.batch == 0 || c.lanes == 0 || c.per_partition == 0 {
+        bail!("--keys, --batch, --lanes and --in-flight-per-partition must be positive");
     }
     Ok(Some(c))
 }
@@ -229,11 +239,24 @@ fn parse_payload(data: &[u8]) -> Option<(u32, u32, u64)> {
     ))
 }
 
+/// Subscription metadata: pipelined when `per_partition` > 1.
+fn sub_metadata(per_partition: usize) -> HashMap<String, String> {
+    if per_partition > 1 {
+        HashMap::from([(
+            "maxInFlightPerPartition".to_string(),
+            per_partition.to_string(),
+        )])
+    } else {
+        HashMap::new()
+    }
+}
+
 /// Subscribes and acks every event as soon as it arrives; deliveries go to `out`.
 async fn subscribe(
     mut client: Client,
     pubsub: &str,
     topic: &str,
+    per_partition: usize,
     out: mpsc::UnboundedSender<Got>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel::<pb::SubscribeTopicEventsRequestAlpha1>();
@@ -242,7 +265,7 @@ async fn subscribe(
             pb::SubscribeTopicEventsRequestInitialAlpha1 {
                 pubsub_name: pubsub.into(),
                 topic: topic.into(),
-                metadata: HashMap::new(),
+                metadata: sub_metadata(per_partition),
                 dead_letter_topic: None,
             },
         )),
@@ -294,13 +317,18 @@ struct ShmSub {
 
 impl ShmSub {
     /// Opens the call on `c` and waits for its initial response.
-    fn open(mut c: weft_shm::Client, pubsub: &str, topic: &str) -> anyhow::Result<Self> {
+    fn open(
+        mut c: weft_shm::Client,
+        pubsub: &str,
+        topic: &str,
+        per_partition: usize,
+    ) -> anyhow::Result<Self> {
         let init = pb::SubscribeTopicEventsRequestAlpha1 {
             subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
                 pb::SubscribeTopicEventsRequestInitialAlpha1 {
                     pubsub_name: pubsub.into(),
                     topic: topic.into(),
-                    metadata: HashMap::new(),
+                    metadata: sub_metadata(per_partition),
                     dead_letter_topic: None,
                 },
             )),
@@ -383,6 +411,7 @@ async fn subscribe_shm(
     target: &Target,
     pubsub: &str,
     topic: &str,
+    per_partition: usize,
     out: mpsc::UnboundedSender<Got>,
 ) -> anyhow::Result<()> {
     let (socket, app, idle) = (
@@ -395,8 +424,8 @@ async fn subscribe_shm(
     std::thread::Builder::new()
         .name("shm-subscriber".into())
         .spawn(move || {
-            let sub =
-                shm_connect(&socket, &app, idle).and_then(|c| ShmSub::open(c, &pubsub, &topic));
+            let sub = shm_connect(&socket, &app, idle)
+                .and_then(|c| ShmSub::open(c, &pubsub, &topic, per_partition));
             let mut sub = match sub {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
@@ -468,13 +497,16 @@ async fn throughput(
     pubsub: &'static str,
     cfg: &Config,
     n: usize,
+    per_partition: usize,
 ) -> anyhow::Result<Throughput> {
     let weft = &target.weft;
     let topic = unique("bench");
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     match transport {
-        Transport::Grpc => subscribe(weft.client().await, pubsub, &topic, out_tx).await?,
-        Transport::Shm => subscribe_shm(target, pubsub, &topic, out_tx).await?,
+        Transport::Grpc => {
+            subscribe(weft.client().await, pubsub, &topic, per_partition, out_tx).await?
+        }
+        Transport::Shm => subscribe_shm(target, pubsub, &topic, per_partition, out_tx).await?,
     }
     // Per key: the sequence numbers to publish, split into lanes by key.
     let mut lanes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); cfg.lanes];
@@ -585,7 +617,7 @@ async fn latency(
             let (mut publisher, sub) = (target.shm_client()?, target.shm_client()?);
             tokio::task::spawn_blocking(move || {
                 let topic = unique("lat-shm");
-                let mut sub = ShmSub::open(sub, pubsub, &topic)?;
+                let mut sub = ShmSub::open(sub, pubsub, &topic, 1)?;
                 let mut lat = Vec::with_capacity(msgs);
                 for i in 0..msgs + msgs / 10 {
                     let t = now_ns();
@@ -620,7 +652,7 @@ async fn latency(
 async fn latency_grpc(weft: &Weft, pubsub: &'static str, msgs: usize) -> anyhow::Result<Vec<f64>> {
     let topic = unique("lat");
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    subscribe(weft.client().await, pubsub, &topic, out_tx).await?;
+    subscribe(weft.client().await, pubsub, &topic, 1, out_tx).await?;
     let mut client = weft.client().await;
     let mut lat = Vec::with_capacity(msgs);
     for i in 0..msgs + msgs / 10 {
@@ -699,6 +731,7 @@ async fn baseline_throughput(
     n: usize,
     keys: u32,
     batch: usize,
+    per_partition: usize,
 ) -> anyhow::Result<f64> {
     let mut values = vec![("partitions".to_string(), "8".to_string())];
     if let Some(b) = brokers {
@@ -714,8 +747,10 @@ async fn baseline_throughput(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let topic = unique("base-tp");
+    let mut options = SubscribeOptions::new(topic.clone(), unique("base-group"));
+    options.max_in_flight_per_partition = per_partition;
     let mut rx = ps
-        .subscribe(SubscribeOptions::new(topic.clone(), unique("base-group")))
+        .subscribe(options)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = Instant::now();
@@ -840,38 +875,46 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
         "gRPC floor (unary GetMetadata round trip, p50): {floor:.0} µs; \
          over shm: GetMetadata {shm_md:.1} µs, weft.Echo {shm_echo:.1} µs\n\n"
     ));
-    out.push_str("Throughput (publish and subscribe over the transport named):\n\n| backend | transport | messages | wall s | deliveries/s | sat. p50 ms | sat. p99 ms | out of order | dup | runtime CPU s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("Throughput (publish and subscribe over the transport named; in flight/partition 1 = strict, more = pipelined):\n\n| backend | transport | in flight/partition | messages | wall s | deliveries/s | sat. p50 ms | sat. p99 ms | out of order | dup | runtime CPU s | bench CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut modes = vec![1];
+    if cfg.per_partition > 1 {
+        modes.push(cfg.per_partition);
+    }
     let mut lat_rows = String::new();
     let mut base_rows = String::new();
     let tick = cpu_tick_hz();
     for (name, pubsub, n) in backends {
         let mut via = Vec::new();
         for &tr in &cfg.transports {
-            eprintln!(
-                "pubsub_bench: {name} over {}: throughput, {n} messages",
-                tr.name()
-            );
-            let c0 = cpu_ticks(target.weft.pid());
-            let t = throughput(&target, tr, pubsub, &cfg, n).await?;
-            let cpu = (cpu_ticks(target.weft.pid()) - c0) as f64 / tick;
-            eprintln!(
-                "pubsub_bench: {name} over {}: {:.0} deliveries/s",
-                tr.name(),
-                t.per_sec
-            );
-            out.push_str(&format!(
-                "| {name} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
-                tr.name(),
-                t.messages,
-                t.secs,
-                t.per_sec,
-                t.p50_us / 1000.0,
-                t.p99_us / 1000.0,
-                t.out_of_order,
-                t.duplicates,
-                cpu
-            ));
-            via.push((tr, t.per_sec));
+            for &mode in &modes {
+                eprintln!(
+                    "pubsub_bench: {name} over {}, {mode} in flight per partition: throughput, {n} messages",
+                    tr.name()
+                );
+                let (c0, b0) = (cpu_ticks(target.weft.pid()), cpu_ticks(std::process::id()));
+                let t = throughput(&target, tr, pubsub, &cfg, n, mode).await?;
+                let cpu = (cpu_ticks(target.weft.pid()) - c0) as f64 / tick;
+                let bench_cpu = (cpu_ticks(std::process::id()) - b0) as f64 / tick;
+                eprintln!(
+                    "pubsub_bench: {name} over {}, {mode} in flight per partition: {:.0} deliveries/s",
+                    tr.name(),
+                    t.per_sec
+                );
+                out.push_str(&format!(
+                    "| {name} | {} | {mode} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |\n",
+                    tr.name(),
+                    t.messages,
+                    t.secs,
+                    t.per_sec,
+                    t.p50_us / 1000.0,
+                    t.p99_us / 1000.0,
+                    t.out_of_order,
+                    t.duplicates,
+                    cpu,
+                    bench_cpu
+                ));
+                via.push((tr, mode, t.per_sec));
+            }
         }
         let mut lats = Vec::new();
         for &tr in &cfg.transports {
@@ -888,19 +931,22 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
             "pubsub.embedded"
         };
         let b = baseline(kind, cfg.kafka.as_deref(), cfg.latency_msgs).await?;
-        eprintln!("pubsub_bench: {name}: in-process component throughput");
-        let bt = baseline_throughput(kind, cfg.kafka.as_deref(), n, cfg.keys, cfg.batch).await?;
-        let via_cell = |want: Transport| {
-            via.iter()
-                .find(|(tr, _)| *tr == want)
-                .map(|(_, v)| format!("{v:.0}"))
-                .unwrap_or_else(|| "–".into())
-        };
-        base_rows.push_str(&format!(
-            "| {name} | {n} | {bt:.0} | {} | {} |\n",
-            via_cell(Transport::Grpc),
-            via_cell(Transport::Shm)
-        ));
+        for &mode in &modes {
+            eprintln!("pubsub_bench: {name}: in-process component throughput, {mode} in flight per partition");
+            let bt = baseline_throughput(kind, cfg.kafka.as_deref(), n, cfg.keys, cfg.batch, mode)
+                .await?;
+            let via_cell = |want: Transport| {
+                via.iter()
+                    .find(|(tr, m, _)| *tr == want && *m == mode)
+                    .map(|(_, _, v)| format!("{v:.0}"))
+                    .unwrap_or_else(|| "–".into())
+            };
+            base_rows.push_str(&format!(
+                "| {name} | {mode} | {n} | {bt:.0} | {} | {} |\n",
+                via_cell(Transport::Grpc),
+                via_cell(Transport::Shm)
+            ));
+        }
         for (tr, l) in lats {
             lat_rows.push_str(&format!(
                 "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
@@ -915,7 +961,7 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
     }
     out.push_str("\nPing-pong (one message in flight), µs:\n\n| backend | transport | via weft p50 | via weft p99 | in-process component p50 | in-process p99 | runtime overhead p50 |\n|---|---|---|---|---|---|---|\n");
     out.push_str(&lat_rows);
-    out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | messages | in-process deliveries/s | via weft gRPC deliveries/s | via weft shm deliveries/s |\n|---|---|---|---|---|\n");
+    out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | in flight/partition | messages | in-process deliveries/s | via weft gRPC deliveries/s | via weft shm deliveries/s |\n|---|---|---|---|---|---|\n");
     out.push_str(&base_rows);
     Ok(out)
 }
