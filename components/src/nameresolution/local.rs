@@ -91,10 +91,12 @@ fn tmp_fallback_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/weft-registry-{}", current_uid()))
 }
 
-/// The process's real user id.
+/// The user id this process runs as.
 fn current_uid() -> u32 {
     // /proc/self belongs to the process's (effective) user.
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// `nameresolution.local`; see the module docs.
