@@ -518,7 +518,7 @@ impl Client {
             }
             checks = checks.wrapping_add(1);
             let s = self.session.as_mut().expect("session");
-            if checks % 64 == 0 {
+            if checks.is_multiple_of(64) {
                 if s.seg.session_state() == SESSION_CLOSED {
                     let st = self.read_goodbye();
                     return Err(self.dead(st, sent_at));

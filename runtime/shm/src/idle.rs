@@ -77,7 +77,7 @@ impl Idler {
         }
         let since = *self.since.get_or_insert_with(Instant::now);
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % 32 == 0 {
+        if self.polls.is_multiple_of(32) {
             let idle = since.elapsed();
             self.step = if idle < self.cfg.spin {
                 Step::Spin

@@ -151,7 +151,7 @@ impl Segment {
     }
 
     fn header_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset + 4 <= HEADER_LEN && offset % 4 == 0);
+        assert!(offset + 4 <= HEADER_LEN && offset.is_multiple_of(4));
         // SAFETY: the offset is inside the header of the mapping (asserted),
         // 4-aligned on a page-aligned base, and the mapping lives as long as
         // the returned reference (tied to `&self`). Both processes only ever
