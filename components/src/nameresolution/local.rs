@@ -233,7 +233,7 @@ impl NameResolver for LocalResolver {
             return Err(inner.closed_error());
         }
         if let Some(addrs) = inner.cached(app_id, namespace) {
-            return inner.answer(app_id, namespace, &addrs);
+            return super::answer(&inner.label, app_id, namespace, &addrs);
         }
         check_lookup(&inner.label, app_id, namespace)?;
         // First lookup of this app: read its directory now.
@@ -248,7 +248,7 @@ impl NameResolver for LocalResolver {
             }
         };
         inner.insert_cache(namespace, app_id, addrs.clone());
-        inner.answer(app_id, namespace, &addrs)
+        super::answer(&inner.label, app_id, namespace, &addrs)
     }
 
     async fn close(&self) {
@@ -279,23 +279,6 @@ impl Inner {
     fn cached(&self, app_id: &str, namespace: &str) -> Option<Arc<[SocketAddr]>> {
         let cache = self.cache.read().unwrap();
         cache.get(namespace)?.get(app_id).cloned()
-    }
-
-    fn answer(
-        &self,
-        app_id: &str,
-        namespace: &str,
-        addrs: &[SocketAddr],
-    ) -> Result<Vec<SocketAddr>, ResolveError> {
-        if addrs.is_empty() {
-            Err(ResolveError::NotFound {
-                app_id: app_id.to_string(),
-                namespace: namespace.to_string(),
-                resolver: self.label.clone(),
-            })
-        } else {
-            Ok(addrs.to_vec())
-        }
     }
 
     fn insert_cache(&self, namespace: &str, app_id: &str, addrs: Arc<[SocketAddr]>) {

@@ -176,6 +176,25 @@ pub(crate) fn resolver_label(md: &Metadata) -> String {
     format!("component '{}' ({})", md.component(), md.kind())
 }
 
+/// The answer to a lookup from the addresses known for an app: none is
+/// [`ResolveError::NotFound`] naming the app, the namespace and `resolver`.
+pub(crate) fn answer(
+    resolver: &str,
+    app_id: &str,
+    namespace: &str,
+    addrs: &[SocketAddr],
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    if addrs.is_empty() {
+        Err(ResolveError::NotFound {
+            app_id: app_id.to_string(),
+            namespace: namespace.to_string(),
+            resolver: resolver.to_string(),
+        })
+    } else {
+        Ok(addrs.to_vec())
+    }
+}
+
 /// Checks that `value` can be one path segment (see the module docs).
 pub(crate) fn check_name(
     resolver: &str,

@@ -363,7 +363,7 @@ impl NameResolver for ZookeeperResolver {
         };
         let view = entry.view.read().unwrap().clone();
         match view {
-            View::Known(addrs) => inner.answer(app_id, namespace, &addrs),
+            View::Known(addrs) => super::answer(&inner.label, app_id, namespace, &addrs),
             View::Failed(reason) => Err(ResolveError::Unavailable {
                 resolver: inner.label.clone(),
                 reason,
@@ -375,7 +375,7 @@ impl NameResolver for ZookeeperResolver {
                 drop(wait);
                 let mut view = entry.view.write().unwrap();
                 match &*view {
-                    View::Known(addrs) => inner.answer(app_id, namespace, addrs),
+                    View::Known(addrs) => super::answer(&inner.label, app_id, namespace, addrs),
                     View::Failed(reason) => Err(ResolveError::Unavailable {
                         resolver: inner.label.clone(),
                         reason: reason.clone(),
@@ -482,23 +482,6 @@ impl Inner {
 
     fn set_last_error(&self, e: String) {
         *self.last_error.lock().unwrap() = e;
-    }
-
-    fn answer(
-        &self,
-        app_id: &str,
-        namespace: &str,
-        addrs: &[SocketAddr],
-    ) -> Result<Vec<SocketAddr>, ResolveError> {
-        if addrs.is_empty() {
-            Err(ResolveError::NotFound {
-                app_id: app_id.to_string(),
-                namespace: namespace.to_string(),
-                resolver: self.label.clone(),
-            })
-        } else {
-            Ok(addrs.to_vec())
-        }
     }
 
     fn cached_entry(&self, app_id: &str, namespace: &str) -> Option<Arc<AppEntry>> {
