@@ -12,7 +12,7 @@ use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 
 use crate::api::headers;
-use crate::blocks::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
+use crate::blocks::invoke::{deadline_fired, AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
 use crate::blocks::pubsub::{AppChannel, AppChannelError};
 use crate::coalesce::Coalesce;
 
@@ -116,6 +116,7 @@ impl AppInvoker for GrpcAppChannel {
     ) -> BoxFuture<'_, Result<Invoked, tonic::Status>> {
         let mut client = self.client.clone();
         Box::pin(async move {
+            let method = req.method.clone();
             let mut request = tonic::Request::new(req);
             headers::extend_metadata(request.metadata_mut(), &forward);
             request.set_timeout(timeout);
@@ -127,6 +128,9 @@ impl AppInvoker for GrpcAppChannel {
                         headers: headers::from_metadata(&md),
                     })
                 }
+                Err(status) if deadline_fired(&status) => Err(tonic::Status::deadline_exceeded(
+                    format!("the app did not answer method '{method}' within {timeout:?}"),
+                )),
                 Err(status) => {
                     // The app's own error, marked so that callers do not
                     // mistake it for a failing runtime.

@@ -28,6 +28,20 @@ pub const CALLEE_APP_ID_HEADER: &str = "dapr-callee-app-id";
 /// Response header marking an error status as the called app's own.
 pub const ERROR_ORIGIN_HEADER: &str = "weft-error-origin";
 
+/// Whether `status` is tonic's own client-side deadline (`grpc-timeout`)
+/// firing — the call ran out of time, which is neither the peer's answer nor
+/// a broken connection.
+pub fn deadline_fired(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Gives the answer of an invocation with the response headers to forward.
 pub struct Invoked {
     pub response: common::InvokeResponse,

@@ -27,7 +27,9 @@ use weft_proto::mesh::mesh_client::MeshClient as GrpcMeshClient;
 
 use super::balancer::{Balancer, InstanceStats, LbPolicy};
 use super::io::MaybeTls;
-use crate::blocks::invoke::{header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER};
+use crate::blocks::invoke::{
+    deadline_fired, header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER,
+};
 use crate::coalesce::Coalesce;
 use crate::security::tls::{peer_identity, MeshTls};
 
@@ -213,6 +215,12 @@ impl MeshClient {
                 let _in_flight = chosen.stats.start_call();
                 tokio::time::timeout(left, client.invoke(request)).await
             };
+            let out_of_time = || {
+                Status::deadline_exceeded(format!(
+                    "invocation of app '{app_id}' (instance {}) did not complete within {timeout:?}",
+                    chosen.stats.addr
+                ))
+            };
             match outcome {
                 Ok(Ok(resp)) => {
                     chosen.stats.record_success();
@@ -231,6 +239,9 @@ impl MeshClient {
                         describe(&status)
                     )));
                 }
+                // tonic's own grpc-timeout timer, racing ours: the same
+                // answer as ours, and not the instance's fault.
+                Ok(Err(status)) if deadline_fired(&status) => return Err(out_of_time()),
                 Ok(Err(status)) => {
                     if !is_transport_failure(&status) {
                         // An answer of the called runtime or app.
@@ -246,12 +257,7 @@ impl MeshClient {
                         describe(&status)
                     )));
                 }
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "invocation of app '{app_id}' (instance {}) did not complete within {timeout:?}",
-                        chosen.stats.addr
-                    )))
-                }
+                Err(_) => return Err(out_of_time()),
             }
         }
         Err(last_error.unwrap_or_else(|| {
