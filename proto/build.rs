@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "dapr/proto/runtime/v1/secret.proto",
     "dapr/proto/runtime/v1/state.proto",
     "weft/internal/v1/mesh.proto",
+    "weft/runtime/v1/appchannel.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

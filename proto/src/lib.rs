@@ -39,11 +39,22 @@ pub mod weft {
             tonic::include_proto!("weft.internal.v1");
         }
     }
+
+    /// `weft.runtime.*`
+    pub mod runtime {
+        /// `weft.runtime.v1`: app-facing services beyond the Dapr API
+        /// (`AppChannel`).
+        #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+        pub mod v1 {
+            tonic::include_proto!("weft.runtime.v1");
+        }
+    }
 }
 
 pub use dapr::proto::common::v1 as common;
 pub use dapr::proto::runtime::v1 as runtime;
 pub use weft::internal::v1 as mesh;
+pub use weft::runtime::v1 as appchannel;
 
 /// Encoded `FileDescriptorSet` of every compiled proto (for gRPC reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -77,6 +77,10 @@ impl Runtime {
         let api = api::grpc::DaprApi::new(blocks.clone());
         let routes = tonic::service::Routes::new(
             api.into_service(config.api_token.clone(), config.max_body_size),
+        )
+        .add_service(
+            api::grpc::WeftApi::new(blocks.clone())
+                .into_service(config.api_token.clone(), config.max_body_size),
         );
         let mut servers = Vec::new();
 

@@ -8,6 +8,8 @@ use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use weft_proto::appchannel as ac;
+use weft_proto::appchannel::app_channel_server::{AppChannel, AppChannelServer};
 use weft_proto::common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_server::{Dapr, DaprServer};
@@ -357,5 +359,56 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
+
+type InvocationStream =
+    Pin<Box<dyn Stream<Item = Result<ac::ServeInvocationsResponse, Status>> + Send>>;
+
+/// Weft's own app-facing services (`weft.runtime.v1`), beside the Dapr API.
+#[derive(Clone)]
+pub struct WeftApi {
+    blocks: Arc<Blocks>,
+}
+
+impl WeftApi {
+    pub fn new(blocks: Arc<Blocks>) -> Self {
+        Self { blocks }
+    }
+
+    /// The tonic service, with the same API-token check and size limit as
+    /// the Dapr API.
+    pub fn into_service(
+        self,
+        api_token: Option<String>,
+        max_body_size: usize,
+    ) -> tonic::service::interceptor::InterceptedService<AppChannelServer<WeftApi>, TokenCheck>
+    {
+        let server = AppChannelServer::new(self)
+            .max_decoding_message_size(max_body_size)
+            .max_encoding_message_size(usize::MAX);
+        tonic::service::interceptor::InterceptedService::new(
+            server,
+            TokenCheck {
+                token: api_token.map(Arc::from),
+            },
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl AppChannel for WeftApi {
+    type ServeInvocationsStream = InvocationStream;
+
+    async fn serve_invocations(
+        &self,
+        r: Request<Streaming<ac::ServeInvocationsRequest>>,
+    ) -> Result<Response<Self::ServeInvocationsStream>, Status> {
+        let requests = r
+            .into_inner()
+            .map(|m| m.map_err(|s| ApiError::new(s.code(), s.message())));
+        let rx = self.blocks.invoke.serve_invocations(requests)?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -19,6 +19,8 @@ use weft_proto::common;
 use weft_proto::mesh;
 use weft_proto::runtime as pb;
 
+use super::invoke_stream::{InvocationStream, InvocationStreams};
+use crate::error::ApiError;
 use crate::security::access::{AccessPolicy, Caller, Decision};
 
 /// Header with the calling app's id, as Dapr sets it for the called app.
@@ -43,6 +45,7 @@ pub fn deadline_fired(status: &Status) -> bool {
 }
 
 /// Gives the answer of an invocation with the response headers to forward.
+#[derive(Debug)]
 pub struct Invoked {
     pub response: common::InvokeResponse,
     pub headers: Vec<mesh::Header>,
@@ -90,6 +93,9 @@ pub struct InvokeBlock {
     access: AccessPolicy,
     remote: OnceLock<Arc<dyn RemoteInvoker>>,
     app: OnceLock<Arc<dyn AppInvoker>>,
+    /// Streams the app opened to receive invocations (`ServeInvocations`),
+    /// used when it serves no AppCallback port.
+    streams: Arc<InvocationStreams>,
 }
 
 impl InvokeBlock {
@@ -108,6 +114,7 @@ impl InvokeBlock {
             access,
             remote: OnceLock::new(),
             app: OnceLock::new(),
+            streams: Arc::default(),
         }
     }
 
@@ -124,6 +131,29 @@ impl InvokeBlock {
     /// Connects the local app, when it serves `AppCallback` (--app-port).
     pub fn set_app(&self, app: Arc<dyn AppInvoker>) {
         let _ = self.app.set(app);
+    }
+
+    /// `ServeInvocations`: the app receives this runtime's invocations over
+    /// a stream it opened. Refused when the app has an AppCallback port,
+    /// which is where invocations go then.
+    pub fn serve_invocations<S>(&self, requests: S) -> Result<InvocationStream, ApiError>
+    where
+        S: futures::Stream<
+                Item = Result<weft_proto::appchannel::ServeInvocationsRequest, ApiError>,
+            > + Send
+            + Unpin
+            + 'static,
+    {
+        if self.app.get().is_some() {
+            return Err(ApiError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "app '{}' receives invocations on its AppCallback port (--app-port/--app-socket); ServeInvocations is for apps without one",
+                    self.app_id
+                ),
+            ));
+        }
+        Ok(self.streams.serve(requests))
     }
 
     /// `InvokeService` from the local app. `deadline` is what is left of the
@@ -235,16 +265,22 @@ impl InvokeBlock {
         self.app()?.on_invoke(message, headers, timeout).await
     }
 
-    fn app(&self) -> Result<&Arc<dyn AppInvoker>, Status> {
-        self.app.get().ok_or_else(|| {
-            Status::new(
-                Code::Unimplemented,
-                format!(
-                    "app '{}' has no app channel: start its runtime with --app-port or --app-socket to receive invocations",
-                    self.app_id
-                ),
-            )
-        })
+    /// Where the app receives invocations: its AppCallback port, else the
+    /// streams it opened.
+    fn app(&self) -> Result<&dyn AppInvoker, Status> {
+        if let Some(app) = self.app.get() {
+            return Ok(app.as_ref());
+        }
+        if self.streams.any() {
+            return Ok(self.streams.as_ref());
+        }
+        Err(Status::new(
+            Code::Unimplemented,
+            format!(
+                "app '{}' has no app channel: start its runtime with --app-port or --app-socket, or open AppChannel.ServeInvocations from the app, to receive invocations",
+                self.app_id
+            ),
+        ))
     }
 }
 

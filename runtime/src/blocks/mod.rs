@@ -3,6 +3,7 @@
 
 pub mod configuration;
 pub mod invoke;
+pub mod invoke_stream;
 pub mod metadata;
 pub mod pubsub;
 pub mod state;

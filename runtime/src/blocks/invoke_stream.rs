@@ -1,0 +1,459 @@
+//! Invocations delivered over streams the app opens (`ServeInvocations`),
+//! for apps with no AppCallback port: the same calls [`super::invoke`]
+//! hands to an [`AppInvoker`], written as stream messages, with the app's
+//! results matched back by id.
+//!
+//! Transport-neutral: gRPC and shared memory both feed the app's messages
+//! in and write the returned messages out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Status};
+use weft_proto::appchannel as ac;
+use weft_proto::{common, mesh};
+
+use super::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
+use crate::error::ApiError;
+
+/// Invocations written to one stream and not answered yet.
+const STREAM_BUFFER: usize = 256;
+
+/// What a stream's reader gets: the runtime's messages, or the error that
+/// ends the stream.
+pub type InvocationStream = mpsc::Receiver<Result<ac::ServeInvocationsResponse, ApiError>>;
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Invoked, Status>>>>;
+
+/// One open `ServeInvocations` stream.
+struct Attached {
+    key: u64,
+    tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, ApiError>>,
+    pending: Arc<Pending>,
+}
+
+/// The app's open invocation streams.
+#[derive(Default)]
+pub struct InvocationStreams {
+    streams: Mutex<Vec<Arc<Attached>>>,
+    next_key: AtomicU64,
+    next_id: AtomicU64,
+    turn: AtomicUsize,
+}
+
+impl InvocationStreams {
+    /// Whether at least one stream is open.
+    pub fn any(&self) -> bool {
+        self.streams.lock().map(|s| !s.is_empty()).unwrap_or(false)
+    }
+
+    /// Serves one stream: `requests` are the app's messages. The first must
+    /// be `initial`; the stream is registered before `initial_response` is
+    /// written, so a call made after the app saw it reaches the app.
+    pub fn serve<S>(self: &Arc<Self>, requests: S) -> InvocationStream
+    where
+        S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let streams = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = streams.run(requests, tx.clone()).await {
+                tracing::debug!(error = %e.message, "invocation stream closed with an error");
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn run<S>(
+        &self,
+        mut requests: S,
+        tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, ApiError>>,
+    ) -> Result<(), ApiError>
+    where
+        S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
+    {
+        use ac::serve_invocations_request::Kind;
+        match requests.next().await {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(ac::ServeInvocationsRequest {
+                kind: Some(Kind::Initial(_)),
+            })) => {}
+            Some(Ok(_)) => {
+                return Err(ApiError::invalid_argument(
+                    "the first ServeInvocationsRequest must be 'initial'",
+                ))
+            }
+        }
+        let attached = Arc::new(Attached {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            tx,
+            pending: Arc::default(),
+        });
+        if let Ok(mut s) = self.streams.lock() {
+            s.push(attached.clone());
+        }
+        // Whatever ends the stream, it stops taking calls, and the calls
+        // it had not answered fail (their senders are dropped).
+        let _detach = Detach {
+            streams: self,
+            key: attached.key,
+        };
+        let initial = ac::ServeInvocationsResponse {
+            kind: Some(ac::serve_invocations_response::Kind::InitialResponse(
+                ac::ServeInvocationsInitialResponse {},
+            )),
+        };
+        if attached.tx.send(Ok(initial)).await.is_err() {
+            return Ok(());
+        }
+        while let Some(msg) = requests.next().await {
+            match msg?.kind {
+                Some(Kind::Result(result)) => {
+                    let waiter = attached
+                        .pending
+                        .lock()
+                        .ok()
+                        .and_then(|mut p| p.remove(&result.id));
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(answer(result));
+                        }
+                        // The call timed out or its caller went away.
+                        None => tracing::debug!(
+                            id = result.id,
+                            "invocation result for a call no longer waiting; dropped"
+                        ),
+                    }
+                }
+                Some(Kind::Initial(_)) => {
+                    return Err(ApiError::invalid_argument(
+                        "ServeInvocationsRequest 'initial' was sent again; only the first message may be 'initial'",
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid_argument(
+                        "ServeInvocationsRequest.kind is required and was empty",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next open stream, round robin.
+    fn pick(&self) -> Option<Arc<Attached>> {
+        let streams = self.streams.lock().ok()?;
+        if streams.is_empty() {
+            return None;
+        }
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % streams.len();
+        Some(streams[i].clone())
+    }
+
+    fn detach(&self, key: u64) {
+        let gone = self.streams.lock().ok().and_then(|mut s| {
+            let i = s.iter().position(|a| a.key == key)?;
+            Some(s.remove(i))
+        });
+        if let Some(a) = gone {
+            if let Ok(mut p) = a.pending.lock() {
+                p.clear();
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        req: common::InvokeRequest,
+        headers: Vec<mesh::Header>,
+        timeout: Duration,
+    ) -> Result<Invoked, Status> {
+        let method = req.method.clone();
+        let Some(stream) = self.pick() else {
+            return Err(Status::unavailable(format!(
+                "the app's invocation streams closed before method '{method}' could be delivered"
+            )));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        if let Ok(mut p) = stream.pending.lock() {
+            p.insert(id, done);
+        }
+        // Forgets the call however this future ends (answer, timeout, or
+        // the caller going away).
+        let _forget = Forget {
+            pending: &stream.pending,
+            id,
+        };
+        let invocation = ac::ServeInvocationsResponse {
+            kind: Some(ac::serve_invocations_response::Kind::Invocation(
+                ac::Invocation {
+                    id,
+                    request: Some(req),
+                    metadata: headers
+                        .into_iter()
+                        .map(|h| ac::Metadata {
+                            key: h.key,
+                            values: h.values,
+                        })
+                        .collect(),
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                },
+            )),
+        };
+        let closed = || {
+            Status::unavailable(format!(
+                "the app's invocation stream closed before it answered method '{method}'"
+            ))
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            if stream.tx.send(Ok(invocation)).await.is_err() {
+                return Err(closed());
+            }
+            answer.await.unwrap_or_else(|_| Err(closed()))
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "the app did not answer method '{method}' within {timeout:?}"
+            )))
+        })
+    }
+}
+
+impl AppInvoker for InvocationStreams {
+    fn on_invoke(
+        &self,
+        req: common::InvokeRequest,
+        headers: Vec<mesh::Header>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Invoked, Status>> {
+        Box::pin(self.call(req, headers, timeout))
+    }
+}
+
+/// The app's result as the caller sees it.
+fn answer(result: ac::InvocationResult) -> Result<Invoked, Status> {
+    let headers = result
+        .metadata
+        .into_iter()
+        .map(|m| mesh::Header {
+            key: m.key,
+            values: m.values,
+        })
+        .collect();
+    if result.code == 0 {
+        return Ok(Invoked {
+            response: result.response.unwrap_or_default(),
+            headers,
+        });
+    }
+    let mut status = Status::with_details(
+        Code::from_i32(result.code),
+        result.message,
+        result.details.into(),
+    );
+    status.metadata_mut().insert(
+        ERROR_ORIGIN_HEADER,
+        tonic::metadata::MetadataValue::from_static("app"),
+    );
+    Err(status)
+}
+
+struct Detach<'a> {
+    streams: &'a InvocationStreams,
+    key: u64,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.streams.detach(self.key);
+    }
+}
+
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ac::serve_invocations_request::Kind as In;
+    use ac::serve_invocations_response::Kind as Out;
+
+    fn initial() -> Result<ac::ServeInvocationsRequest, ApiError> {
+        Ok(ac::ServeInvocationsRequest {
+            kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
+        })
+    }
+
+    fn request(method: &str) -> common::InvokeRequest {
+        common::InvokeRequest {
+            method: method.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Opens a stream; returns the app's sender and the runtime's messages,
+    /// after the initial response.
+    async fn open(
+        streams: &Arc<InvocationStreams>,
+    ) -> (
+        mpsc::UnboundedSender<Result<ac::ServeInvocationsRequest, ApiError>>,
+        InvocationStream,
+    ) {
+        let (app, rx) = mpsc::unbounded_channel();
+        app.send(initial()).unwrap();
+        let mut out = streams.serve(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let first = out.recv().await.unwrap().unwrap();
+        assert!(matches!(first.kind, Some(Out::InitialResponse(_))));
+        (app, out)
+    }
+
+    fn invocation(msg: Result<ac::ServeInvocationsResponse, ApiError>) -> ac::Invocation {
+        match msg.unwrap().kind {
+            Some(Out::Invocation(i)) => i,
+            other => panic!("expected an invocation, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn results_are_matched_by_id_in_any_order() {
+        let streams = Arc::new(InvocationStreams::default());
+        let (app, mut out) = open(&streams).await;
+        let s = streams.clone();
+        let a = tokio::spawn(async move {
+            s.call(request("a"), Vec::new(), Duration::from_secs(5))
+                .await
+        });
+        let first = invocation(out.recv().await.unwrap());
+        let s = streams.clone();
+        let b = tokio::spawn(async move {
+            s.call(request("b"), Vec::new(), Duration::from_secs(5))
+                .await
+        });
+        let second = invocation(out.recv().await.unwrap());
+        assert_ne!(first.id, second.id);
+        let reply = |id, code: i32, text: &str| {
+            Ok(ac::ServeInvocationsRequest {
+                kind: Some(In::Result(ac::InvocationResult {
+                    id,
+                    response: Some(common::InvokeResponse {
+                        data: Some(prost_types::Any {
+                            type_url: String::new(),
+                            value: text.as_bytes().to_vec(),
+                        }),
+                        content_type: "text/plain".into(),
+                    }),
+                    code,
+                    message: text.into(),
+                    ..Default::default()
+                })),
+            })
+        };
+        // Answered in reverse order; the second fails.
+        app.send(reply(second.id, Code::NotFound as i32, "no b"))
+            .unwrap();
+        app.send(reply(first.id, 0, "A")).unwrap();
+        let ok = a.await.unwrap().unwrap();
+        assert_eq!(ok.response.data.unwrap().value, b"A");
+        let err = b.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(err.message(), "no b");
+        assert!(err.metadata().get(ERROR_ORIGIN_HEADER).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closing_stream_fails_its_calls_and_takes_no_more() {
+        let streams = Arc::new(InvocationStreams::default());
+        let (app, mut out) = open(&streams).await;
+        let s = streams.clone();
+        let call = tokio::spawn(async move {
+            s.call(request("m"), Vec::new(), Duration::from_secs(5))
+                .await
+        });
+        invocation(out.recv().await.unwrap());
+        drop(app);
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("'m'"), "{err:?}");
+        assert!(!streams.any());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_call_times_out_and_a_late_result_is_dropped() {
+        let streams = Arc::new(InvocationStreams::default());
+        let (app, mut out) = open(&streams).await;
+        let err = streams
+            .call(request("slow"), Vec::new(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+        let late = invocation(out.recv().await.unwrap());
+        assert!(late.timeout_ms <= 50);
+        app.send(Ok(ac::ServeInvocationsRequest {
+            kind: Some(In::Result(ac::InvocationResult {
+                id: late.id,
+                ..Default::default()
+            })),
+        }))
+        .unwrap();
+        // The stream is still fine.
+        let s = streams.clone();
+        let next = tokio::spawn(async move {
+            s.call(request("next"), Vec::new(), Duration::from_secs(5))
+                .await
+        });
+        let i = invocation(out.recv().await.unwrap());
+        app.send(Ok(ac::ServeInvocationsRequest {
+            kind: Some(In::Result(ac::InvocationResult {
+                id: i.id,
+                ..Default::default()
+            })),
+        }))
+        .unwrap();
+        assert!(next.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn bad_streams_are_refused_with_the_reason() {
+        let streams = Arc::new(InvocationStreams::default());
+        // Not opened with 'initial'.
+        let (app, rx) = mpsc::unbounded_channel();
+        app.send(Ok(ac::ServeInvocationsRequest { kind: None }))
+            .unwrap();
+        let mut out = streams.serve(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let err = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        assert!(err.message.contains("first"), "{err:?}");
+        assert!(!streams.any());
+
+        // 'initial' twice, then an empty message.
+        let (app, mut out) = open(&streams).await;
+        app.send(initial()).unwrap();
+        let err = out.recv().await.unwrap().unwrap_err();
+        assert!(err.message.contains("again"), "{err:?}");
+        assert!(!streams.any());
+        let (app, mut out) = open(&streams).await;
+        app.send(Ok(ac::ServeInvocationsRequest { kind: None }))
+            .unwrap();
+        let err = out.recv().await.unwrap().unwrap_err();
+        assert!(err.message.contains("kind"), "{err:?}");
+    }
+}
