@@ -9,12 +9,17 @@
 //! * `fail`: answers FAILED_PRECONDITION "app says no" with details;
 //! * `sleep/<ms>`: waits, then echoes;
 //! * anything else: NOT_FOUND from the app.
+//!
+//! It serves AppCallback on a port or Unix socket, or receives the same
+//! invocations over `weft.runtime.v1.AppChannel/ServeInvocations`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
+use weft_proto::appchannel as ac;
+use weft_proto::appchannel::app_channel_client::AppChannelClient;
 use weft_proto::common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_server::{AppCallback, AppCallbackServer};
@@ -73,25 +78,16 @@ impl InvokeApp {
     }
 }
 
-#[tonic::async_trait]
-impl AppCallback for InvokeApp {
-    async fn on_invoke(
+impl InvokeApp {
+    /// Answers one invocation: the response and its metadata. `seen` is the
+    /// request's metadata, `deadline` the timeout the app was given.
+    pub async fn handle(
         &self,
-        r: Request<common::InvokeRequest>,
-    ) -> Result<Response<common::InvokeResponse>, Status> {
+        req: common::InvokeRequest,
+        seen: Vec<(String, String)>,
+        deadline: Option<String>,
+    ) -> Result<(common::InvokeResponse, Vec<(String, String)>), Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let seen: Vec<(String, String)> = r
-            .metadata()
-            .as_ref()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let deadline = r
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let req = r.into_inner();
         let method = req.method.clone();
         if method == "fail" {
             return Err(Status::with_details(
@@ -108,31 +104,137 @@ impl AppCallback for InvokeApp {
         } else if method != "echo" {
             return Err(Status::not_found(format!("no method '{method}'")));
         }
-        let mut resp = Response::new(common::InvokeResponse {
-            data: req.data,
-            content_type: req.content_type,
-        });
-        let md = resp.metadata_mut();
-        md.insert("x-instance", self.name.parse().expect("ascii name"));
-        for (k, v) in seen {
-            if let (Ok(key), Ok(val)) = (
-                format!("x-seen-{k}").parse::<tonic::metadata::MetadataKey<_>>(),
-                v.parse(),
-            ) {
-                md.append(key, val);
-            }
-        }
+        let mut md = vec![("x-instance".to_string(), self.name.clone())];
+        md.extend(seen.into_iter().map(|(k, v)| (format!("x-seen-{k}"), v)));
         if let Some(ext) = req.http_extension {
             let verb = common::http_extension::Verb::try_from(ext.verb)
                 .map(|v| v.as_str_name())
                 .unwrap_or("?");
-            md.insert("x-verb", verb.parse().expect("ascii"));
-            if let Ok(q) = ext.querystring.parse() {
-                md.insert("x-query", q);
+            md.push(("x-verb".into(), verb.into()));
+            md.push(("x-query".into(), ext.querystring));
+        }
+        if let Some(d) = deadline {
+            md.push(("x-deadline".into(), d));
+        }
+        let resp = common::InvokeResponse {
+            data: req.data,
+            content_type: req.content_type,
+        };
+        Ok((resp, md))
+    }
+
+    /// Receives invocations over `AppChannel.ServeInvocations` on the
+    /// runtime behind `channel` instead of serving a port. Returns once the
+    /// runtime has registered the stream; dropping the handle closes it.
+    pub async fn serve_stream(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> Result<StreamApp, Status> {
+        use ac::serve_invocations_request::Kind as In;
+        use ac::serve_invocations_response::Kind as Out;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(ac::ServeInvocationsRequest {
+            kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
+        });
+        let mut client = AppChannelClient::new(channel);
+        let mut incoming = client
+            .serve_invocations(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match incoming.message().await? {
+            Some(ac::ServeInvocationsResponse {
+                kind: Some(Out::InitialResponse(_)),
+            }) => {}
+            other => {
+                return Err(Status::internal(format!(
+                    "expected the initial response, got {other:?}"
+                )))
             }
         }
-        if let Some(d) = deadline.and_then(|d| d.parse().ok()) {
-            md.insert("x-deadline", d);
+        let app = self.clone();
+        let results = tx.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = incoming.message().await {
+                let Some(Out::Invocation(inv)) = msg.kind else {
+                    continue;
+                };
+                let app = app.clone();
+                let results = results.clone();
+                tokio::spawn(async move {
+                    let seen = inv
+                        .metadata
+                        .iter()
+                        .flat_map(|m| m.values.iter().map(|v| (m.key.clone(), v.clone())))
+                        .collect();
+                    let deadline = Some(format!("{}m", inv.timeout_ms));
+                    let req = inv.request.unwrap_or_default();
+                    let result = match app.handle(req, seen, deadline).await {
+                        Ok((response, md)) => ac::InvocationResult {
+                            id: inv.id,
+                            response: Some(response),
+                            metadata: md
+                                .into_iter()
+                                .map(|(key, v)| ac::Metadata {
+                                    key,
+                                    values: vec![v],
+                                })
+                                .collect(),
+                            ..Default::default()
+                        },
+                        Err(status) => ac::InvocationResult {
+                            id: inv.id,
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                            details: status.details().to_vec(),
+                            ..Default::default()
+                        },
+                    };
+                    let _ = results.send(ac::ServeInvocationsRequest {
+                        kind: Some(In::Result(result)),
+                    });
+                });
+            }
+        });
+        Ok(StreamApp { _tx: tx, task })
+    }
+}
+
+/// An app instance receiving invocations over a stream it opened.
+pub struct StreamApp {
+    _tx: tokio::sync::mpsc::UnboundedSender<ac::ServeInvocationsRequest>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StreamApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallback for InvokeApp {
+    async fn on_invoke(
+        &self,
+        r: Request<common::InvokeRequest>,
+    ) -> Result<Response<common::InvokeResponse>, Status> {
+        let seen: Vec<(String, String)> = r
+            .metadata()
+            .as_ref()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let deadline = r
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (body, md) = self.handle(r.into_inner(), seen, deadline).await?;
+        let mut resp = Response::new(body);
+        let map = resp.metadata_mut();
+        for (k, v) in md {
+            if let (Ok(key), Ok(val)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
+                map.append(key, val);
+            }
         }
         Ok(resp)
     }

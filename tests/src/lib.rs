@@ -184,12 +184,16 @@ impl Weft {
 
     /// A gRPC client on the TCP port.
     pub async fn client(&self) -> DaprClient<Channel> {
-        let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))
+        DaprClient::new(self.channel().await)
+    }
+
+    /// A connection to the gRPC port (for Weft's own services too).
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))
             .expect("endpoint")
             .connect()
             .await
-            .expect("connect to weft gRPC");
-        DaprClient::new(ch)
+            .expect("connect to weft gRPC")
     }
 
     /// A gRPC client on the Unix socket.

@@ -942,3 +942,148 @@ async fn shared_memory_callers_and_unix_socket_apps_use_the_mesh() {
     assert_eq!(md(&resp, "x-instance"), "b-unix");
     assert_eq!(app.calls(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_without_a_port_receive_invocations_over_a_stream() {
+    use weft_proto::appchannel as ac;
+    use weft_proto::appchannel::app_channel_client::AppChannelClient;
+
+    let env = Env::new();
+    let a = tls_node(&env, "stream-a", "a", vec![]).await;
+    let mut opts = WeftOptions::new("stream-b").env("WEFT_LOCAL_REGISTRY_DIR", &env.registry());
+    for arg in env.certs("stream-b", "b") {
+        opts = opts.arg(&arg);
+    }
+    let b = Weft::start(opts).await.unwrap();
+    let mut ca = a.client().await;
+
+    // Nothing to deliver to yet.
+    let err = call(&mut ca, "stream-b", "echo").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("ServeInvocations"), "{err:?}");
+
+    // Two app processes of B, each with a stream: calls alternate.
+    let app1 = InvokeApp::new("s1");
+    let app2 = InvokeApp::new("s2");
+    let s1 = app1.serve_stream(b.channel().await).await.unwrap();
+    let s2 = app2.serve_stream(b.channel().await).await.unwrap();
+    let mut req = Request::new(request("stream-b", "echo", b"hello"));
+    req.metadata_mut()
+        .insert("x-user", "alice".parse().unwrap());
+    let resp = ca.invoke_service(req).await.unwrap();
+    assert_eq!(md(&resp, "x-seen-x-user"), "alice");
+    assert_eq!(md(&resp, "x-seen-dapr-caller-app-id"), "stream-a");
+    assert_eq!(md(&resp, "x-seen-dapr-callee-app-id"), "stream-b");
+    assert!(md(&resp, "x-seen-traceparent").starts_with("00-"));
+    let first = md(&resp, "x-instance");
+    let body = resp.into_inner();
+    assert_eq!(body.content_type, "application/octet-stream");
+    assert_eq!(body.data.unwrap().value, b"hello");
+    let resp = call(&mut ca, "stream-b", "echo").await.unwrap();
+    assert_ne!(
+        md(&resp, "x-instance"),
+        first,
+        "round robin over the streams"
+    );
+    assert_eq!(app1.calls() + app2.calls(), 2);
+
+    // The app's error comes back with code, message and details.
+    let err = call(&mut ca, "stream-b", "fail").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "app says no");
+    assert_eq!(err.details(), FAIL_DETAILS);
+
+    // The caller's deadline reaches the app and bounds the call.
+    let mut req = Request::new(request("stream-b", "sleep/3000", b""));
+    req.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = ca.invoke_service(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A call in flight when its stream closes fails; nothing is replayed.
+    drop(s2);
+    // Bounded wait until the runtime has let go of s2: two answers in a row
+    // from s1 (round robin would alternate otherwise).
+    let mut in_a_row = 0;
+    for _ in 0..100 {
+        match call(&mut ca, "stream-b", "echo").await {
+            Ok(r) if md(&r, "x-instance") == "s1" => in_a_row += 1,
+            _ => in_a_row = 0,
+        }
+        if in_a_row == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_a_row, 2, "calls settle on the remaining stream");
+    let calls_before = app1.calls();
+    let pending = tokio::spawn({
+        let mut ca = ca.clone();
+        async move { call(&mut ca, "stream-b", "sleep/2000").await }
+    });
+    // Bounded wait until the call reached s1 (the only stream left).
+    for _ in 0..100 {
+        if app1.calls() > calls_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app1.calls(), calls_before + 1);
+    drop(s1);
+    let err = pending.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("sleep/2000"), "{err:?}");
+
+    // With no stream left the app cannot be reached (bounded wait for the
+    // runtime to see the closed streams).
+    let mut last = None;
+    for _ in 0..100 {
+        let err = call(&mut ca, "stream-b", "echo").await.unwrap_err();
+        if err.code() == Code::Unimplemented {
+            last = None;
+            break;
+        }
+        last = Some(err);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(last.is_none(), "{last:?}");
+
+    // Bad streams are refused with the reason.
+    let initial = || ac::ServeInvocationsRequest {
+        kind: Some(ac::serve_invocations_request::Kind::Initial(
+            ac::ServeInvocationsInitial {},
+        )),
+    };
+    let open = |channel, first: ac::ServeInvocationsRequest| async move {
+        let mut client = AppChannelClient::new(channel);
+        let mut s = client
+            .serve_invocations(tokio_stream::iter(vec![first, initial()]))
+            .await?
+            .into_inner();
+        // The runtime's answer: the initial response, then the error.
+        loop {
+            if s.message().await?.is_none() {
+                return Ok::<(), Status>(());
+            }
+        }
+    };
+    let err = open(
+        b.channel().await,
+        ac::ServeInvocationsRequest { kind: None },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("first"), "{err:?}");
+    let err = open(b.channel().await, initial()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("again"), "{err:?}");
+    // A runtime that delivers to --app-port refuses the stream.
+    let err = open(a.weft.channel().await, initial()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("--app-port"), "{err:?}");
+}
