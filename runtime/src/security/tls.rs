@@ -230,9 +230,24 @@ impl MeshTls {
             tick.tick().await;
             // The failing set last seen, and whether it was reported.
             let mut failing: Option<(u64, bool)> = None;
+            // The last expiry notice logged: (certificate's end, notice).
+            let mut noticed: Option<(i64, Expiry)> = None;
             loop {
                 tick.tick().await;
                 let Some(tls) = weak.upgrade() else { return };
+                if let Origin::Files { .. } = tls.origin {
+                    let current = tls.live.get();
+                    let notice = expiry(current.not_before, current.not_after, unix_now());
+                    if notice != Expiry::Fine && noticed != Some((current.not_after, notice)) {
+                        noticed = Some((current.not_after, notice));
+                        let expires = fmt_time(current.not_after);
+                        if notice == Expiry::Expired {
+                            tracing::error!(identity = %current.identity, expired = %expires, "mesh certificate has EXPIRED and was not replaced: other runtimes refuse this one until --mtls-cert is renewed (weft ca issue)");
+                        } else {
+                            tracing::warn!(identity = %current.identity, expires = %expires, "mesh certificate is past two thirds of its lifetime and was not replaced: renew --mtls-cert (weft ca issue) before it expires");
+                        }
+                    }
+                }
                 match tls.try_reload() {
                     Reload::Unchanged | Reload::Installed => failing = None,
                     Reload::Failed { fingerprint, error } => match &mut failing {
@@ -324,6 +339,25 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, SecurityE
 /// Renew once two thirds of the lifetime have passed.
 fn renewal_due(not_before: i64, not_after: i64, now: i64) -> bool {
     now >= not_before + (not_after - not_before) * 2 / 3
+}
+
+/// How close a certificate is to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    Fine,
+    /// Past the point where it should have been renewed.
+    Due,
+    Expired,
+}
+
+fn expiry(not_before: i64, not_after: i64, now: i64) -> Expiry {
+    if now >= not_after {
+        Expiry::Expired
+    } else if renewal_due(not_before, not_after, now) {
+        Expiry::Due
+    } else {
+        Expiry::Fine
+    }
 }
 
 fn unix_now() -> i64 {
@@ -1096,5 +1130,8 @@ mod tests {
         assert!(!renewal_due(0, 300, 199));
         assert!(renewal_due(0, 300, 200));
         assert!(renewal_due(0, 300, 400));
+        assert_eq!(expiry(0, 300, 199), Expiry::Fine);
+        assert_eq!(expiry(0, 300, 200), Expiry::Due);
+        assert_eq!(expiry(0, 300, 300), Expiry::Expired);
     }
 }
