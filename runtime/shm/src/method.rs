@@ -60,6 +60,7 @@ methods! {
     SET_METADATA = 25, "SetMetadata", Unary;
     SHUTDOWN = 26, "Shutdown", Unary;
     WEFT_ECHO = 0x1_0001, "weft.Echo", Unary;
+    WEFT_SERVE_INVOCATIONS = 0x1_0002, "weft.ServeInvocations", Bidi;
 }
 
 /// Looks a method up by id.

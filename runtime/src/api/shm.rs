@@ -28,8 +28,8 @@ use anyhow::{anyhow, Context};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
+use weft_proto::appchannel as ac;
 use weft_proto::runtime as pb;
 use weft_shm::control::{self, Goodbye, Hello, Welcome, MAPPED_MAGIC};
 use weft_shm::idle::{IdleConfig, Idler};
@@ -235,10 +235,91 @@ struct Shared {
     client_streams: Mutex<HashMap<u64, ClientStream>>,
 }
 
-/// The app's side of a bidirectional call (SubscribeTopicEventsAlpha1).
-type ClientStream = mpsc::UnboundedSender<Result<pb::SubscribeTopicEventsRequestAlpha1, ApiError>>;
-type ClientStreamRef =
-    mpsc::WeakUnboundedSender<Result<pb::SubscribeTopicEventsRequestAlpha1, ApiError>>;
+/// The app's side of an open bidirectional call: its method id (MORE
+/// records must name the same) and where its messages go.
+struct ClientStream {
+    method: u32,
+    tx: mpsc::UnboundedSender<Result<BidiMessage, ApiError>>,
+}
+type ClientStreamRef = mpsc::WeakUnboundedSender<Result<BidiMessage, ApiError>>;
+
+/// One message of the app's side of a bidirectional call: the opening
+/// record's body or a MORE record's, decoded as the method's request type.
+#[derive(Debug)]
+pub enum BidiMessage {
+    /// SubscribeTopicEventsAlpha1 (method 12).
+    Topics(pb::SubscribeTopicEventsRequestAlpha1),
+    /// weft.runtime.v1.AppChannel/ServeInvocations (method 0x10002).
+    Invocations(ac::ServeInvocationsRequest),
+}
+
+impl BidiMessage {
+    /// Decodes a message of `method`; `None` when the method is not
+    /// bidirectional.
+    fn decode(method: u32, body: &[u8]) -> Option<Result<Self, prost::DecodeError>> {
+        Some(match method {
+            method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => {
+                pb::SubscribeTopicEventsRequestAlpha1::decode(body).map(Self::Topics)
+            }
+            method::WEFT_SERVE_INVOCATIONS => {
+                ac::ServeInvocationsRequest::decode(body).map(Self::Invocations)
+            }
+            _ => return None,
+        })
+    }
+
+    /// The method id this message belongs to.
+    fn method(&self) -> u32 {
+        match self {
+            Self::Topics(_) => method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1,
+            Self::Invocations(_) => method::WEFT_SERVE_INVOCATIONS,
+        }
+    }
+
+    fn into_topics(self) -> Option<pb::SubscribeTopicEventsRequestAlpha1> {
+        match self {
+            Self::Topics(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn into_invocations(self) -> Option<ac::ServeInvocationsRequest> {
+        match self {
+            Self::Invocations(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// What a block reads as the app's side of a bidirectional call: the
+/// call's messages as the method's request type (`pick`, which cannot fail
+/// for a message that reached the channel: [`Session::more`] checks the
+/// method first).
+struct Requests<T> {
+    rx: mpsc::UnboundedReceiver<Result<BidiMessage, ApiError>>,
+    pick: fn(BidiMessage) -> Option<T>,
+}
+
+impl<T> futures::Stream for Requests<T> {
+    type Item = Result<T, ApiError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let pick = self.pick;
+        self.rx.poll_recv(cx).map(|m| {
+            m.map(|r| {
+                r.and_then(|msg| {
+                    let method = msg.method();
+                    pick(msg).ok_or_else(|| {
+                        ApiError::new(
+                            Code::Internal,
+                            format!("a message of method {method} reached another method's stream"),
+                        )
+                    })
+                })
+            })
+        })
+    }
+}
 
 enum TryRespond {
     Written,
@@ -358,7 +439,7 @@ impl Shared {
             return; // already removed
         };
         let sender = self.client_streams.lock().ok().and_then(|mut m| {
-            if m.get(&corr).is_some_and(|s| s.same_channel(&ours)) {
+            if m.get(&corr).is_some_and(|s| s.tx.same_channel(&ours)) {
                 m.remove(&corr)
             } else {
                 None
@@ -719,32 +800,61 @@ impl Session<'_> {
                 Ok(())
             }
             Call::Bidi(first) => {
-                // Acks are bounded by the events the runtime handed out, so
-                // the client stream's channel needs no bound of its own.
-                let (tx, rx) = mpsc::unbounded_channel();
-                let _ = tx.send(Ok(first));
-                let ours = tx.downgrade();
-                if let Ok(mut m) = self.shared.client_streams.lock() {
-                    m.insert(corr, tx);
-                }
-                let events = {
-                    // The block spawns its subscription task.
-                    let _rt = self.ctx.handle.enter();
-                    self.ctx
-                        .blocks
-                        .pubsub
-                        .subscribe_topic_events(UnboundedReceiverStream::new(rx))
-                };
-                let stream_env = Envelope { flags: 0, ..answer };
-                self.spawn(corr, true, async move {
-                    move |shared: Arc<Shared>| async move {
-                        stream_out(&shared, stream_env, Ok(events)).await;
-                        shared.end_client_stream_of(corr, &ours);
+                let env = Envelope { flags: 0, ..answer };
+                let blocks = &self.ctx.blocks;
+                match first {
+                    m @ BidiMessage::Topics(_) => {
+                        self.open_bidi(corr, env, m, BidiMessage::into_topics, |requests| {
+                            Ok(blocks.pubsub.subscribe_topic_events(requests))
+                        })
                     }
-                });
+                    m @ BidiMessage::Invocations(_) => {
+                        self.open_bidi(corr, env, m, BidiMessage::into_invocations, |requests| {
+                            blocks.invoke.serve_invocations(requests)
+                        })
+                    }
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Opens a bidirectional call: registers its client stream (fed with
+    /// `first`, then with MORE records), hands it to the block (`start`),
+    /// and sends the block's messages, or the error that refused the call,
+    /// as a server stream. The client stream ends when the call does.
+    fn open_bidi<T, M, F>(
+        &self,
+        corr: u64,
+        env: Envelope,
+        first: BidiMessage,
+        pick: fn(BidiMessage) -> Option<T>,
+        start: F,
+    ) where
+        M: Message + 'static,
+        F: FnOnce(Requests<T>) -> Result<mpsc::Receiver<Result<M, ApiError>>, ApiError>,
+    {
+        // The app's messages answer what the runtime sent (acks of events
+        // it handed out, results of invocations it wrote), so the client
+        // stream's channel needs no bound of its own.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let method = first.method();
+        let _ = tx.send(Ok(first));
+        let ours = tx.downgrade();
+        if let Ok(mut m) = self.shared.client_streams.lock() {
+            m.insert(corr, ClientStream { method, tx });
+        }
+        let out = {
+            // The blocks spawn their stream tasks.
+            let _rt = self.ctx.handle.enter();
+            start(Requests { rx, pick })
+        };
+        self.spawn(corr, true, async move {
+            move |shared: Arc<Shared>| async move {
+                stream_out(&shared, env, out).await;
+                shared.end_client_stream_of(corr, &ours);
+            }
+        });
     }
 
     /// A further message of a bidirectional call's client stream.
@@ -755,7 +865,7 @@ impl Session<'_> {
                 format!("unknown method id {method_id} (request {corr})"),
             ));
         };
-        if m.kind != method::Kind::Bidi {
+        let Some(decoded) = BidiMessage::decode(m.id, body) else {
             return Err(End::protocol(
                 Code::InvalidArgument,
                 format!(
@@ -763,8 +873,8 @@ impl Session<'_> {
                     m.name
                 ),
             ));
-        }
-        let msg = pb::SubscribeTopicEventsRequestAlpha1::decode(body).map_err(|e| {
+        };
+        let msg = decoded.map_err(|e| {
             End::protocol(
                 Code::InvalidArgument,
                 format!(
@@ -773,17 +883,28 @@ impl Session<'_> {
                 ),
             )
         })?;
-        let sender = self
+        let open = self
             .shared
             .client_streams
             .lock()
             .ok()
-            .and_then(|s| s.get(&corr).cloned());
+            .and_then(|s| s.get(&corr).map(|c| (c.method, c.tx.clone())));
         // No open call (it ended, or the app raced an ack with its end):
         // ignored, as the spec says.
-        if let Some(tx) = sender {
-            let _ = tx.send(Ok(msg));
+        let Some((call_method, tx)) = open else {
+            return Ok(());
+        };
+        if call_method != m.id {
+            let call_name = method::by_id(call_method).map_or("another method", |c| c.name);
+            return Err(End::protocol(
+                Code::InvalidArgument,
+                format!(
+                    "MORE record of {} for call {corr}, which is a {call_name} call",
+                    m.name
+                ),
+            ));
         }
+        let _ = tx.send(Ok(msg));
         Ok(())
     }
 
@@ -966,9 +1087,10 @@ type StreamFuture = Pin<
 pub enum Call {
     Unary(UnaryFuture),
     Stream(StreamFuture),
-    /// SubscribeTopicEventsAlpha1: the first message of the app's stream;
-    /// later ones arrive as MORE records.
-    Bidi(pb::SubscribeTopicEventsRequestAlpha1),
+    /// A bidirectional method (SubscribeTopicEventsAlpha1,
+    /// weft.ServeInvocations): the first message of the app's stream; later
+    /// ones arrive as MORE records.
+    Bidi(BidiMessage),
 }
 
 fn unary<Req, Resp, Fut>(
@@ -1004,6 +1126,11 @@ pub fn dispatch(
     body: &[u8],
 ) -> Result<Call, prost::DecodeError> {
     use weft_shm::method::*;
+    // Bidirectional methods: the opening record is the app's first message
+    // (the session binds the call to its block).
+    if let Some(first) = BidiMessage::decode(method, body) {
+        return first.map(Call::Bidi);
+    }
     let b = blocks.clone();
     match method {
         INVOKE_SERVICE => unary(body, move |r| async move {
@@ -1037,9 +1164,6 @@ pub fn dispatch(
         BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => unary(body, move |r| async move {
             b.pubsub.bulk_publish_event(r).await
         }),
-        SUBSCRIBE_TOPIC_EVENTS_ALPHA1 => Ok(Call::Bidi(
-            pb::SubscribeTopicEventsRequestAlpha1::decode(body)?,
-        )),
         INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "bindings"),
         GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "secrets"),
         GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "secrets"),
@@ -1131,6 +1255,9 @@ mod tests {
                     "{}",
                     m.name
                 );
+                if let Call::Bidi(first) = &call {
+                    assert_eq!(first.method(), m.id, "{}", m.name);
+                }
                 if let Call::Unary(f) = call {
                     if let Err(e) = f.await {
                         assert_ne!(
