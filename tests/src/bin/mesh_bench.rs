@@ -15,6 +15,10 @@
 //! * mTLS between the runtimes, the local hops (app A → weft A, weft B →
 //!   app B) over TCP: gRPC port and `--app-port`;
 //! * the same with the local hops over Unix sockets: `--uds`, `--app-socket`;
+//! * the local hops over shared memory: app A calls `InvokeService` on weft
+//!   A's shared-memory transport, app B receives its calls over
+//!   `weft.ServeInvocations` on weft B's (both blocking clients on threads of
+//!   this process, with the client's default idle strategy);
 //! * with `--plaintext`, the development plain-text mesh (Unix sockets).
 //!
 //! * Fixed rate: calls start on a fixed schedule (open loop, `--rate` per
@@ -34,16 +38,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tonic::transport::{Channel, Endpoint};
+use weft_proto::appchannel as ac;
 use weft_proto::common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 use weft_proto::runtime::dapr_client::DaprClient;
+use weft_shm::client::{Client as ShmClient, ClientOptions as ShmOptions};
+use weft_shm::method::WEFT_SERVE_INVOCATIONS as SERVE_INVOCATIONS;
 use weft_tests::certs::{ca_init, ca_issue, flags};
 use weft_tests::invoke_app::InvokeApp;
 use weft_tests::{free_port, Weft, WeftOptions};
@@ -58,6 +65,12 @@ usage: mesh_bench [options]
   --payload N     request body bytes (default 1024)
   --clients N     closed-loop callers for maximum throughput (default 16)
   --plaintext     also measure the development plain-text mesh (Unix-socket local hops)
+  --app-idle-micros N
+                  the shared-memory apps spin N µs, then yield N µs, before
+                  sleeping on the socket (default: the client's default, 50)
+
+The runtimes inherit the environment: WEFT_SHM_SPIN_MICROS and
+WEFT_SHM_YIELD_MICROS set their side's idle strategy.
 
 The weft binary is $WEFT_BIN, or else target/release/weft beside this binary.
 ";
@@ -69,6 +82,17 @@ struct Config {
     payload: usize,
     clients: usize,
     plaintext: bool,
+}
+
+/// How the shared-memory apps wait (`--app-idle-micros`).
+static APP_IDLE: std::sync::OnceLock<weft_shm::idle::IdleConfig> = std::sync::OnceLock::new();
+
+fn shm_options(app_id: &str) -> ShmOptions {
+    let mut o = ShmOptions::new(app_id);
+    if let Some(idle) = APP_IDLE.get() {
+        o.idle = *idle;
+    }
+    o
 }
 
 fn parse_args() -> anyhow::Result<Option<Config>> {
@@ -97,6 +121,13 @@ fn parse_args() -> anyhow::Result<Option<Config>> {
             "--payload" => c.payload = value()?.parse().context("--payload")?,
             "--clients" => c.clients = value()?.parse().context("--clients")?,
             "--plaintext" => c.plaintext = true,
+            "--app-idle-micros" => {
+                let n = Duration::from_micros(value()?.parse().context("--app-idle-micros")?);
+                let _ = APP_IDLE.set(weft_shm::idle::IdleConfig {
+                    spin: n,
+                    yield_for: n,
+                });
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -174,6 +205,10 @@ enum Variant {
     TlsUnix,
     /// Unix sockets, and plain text between the runtimes (development flag).
     PlainUnix,
+    /// The local hops over shared memory: app A calls `InvokeService` on
+    /// weft A's shared-memory transport, app B receives over
+    /// `weft.ServeInvocations` on weft B's.
+    TlsShm,
 }
 
 impl Variant {
@@ -182,6 +217,7 @@ impl Variant {
             Variant::TlsTcp => "mesh mTLS, local hops TCP",
             Variant::TlsUnix => "mesh mTLS, local hops Unix socket",
             Variant::PlainUnix => "mesh plain text (dev), local hops Unix socket",
+            Variant::TlsShm => "mesh mTLS, local hops shared memory",
         }
     }
 }
@@ -190,6 +226,8 @@ struct Pair {
     a: Weft,
     b: Weft,
     variant: Variant,
+    /// Weft A's shared-memory socket (used by the shared-memory variant).
+    shm_a: PathBuf,
 }
 
 async fn start_pair(
@@ -205,14 +243,19 @@ async fn start_pair(
         let mut opts = WeftOptions::new(app)
             .arg("--mesh-port")
             .arg(&free_port().to_string())
-            .arg("--no-shm")
             .env("WEFT_LOCAL_REGISTRY_DIR", &registry.to_string_lossy())
             .env("WEFT_LOG", "warn");
-        let unix = variant != Variant::TlsTcp;
+        opts = if variant == Variant::TlsShm {
+            opts.arg("--shm-socket")
+                .arg(&shm_socket(dir, app, n).to_string_lossy())
+        } else {
+            opts.arg("--no-shm")
+        };
+        let unix = matches!(variant, Variant::TlsUnix | Variant::PlainUnix);
         if app == "bench-a" && unix {
             opts = opts.uds(&dir.join(format!("a-{n}.sock")));
         }
-        if app == "bench-b" {
+        if app == "bench-b" && variant != Variant::TlsShm {
             opts = if unix {
                 opts.arg("--app-socket").arg(&app_sock.to_string_lossy())
             } else {
@@ -236,12 +279,93 @@ async fn start_pair(
     }
     let b = runtimes.pop().expect("b");
     let a = runtimes.pop().expect("a");
-    Ok(Pair { a, b, variant })
+    if variant == Variant::TlsShm {
+        let path = shm_socket(dir, "bench-b", n);
+        tokio::task::spawn_blocking(move || spawn_shm_app(&path)).await??;
+    }
+    Ok(Pair {
+        a,
+        b,
+        variant,
+        shm_a: shm_socket(dir, "bench-a", n),
+    })
+}
+
+/// Set when the measurements are done and the runtimes are about to stop.
+static FINISHING: AtomicBool = AtomicBool::new(false);
+
+fn shm_socket(dir: &std::path::Path, app: &str, n: usize) -> PathBuf {
+    dir.join(format!("shm-{app}-{n}.sock"))
+}
+
+/// App B over shared memory: a thread holding a session with weft B that
+/// opened `weft.ServeInvocations` and echoes every invocation. Returns once
+/// the runtime has registered the stream.
+fn spawn_shm_app(path: &std::path::Path) -> anyhow::Result<()> {
+    use ac::serve_invocations_request::Kind as In;
+    use ac::serve_invocations_response::Kind as Out;
+    use prost::Message;
+    let mut client = ShmClient::connect(path, shm_options("bench-b"))
+        .map_err(|e| anyhow::anyhow!("app B over shared memory: {e:?}"))?;
+    let open = ac::ServeInvocationsRequest {
+        kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
+    };
+    let stream = client
+        .open_stream(SERVE_INVOCATIONS, &open.encode_to_vec())
+        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?;
+    let first = client
+        .next_item(stream, Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?
+        .context("ServeInvocations ended at once")?;
+    let first = ac::ServeInvocationsResponse::decode(first.as_slice())?;
+    if !matches!(first.kind, Some(Out::InitialResponse(_))) {
+        bail!("ServeInvocations: expected the initial response, got {first:?}");
+    }
+    std::thread::spawn(move || loop {
+        let item = match client.next_item(stream, Duration::from_secs(3600)) {
+            Ok(Some(item)) => item,
+            Ok(None) => return,
+            Err(e) if e.code == weft_shm::code::DEADLINE_EXCEEDED => continue,
+            Err(e) => {
+                if !FINISHING.load(Ordering::Relaxed) {
+                    eprintln!("mesh_bench: app B's invocation stream ended: {e:?}");
+                }
+                return;
+            }
+        };
+        let Ok(ac::ServeInvocationsResponse {
+            kind: Some(Out::Invocation(inv)),
+        }) = ac::ServeInvocationsResponse::decode(item.as_slice())
+        else {
+            continue;
+        };
+        let req = inv.request.unwrap_or_default();
+        let result = ac::ServeInvocationsRequest {
+            kind: Some(In::Result(ac::InvocationResult {
+                id: inv.id,
+                response: Some(common::InvokeResponse {
+                    data: req.data,
+                    content_type: req.content_type,
+                }),
+                ..Default::default()
+            })),
+        };
+        if client
+            .send_more(SERVE_INVOCATIONS, stream, &result.encode_to_vec())
+            .is_err()
+        {
+            return;
+        }
+    });
+    Ok(())
 }
 
 impl Pair {
     /// A new client of runtime A, on the transport of this variant.
     async fn caller(&self) -> anyhow::Result<Caller> {
+        if self.variant == Variant::TlsShm {
+            return Ok(Caller::Shm(self.shm_a.clone()));
+        }
         let ch = match &self.a.uds {
             Some(path) => weft_tests::uds_channel(path).await?,
             None => channel(self.a.grpc_port).await?,
@@ -250,35 +374,119 @@ impl Pair {
     }
 }
 
-/// How a call is made: directly to app B, or through runtime A.
+/// How a call is made: directly to app B, or through runtime A (over gRPC,
+/// or over its shared-memory socket — blocking calls, made on threads).
 #[derive(Clone)]
 enum Caller {
     Direct(AppCallbackClient<Channel>),
     Mesh(DaprClient<Channel>),
+    Shm(PathBuf),
+}
+
+fn echo_request(body: &[u8]) -> common::InvokeRequest {
+    common::InvokeRequest {
+        method: "echo".into(),
+        data: Some(prost_types::Any {
+            type_url: String::new(),
+            value: body.to_vec(),
+        }),
+        content_type: "application/octet-stream".into(),
+        http_extension: None,
+    }
+}
+
+fn invoke_b(body: &[u8]) -> pb::InvokeServiceRequest {
+    pb::InvokeServiceRequest {
+        id: "bench-b".into(),
+        message: Some(echo_request(body)),
+    }
 }
 
 impl Caller {
     async fn call(&mut self, body: &[u8]) -> Result<(), tonic::Status> {
-        let msg = common::InvokeRequest {
-            method: "echo".into(),
-            data: Some(prost_types::Any {
-                type_url: String::new(),
-                value: body.to_vec(),
-            }),
-            content_type: "application/octet-stream".into(),
-            http_extension: None,
-        };
         match self {
-            Caller::Direct(c) => c.on_invoke(msg).await.map(|_| ()),
-            Caller::Mesh(c) => c
-                .invoke_service(pb::InvokeServiceRequest {
-                    id: "bench-b".into(),
-                    message: Some(msg),
-                })
-                .await
-                .map(|_| ()),
+            Caller::Direct(c) => c.on_invoke(echo_request(body)).await.map(|_| ()),
+            Caller::Mesh(c) => c.invoke_service(invoke_b(body)).await.map(|_| ()),
+            Caller::Shm(_) => unreachable!("shared-memory calls are made on threads"),
         }
     }
+}
+
+/// A shared-memory session with weft A, as app A.
+fn shm_caller(path: &std::path::Path) -> anyhow::Result<ShmClient> {
+    ShmClient::connect(path, shm_options("bench-a"))
+        .map_err(|e| anyhow::anyhow!("app A over shared memory: {e:?}"))
+}
+
+/// [`fixed_rate`] for a shared-memory caller: one thread, calls on the same
+/// schedule. The client is blocking, so a call that overruns its slot
+/// delays the next one; latency still runs from the moment it is sent.
+fn fixed_rate_shm(
+    path: &std::path::Path,
+    rate: u64,
+    secs: f64,
+    body: &[u8],
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut client = shm_caller(path)?;
+    let request = prost::Message::encode_to_vec(&invoke_b(body));
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let total = (rate as f64 * secs) as u64;
+    let start = Instant::now() + Duration::from_millis(10);
+    let mut lat = Vec::with_capacity(total as usize);
+    let mut errors = 0;
+    for n in 0..total {
+        let at = start + interval * n as u32;
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let sent = Instant::now();
+        if client
+            .call(weft_shm::method::INVOKE_SERVICE, &request)
+            .is_err()
+        {
+            errors += 1;
+        }
+        lat.push(sent.elapsed().as_micros() as u64);
+    }
+    lat.sort_unstable();
+    Ok((lat, errors))
+}
+
+/// [`max_throughput`] for shared-memory callers: one thread and session each.
+fn max_throughput_shm(
+    path: &std::path::Path,
+    clients: usize,
+    secs: f64,
+    body: &[u8],
+) -> anyhow::Result<(f64, u64)> {
+    let request = prost::Message::encode_to_vec(&invoke_b(body));
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let mut client = shm_caller(path)?;
+        let request = request.clone();
+        threads.push(std::thread::spawn(move || {
+            let (mut done, mut errors) = (0u64, 0u64);
+            while Instant::now() < until {
+                match client.call(weft_shm::method::INVOKE_SERVICE, &request) {
+                    Ok(_) => done += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for t in threads {
+        let (d, e) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("caller thread panicked"))?;
+        done += d;
+        errors += e;
+    }
+    Ok((done as f64 / started.elapsed().as_secs_f64(), errors))
 }
 
 async fn channel(port: u16) -> anyhow::Result<Channel> {
@@ -290,6 +498,16 @@ async fn channel(port: u16) -> anyhow::Result<Channel> {
 
 /// Fixed-rate phase: latencies (µs) of every call and the error count.
 async fn fixed_rate(caller: &Caller, rate: u64, secs: f64, body: Arc<Vec<u8>>) -> (Vec<u64>, u64) {
+    if let Caller::Shm(path) = caller {
+        let path = path.clone();
+        return tokio::task::spawn_blocking(move || fixed_rate_shm(&path, rate, secs, &body))
+            .await
+            .expect("shared-memory caller thread")
+            .unwrap_or_else(|e| {
+                eprintln!("mesh_bench: {e:#}");
+                (Vec::new(), 1)
+            });
+    }
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let total = (rate as f64 * secs) as u64;
     let start = Instant::now() + Duration::from_millis(10);
@@ -365,16 +583,37 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-fn rss_kb(pid: u32) -> (u64, u64) {
+fn status_kb(pid: u32, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("VmRSS:"), get("VmHWM:"))
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident and peak resident kB.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    (status_kb(pid, "VmRSS:"), status_kb(pid, "VmHWM:"))
+}
+
+/// Resident kB that are shared-memory pages (the rings, mapped by the app
+/// too), part of the resident figure.
+fn shmem_kb(pid: u32) -> u64 {
+    status_kb(pid, "RssShmem:")
+}
+
+/// "16.5 MB" or, when part of it is shared memory, "16.5 MB (2.0 shm)".
+fn mb(total_kb: u64, shm_kb: u64) -> String {
+    if shm_kb == 0 {
+        format!("{:.1} MB", total_kb as f64 / 1024.0)
+    } else {
+        format!(
+            "{:.1} MB ({:.1} shm)",
+            total_kb as f64 / 1024.0,
+            shm_kb as f64 / 1024.0
+        )
+    }
 }
 
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
@@ -393,7 +632,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     ca_init(&dir.path().join("ca"), "public");
     let app_sock = dir.path().join("app-b.sock");
     let app_port = spawn_app(app_sock.clone());
-    let mut variants = vec![Variant::TlsTcp, Variant::TlsUnix];
+    let mut variants = vec![Variant::TlsTcp, Variant::TlsUnix, Variant::TlsShm];
     if c.plaintext {
         variants.push(Variant::PlainUnix);
     }
@@ -416,7 +655,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     }
 
     let mut rows: Vec<Row> = Vec::new();
-    let mut usage: Vec<(String, f64, f64, u64, u64)> = Vec::new();
+    let mut usage: Vec<(String, f64, f64, (u64, u64), u64)> = Vec::new();
     let mut direct_lat = Vec::new();
     let mut direct_err = 0;
     let mut mesh_lat: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
@@ -453,11 +692,12 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let secs = cpu[i].2;
         let (rss_a, hwm_a) = rss_kb(p.a.pid());
         let (rss_b, hwm_b) = rss_kb(p.b.pid());
+        let larger = if rss_a >= rss_b { p.a.pid() } else { p.b.pid() };
         usage.push((
             p.variant.label().to_string(),
             cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
             cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
-            rss_a.max(rss_b),
+            (rss_a.max(rss_b), shmem_kb(larger)),
             hwm_a.max(hwm_b),
         ));
     }
@@ -497,10 +737,10 @@ async fn run(c: Config) -> anyhow::Result<()> {
         "\n| runtimes at that rate | CPU weft A | CPU weft B | RSS now (max of A, B) | RSS peak |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (label, ca, cb, rss, hwm) in &usage {
+    for (label, ca, cb, (rss, shm), hwm) in &usage {
         println!(
-            "| {label} | {ca:.1} % | {cb:.1} % | {:.1} MB | {:.1} MB |",
-            *rss as f64 / 1024.0,
+            "| {label} | {ca:.1} % | {cb:.1} % | {} | {:.1} MB |",
+            mb(*rss, *shm),
             *hwm as f64 / 1024.0
         );
     }
@@ -520,19 +760,26 @@ async fn run(c: Config) -> anyhow::Result<()> {
     let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
     println!("| direct gRPC | {rate:.0} | {errors} | |");
     for p in &pairs {
-        let mut callers = Vec::new();
-        for _ in 0..c.clients {
-            callers.push(p.caller().await?);
-        }
-        let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
+        let (rate, errors) = if p.variant == Variant::TlsShm {
+            let (path, clients, secs, body) = (p.shm_a.clone(), c.clients, c.secs, body.clone());
+            tokio::task::spawn_blocking(move || max_throughput_shm(&path, clients, secs, &body))
+                .await??
+        } else {
+            let mut callers = Vec::new();
+            for _ in 0..c.clients {
+                callers.push(p.caller().await?);
+            }
+            max_throughput(callers, c.secs, body.clone()).await
+        };
         let (rss_a, _) = rss_kb(p.a.pid());
         let (rss_b, _) = rss_kb(p.b.pid());
         println!(
-            "| {} | {rate:.0} | {errors} | A {:.1} MB, B {:.1} MB |",
+            "| {} | {rate:.0} | {errors} | A {}, B {} |",
             p.variant.label(),
-            rss_a as f64 / 1024.0,
-            rss_b as f64 / 1024.0
+            mb(rss_a, shmem_kb(p.a.pid())),
+            mb(rss_b, shmem_kb(p.b.pid()))
         );
     }
+    FINISHING.store(true, Ordering::Relaxed);
     Ok(())
 }
