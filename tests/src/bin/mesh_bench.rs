@@ -621,6 +621,17 @@ fn ticks_per_sec() -> f64 {
     100.0
 }
 
+/// The runtimes of one path at the fixed rate.
+struct Usage {
+    label: String,
+    cpu_a: f64,
+    cpu_b: f64,
+    /// The larger runtime's resident kB, and how much of it is shared memory.
+    rss_kb: u64,
+    shm_kb: u64,
+    peak_kb: u64,
+}
+
 struct Row {
     label: String,
     lat: Vec<u64>,
@@ -655,7 +666,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     }
 
     let mut rows: Vec<Row> = Vec::new();
-    let mut usage: Vec<(String, f64, f64, (u64, u64), u64)> = Vec::new();
+    let mut usage: Vec<Usage> = Vec::new();
     let mut direct_lat = Vec::new();
     let mut direct_err = 0;
     let mut mesh_lat: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
@@ -693,13 +704,14 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let (rss_a, hwm_a) = rss_kb(p.a.pid());
         let (rss_b, hwm_b) = rss_kb(p.b.pid());
         let larger = if rss_a >= rss_b { p.a.pid() } else { p.b.pid() };
-        usage.push((
-            p.variant.label().to_string(),
-            cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
-            cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
-            (rss_a.max(rss_b), shmem_kb(larger)),
-            hwm_a.max(hwm_b),
-        ));
+        usage.push(Usage {
+            label: p.variant.label().to_string(),
+            cpu_a: cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
+            cpu_b: cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
+            rss_kb: rss_a.max(rss_b),
+            shm_kb: shmem_kb(larger),
+            peak_kb: hwm_a.max(hwm_b),
+        });
     }
 
     println!(
@@ -737,11 +749,14 @@ async fn run(c: Config) -> anyhow::Result<()> {
         "\n| runtimes at that rate | CPU weft A | CPU weft B | RSS now (max of A, B) | RSS peak |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (label, ca, cb, (rss, shm), hwm) in &usage {
+    for u in &usage {
         println!(
-            "| {label} | {ca:.1} % | {cb:.1} % | {} | {:.1} MB |",
-            mb(*rss, *shm),
-            *hwm as f64 / 1024.0
+            "| {} | {:.1} % | {:.1} % | {} | {:.1} MB |",
+            u.label,
+            u.cpu_a,
+            u.cpu_b,
+            mb(u.rss_kb, u.shm_kb),
+            u.peak_kb as f64 / 1024.0
         );
     }
 
