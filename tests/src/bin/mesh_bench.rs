@@ -454,12 +454,13 @@ fn fixed_rate_shm(
 }
 
 /// [`max_throughput`] for shared-memory callers: one thread and session each.
+/// The sessions are returned open, so that memory is read while they are.
 fn max_throughput_shm(
     path: &std::path::Path,
     clients: usize,
     secs: f64,
     body: &[u8],
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, u64, Vec<ShmClient>)> {
     let request = prost::Message::encode_to_vec(&invoke_b(body));
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -475,18 +476,23 @@ fn max_throughput_shm(
                     Err(_) => errors += 1,
                 }
             }
-            (done, errors)
+            (done, errors, client)
         }));
     }
-    let (mut done, mut errors) = (0, 0);
+    let (mut done, mut errors, mut sessions) = (0, 0, Vec::new());
     for t in threads {
-        let (d, e) = t
+        let (d, e, c) = t
             .join()
             .map_err(|_| anyhow::anyhow!("caller thread panicked"))?;
         done += d;
         errors += e;
+        sessions.push(c);
     }
-    Ok((done as f64 / started.elapsed().as_secs_f64(), errors))
+    Ok((
+        done as f64 / started.elapsed().as_secs_f64(),
+        errors,
+        sessions,
+    ))
 }
 
 async fn channel(port: u16) -> anyhow::Result<Channel> {
@@ -775,7 +781,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
     println!("| direct gRPC | {rate:.0} | {errors} | |");
     for p in &pairs {
-        let (rate, errors) = if p.variant == Variant::TlsShm {
+        let (rate, errors, _sessions) = if p.variant == Variant::TlsShm {
             let (path, clients, secs, body) = (p.shm_a.clone(), c.clients, c.secs, body.clone());
             tokio::task::spawn_blocking(move || max_throughput_shm(&path, clients, secs, &body))
                 .await??
@@ -784,7 +790,8 @@ async fn run(c: Config) -> anyhow::Result<()> {
             for _ in 0..c.clients {
                 callers.push(p.caller().await?);
             }
-            max_throughput(callers, c.secs, body.clone()).await
+            let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
+            (rate, errors, Vec::new())
         };
         let (rss_a, _) = rss_kb(p.a.pid());
         let (rss_b, _) = rss_kb(p.b.pid());
