@@ -235,19 +235,6 @@ impl MeshTls {
             loop {
                 tick.tick().await;
                 let Some(tls) = weak.upgrade() else { return };
-                if let Origin::Files { .. } = tls.origin {
-                    let current = tls.live.get();
-                    let notice = expiry(current.not_before, current.not_after, unix_now());
-                    if notice != Expiry::Fine && noticed != Some((current.not_after, notice)) {
-                        noticed = Some((current.not_after, notice));
-                        let expires = fmt_time(current.not_after);
-                        if notice == Expiry::Expired {
-                            tracing::error!(identity = %current.identity, expired = %expires, "mesh certificate has EXPIRED and was not replaced: other runtimes refuse this one until --mtls-cert is renewed (weft ca issue)");
-                        } else {
-                            tracing::warn!(identity = %current.identity, expires = %expires, "mesh certificate is past two thirds of its lifetime and was not replaced: renew --mtls-cert (weft ca issue) before it expires");
-                        }
-                    }
-                }
                 match tls.try_reload() {
                     Reload::Unchanged | Reload::Installed => failing = None,
                     Reload::Failed { fingerprint, error } => match &mut failing {
@@ -266,6 +253,19 @@ impl MeshTls {
                             failing = Some((fingerprint, false));
                         }
                     },
+                }
+                if let Origin::Files { .. } = tls.origin {
+                    let current = tls.live.get();
+                    let notice = expiry(current.not_before, current.not_after, unix_now());
+                    if notice != Expiry::Fine && noticed != Some((current.not_after, notice)) {
+                        noticed = Some((current.not_after, notice));
+                        let expires = fmt_time(current.not_after);
+                        if notice == Expiry::Expired {
+                            tracing::error!(identity = %current.identity, expired = %expires, "mesh certificate has EXPIRED and was not replaced: other runtimes refuse this one until --mtls-cert is renewed (weft ca issue)");
+                        } else {
+                            tracing::warn!(identity = %current.identity, expires = %expires, "mesh certificate is past two thirds of its lifetime and was not replaced: renew --mtls-cert (weft ca issue) before it expires");
+                        }
+                    }
                 }
             }
         })
