@@ -420,7 +420,7 @@ fn shm_caller(path: &std::path::Path) -> anyhow::Result<ShmClient> {
 
 /// [`fixed_rate`] for a shared-memory caller: one thread, calls on the same
 /// schedule. The client is blocking, so a call that overruns its slot
-/// delays the next one; latency still runs from the moment it is sent.
+/// delays the next one; that one's latency then runs from its slot.
 fn fixed_rate_shm(
     path: &std::path::Path,
     rate: u64,
@@ -434,6 +434,7 @@ fn fixed_rate_shm(
     let start = Instant::now() + Duration::from_millis(10);
     let mut lat = Vec::with_capacity(total as usize);
     let mut errors = 0;
+    let mut previous_end = start;
     for n in 0..total {
         let at = start + interval * n as u32;
         let now = Instant::now();
@@ -447,7 +448,13 @@ fn fixed_rate_shm(
         {
             errors += 1;
         }
-        lat.push(sent.elapsed().as_micros() as u64);
+        // A call held back by the one before it counts from its slot (the
+        // wait is latency an open loop would have seen); otherwise from
+        // the send, like the gRPC paths (the sleep's overshoot is not the
+        // call's).
+        let from = if previous_end > at { at } else { sent };
+        previous_end = Instant::now();
+        lat.push(previous_end.duration_since(from).as_micros() as u64);
     }
     lat.sort_unstable();
     Ok((lat, errors))
