@@ -65,6 +65,21 @@ impl Runtime {
             .await
             .map_err(|e| anyhow!("{e}"))?;
 
+        // The app's AppCallback service (the callback model), known to the
+        // invoke block before any transport serves, so that an app that
+        // has one is never handed a ServeInvocations stream.
+        let app_channel = match (config.app_port, &config.app_socket) {
+            (Some(port), _) => Some(Arc::new(
+                api::app_channel::GrpcAppChannel::new(port)
+                    .map_err(|e| anyhow!("--app-port {port}: {e}"))?,
+            )),
+            (None, Some(path)) => Some(Arc::new(api::app_channel::GrpcAppChannel::unix(path))),
+            (None, None) => None,
+        };
+        if let Some(channel) = &app_channel {
+            blocks.invoke.set_app(channel.clone());
+        }
+
         let grpc_listener = bind_tcp(&config, config.grpc_port, "--grpc-port").await?;
         let http_listener = bind_tcp(&config, config.http_port, "--http-port").await?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -125,19 +140,9 @@ impl Runtime {
             }),
         ));
 
-        // The callback model: deliver subscriptions and invocations through
-        // the app's AppCallback service, once the API is served.
-        let app_channel = match (config.app_port, &config.app_socket) {
-            (Some(port), _) => Some(
-                api::app_channel::GrpcAppChannel::new(port)
-                    .map_err(|e| anyhow!("--app-port {port}: {e}"))?,
-            ),
-            (None, Some(path)) => Some(api::app_channel::GrpcAppChannel::unix(path)),
-            (None, None) => None,
-        };
+        // The callback model: deliver subscriptions through the app's
+        // AppCallback service once the API is served.
         if let Some(channel) = app_channel {
-            let channel = Arc::new(channel);
-            blocks.invoke.set_app(channel.clone());
             blocks.pubsub.start_app_subscriptions(channel);
         }
 

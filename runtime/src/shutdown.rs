@@ -45,3 +45,11 @@ impl Shutdown {
         let _ = rx.wait_for(|s| *s).await;
     }
 }
+
+/// Resolves when the runtime starts shutting down, for a block holding a
+/// receiver (never, if the signal is gone).
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -153,14 +153,19 @@ impl InvokeApp {
         }
         let app = self.clone();
         let results = tx.clone();
+        // The calls run in a set owned by the reading task: aborting it
+        // (dropping the handle) ends them too, and with them every sender
+        // of the app's half, so the runtime sees the stream end.
         let task = tokio::spawn(async move {
+            let mut calls = tokio::task::JoinSet::new();
             while let Ok(Some(msg)) = incoming.message().await {
+                while calls.try_join_next().is_some() {}
                 let Some(Out::Invocation(inv)) = msg.kind else {
                     continue;
                 };
                 let app = app.clone();
                 let results = results.clone();
-                tokio::spawn(async move {
+                calls.spawn(async move {
                     let seen = inv
                         .metadata
                         .iter()

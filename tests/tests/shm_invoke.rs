@@ -277,15 +277,18 @@ fn md(resp: &tonic::Response<common::InvokeResponse>, key: &str) -> String {
         .to_string()
 }
 
-/// Calls `echo` until the app has no app channel any more (bounded): a
-/// call racing the stream's end may still be handed to it and fail with
-/// UNAVAILABLE.
-async fn until_no_app_channel(c: &mut DaprClient<Channel>, id: &str) -> Status {
+/// Calls `echo` until the runtime says the app has no stream open (bounded):
+/// UNAVAILABLE, as for an app restarting, since it had one. A call racing
+/// the stream's end may still be handed to it and fail with UNAVAILABLE
+/// "closed before it answered".
+async fn until_no_stream(c: &mut DaprClient<Channel>, id: &str) -> Status {
     for _ in 0..200 {
         match call(c, id, "echo").await {
-            Err(e) if e.code() == Code::Unimplemented => return e,
+            Err(e) if e.code() == Code::Unavailable && e.message().contains("no stream open") => {
+                return e
+            }
             Err(e) if e.code() == Code::Unavailable => {}
-            other => panic!("expected no app channel, got {other:?}"),
+            other => panic!("expected no open stream, got {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -351,7 +354,7 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     next_invocation(&mut seen).await;
 
     // CANCEL ends the stream: the call the app did not answer fails, and
-    // then the app has no app channel.
+    // then the app has no stream open.
     let mut c2 = ca.clone();
     let held = tokio::spawn(async move { call(&mut c2, "shm-inv-b", "hold").await });
     assert_eq!(
@@ -362,8 +365,8 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     let err = held.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("'hold'"), "{err:?}");
-    let err = until_no_app_channel(&mut ca, "shm-inv-b").await;
-    assert!(err.message().contains("no app channel"), "{err:?}");
+    let err = until_no_stream(&mut ca, "shm-inv-b").await;
+    assert!(err.message().contains("ServeInvocations"), "{err:?}");
     app.send(Cmd::Close).unwrap();
     app_thread.join().unwrap();
 
@@ -383,7 +386,7 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     app_thread.join().unwrap();
     let err = held.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    until_no_app_channel(&mut ca, "shm-inv-b").await;
+    until_no_stream(&mut ca, "shm-inv-b").await;
 }
 
 // === refusals ===

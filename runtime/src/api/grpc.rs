@@ -47,12 +47,7 @@ impl DaprApi {
         let server = DaprServer::new(self)
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
-        tonic::service::interceptor::InterceptedService::new(
-            server,
-            TokenCheck {
-                token: api_token.map(Arc::from),
-            },
-        )
+        TokenCheck::wrap(server, api_token)
     }
 
     async fn subscribe_config(
@@ -73,6 +68,21 @@ impl DaprApi {
 #[derive(Clone)]
 pub struct TokenCheck {
     token: Option<Arc<str>>,
+}
+
+impl TokenCheck {
+    /// `server` behind the token check (a no-op without a token).
+    pub fn wrap<S>(
+        server: S,
+        api_token: Option<String>,
+    ) -> tonic::service::interceptor::InterceptedService<S, TokenCheck> {
+        tonic::service::interceptor::InterceptedService::new(
+            server,
+            TokenCheck {
+                token: api_token.map(Arc::from),
+            },
+        )
+    }
 }
 
 impl tonic::service::Interceptor for TokenCheck {
@@ -350,18 +360,6 @@ impl Dapr for DaprApi {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-}
-
 type InvocationStream =
     Pin<Box<dyn Stream<Item = Result<ac::ServeInvocationsResponse, Status>> + Send>>;
 
@@ -387,12 +385,7 @@ impl WeftApi {
         let server = AppChannelServer::new(self)
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
-        tonic::service::interceptor::InterceptedService::new(
-            server,
-            TokenCheck {
-                token: api_token.map(Arc::from),
-            },
-        )
+        TokenCheck::wrap(server, api_token)
     }
 }
 
@@ -410,5 +403,17 @@ impl AppChannel for WeftApi {
         let rx = self.blocks.invoke.serve_invocations(requests)?;
         let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

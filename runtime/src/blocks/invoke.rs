@@ -34,9 +34,14 @@ pub const ERROR_ORIGIN_HEADER: &str = "weft-error-origin";
 /// firing — the call ran out of time, which is neither the peer's answer nor
 /// a broken connection.
 pub fn deadline_fired(status: &Status) -> bool {
+    caused_by::<tonic::TimeoutExpired>(status)
+}
+
+/// Whether an error of type `E` is in `status`'s source chain.
+pub fn caused_by<E: std::error::Error + 'static>(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
-        if e.is::<tonic::TimeoutExpired>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();
@@ -105,6 +110,7 @@ impl InvokeBlock {
         trust_domain: &str,
         default_timeout: Duration,
         access: AccessPolicy,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             app_id: app_id.to_string(),
@@ -114,7 +120,7 @@ impl InvokeBlock {
             access,
             remote: OnceLock::new(),
             app: OnceLock::new(),
-            streams: Arc::default(),
+            streams: Arc::new(InvocationStreams::new(shutdown)),
         }
     }
 
@@ -273,6 +279,13 @@ impl InvokeBlock {
         }
         if self.streams.any() {
             return Ok(self.streams.as_ref());
+        }
+        if self.streams.ever_opened() {
+            // Between two streams (the app restarting): worth a retry.
+            return Err(Status::unavailable(format!(
+                "app '{}' receives invocations over ServeInvocations and has no stream open right now",
+                self.app_id
+            )));
         }
         Err(Status::new(
             Code::Unimplemented,

@@ -7,54 +7,106 @@
 //! in and write the returned messages out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 use weft_proto::appchannel as ac;
 use weft_proto::{common, mesh};
 
 use super::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
 use crate::error::ApiError;
+use crate::shutdown::stopping;
 
-/// Invocations written to one stream and not answered yet.
+/// Messages written to one stream and not yet taken by its transport.
 const STREAM_BUFFER: usize = 256;
 
 /// What a stream's reader gets: the runtime's messages, or the error that
 /// ends the stream.
 pub type InvocationStream = mpsc::Receiver<Result<ac::ServeInvocationsResponse, ApiError>>;
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Invoked, Status>>>>;
+type Waiter = oneshot::Sender<Result<Invoked, Status>>;
 
 /// One open `ServeInvocations` stream.
 struct Attached {
     key: u64,
     tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, ApiError>>,
-    pending: Arc<Pending>,
+    /// Calls sent on this stream and not answered; `None` once the stream
+    /// has ended (dropping the waiters fails their calls).
+    pending: Mutex<Option<HashMap<u64, Waiter>>>,
+}
+
+impl Attached {
+    /// Registers a call; `None` when the stream has ended meanwhile.
+    fn expect(&self, id: u64) -> Option<oneshot::Receiver<Result<Invoked, Status>>> {
+        let mut pending = self.pending.lock().ok()?;
+        let map = pending.as_mut()?;
+        let (done, answer) = oneshot::channel();
+        map.insert(id, done);
+        Some(answer)
+    }
+
+    fn take(&self, id: u64) -> Option<Waiter> {
+        self.pending.lock().ok()?.as_mut()?.remove(&id)
+    }
+
+    fn idle(&self) -> bool {
+        self.pending
+            .lock()
+            .map(|p| p.as_ref().is_none_or(HashMap::is_empty))
+            .unwrap_or(true)
+    }
+
+    /// Ends the stream for its calls: those not answered fail.
+    fn close(&self) {
+        let waiters = self.pending.lock().ok().and_then(|mut p| p.take());
+        drop(waiters);
+    }
 }
 
 /// The app's open invocation streams.
-#[derive(Default)]
 pub struct InvocationStreams {
     streams: Mutex<Vec<Arc<Attached>>>,
+    /// Whether the app ever opened one (then a moment without any is a
+    /// restart: UNAVAILABLE, which callers retry, not UNIMPLEMENTED).
+    ever: AtomicBool,
     next_key: AtomicU64,
     next_id: AtomicU64,
     turn: AtomicUsize,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl InvocationStreams {
+    /// `shutdown` turns true when the runtime stops: streams then take no
+    /// new calls, finish the ones in flight and end.
+    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            streams: Mutex::new(Vec::new()),
+            ever: AtomicBool::new(false),
+            next_key: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            turn: AtomicUsize::new(0),
+            shutdown,
+        }
+    }
+
     /// Whether at least one stream is open.
     pub fn any(&self) -> bool {
         self.streams.lock().map(|s| !s.is_empty()).unwrap_or(false)
     }
 
+    /// Whether the app has ever opened a stream.
+    pub fn ever_opened(&self) -> bool {
+        self.ever.load(Ordering::Relaxed)
+    }
+
     /// Serves one stream: `requests` are the app's messages. The first must
-    /// be `initial`; the stream is registered before `initial_response` is
-    /// written, so a call made after the app saw it reaches the app.
+    /// be `initial`; `initial_response` is the first message written, and
+    /// the stream takes calls from then on.
     pub fn serve<S>(self: &Arc<Self>, requests: S) -> InvocationStream
     where
         S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
@@ -79,7 +131,15 @@ impl InvocationStreams {
         S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
     {
         use ac::serve_invocations_request::Kind;
-        match requests.next().await {
+        let mut shutdown = self.shutdown.clone();
+        let stop = stopping(&mut shutdown);
+        tokio::pin!(stop);
+        let first = tokio::select! {
+            r = requests.next() => r,
+            _ = tx.closed() => return Ok(()),
+            _ = &mut stop => return Ok(()),
+        };
+        match first {
             None => return Ok(()),
             Some(Err(e)) => return Err(e),
             Some(Ok(ac::ServeInvocationsRequest {
@@ -94,44 +154,62 @@ impl InvocationStreams {
         let attached = Arc::new(Attached {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             tx,
-            pending: Arc::default(),
+            pending: Mutex::new(Some(HashMap::new())),
         });
-        if let Ok(mut s) = self.streams.lock() {
-            s.push(attached.clone());
-        }
         // Whatever ends the stream, it stops taking calls, and the calls
-        // it had not answered fail (their senders are dropped).
+        // it had not answered fail.
         let _detach = Detach {
             streams: self,
-            key: attached.key,
+            attached: &attached,
         };
-        let initial = ac::ServeInvocationsResponse {
-            kind: Some(ac::serve_invocations_response::Kind::InitialResponse(
-                ac::ServeInvocationsInitialResponse {},
-            )),
-        };
-        if attached.tx.send(Ok(initial)).await.is_err() {
-            return Ok(());
+        {
+            // The initial response goes first: written (into an empty
+            // channel, so it cannot be full) before any call can pick the
+            // stream.
+            let mut streams = self
+                .streams
+                .lock()
+                .map_err(|_| ApiError::new(Code::Internal, "invocation streams lock poisoned"))?;
+            let initial = ac::ServeInvocationsResponse {
+                kind: Some(ac::serve_invocations_response::Kind::InitialResponse(
+                    ac::ServeInvocationsInitialResponse {},
+                )),
+            };
+            if attached.tx.try_send(Ok(initial)).is_err() {
+                return Ok(());
+            }
+            streams.push(attached.clone());
+            self.ever.store(true, Ordering::Relaxed);
         }
-        while let Some(msg) = requests.next().await {
-            match msg?.kind {
-                Some(Kind::Result(result)) => {
-                    let waiter = attached
-                        .pending
-                        .lock()
-                        .ok()
-                        .and_then(|mut p| p.remove(&result.id));
-                    match waiter {
-                        Some(w) => {
-                            let _ = w.send(answer(result));
-                        }
-                        // The call timed out or its caller went away.
-                        None => tracing::debug!(
-                            id = result.id,
-                            "invocation result for a call no longer waiting; dropped"
-                        ),
+        let mut draining = false;
+        loop {
+            let msg = tokio::select! {
+                m = requests.next() => m,
+                // The transport let go of the runtime's side: the app is gone.
+                _ = attached.tx.closed() => return Ok(()),
+                _ = &mut stop, if !draining => {
+                    // Shutting down: no new calls; those in flight may
+                    // still be answered.
+                    draining = true;
+                    self.detach(attached.key);
+                    if attached.idle() {
+                        return Ok(());
                     }
+                    continue;
                 }
+            };
+            let Some(msg) = msg else { return Ok(()) };
+            match msg?.kind {
+                Some(Kind::Result(result)) => match attached.take(result.id) {
+                    Some(w) => {
+                        let _ = w.send(answer(result));
+                    }
+                    // The call timed out or its caller went away.
+                    None => tracing::debug!(
+                        id = result.id,
+                        "invocation result for a call no longer waiting; dropped"
+                    ),
+                },
                 Some(Kind::Initial(_)) => {
                     return Err(ApiError::invalid_argument(
                         "ServeInvocationsRequest 'initial' was sent again; only the first message may be 'initial'",
@@ -143,8 +221,10 @@ impl InvocationStreams {
                     ))
                 }
             }
+            if draining && attached.idle() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// The next open stream, round robin.
@@ -157,15 +237,10 @@ impl InvocationStreams {
         Some(streams[i].clone())
     }
 
+    /// Takes a stream out of the rotation.
     fn detach(&self, key: u64) {
-        let gone = self.streams.lock().ok().and_then(|mut s| {
-            let i = s.iter().position(|a| a.key == key)?;
-            Some(s.remove(i))
-        });
-        if let Some(a) = gone {
-            if let Ok(mut p) = a.pending.lock() {
-                p.clear();
-            }
+        if let Ok(mut s) = self.streams.lock() {
+            s.retain(|a| a.key != key);
         }
     }
 
@@ -176,20 +251,26 @@ impl InvocationStreams {
         timeout: Duration,
     ) -> Result<Invoked, Status> {
         let method = req.method.clone();
-        let Some(stream) = self.pick() else {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // A stream picked just as it ends refuses the call before anything
+        // was sent: then the next one is tried.
+        let mut registered = None;
+        for _ in 0..4 {
+            let Some(stream) = self.pick() else { break };
+            if let Some(answer) = stream.expect(id) {
+                registered = Some((stream, answer));
+                break;
+            }
+        }
+        let Some((stream, answer)) = registered else {
             return Err(Status::unavailable(format!(
-                "the app's invocation streams closed before method '{method}' could be delivered"
+                "the app has no invocation stream open to deliver method '{method}' (ServeInvocations)"
             )));
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (done, answer) = oneshot::channel();
-        if let Ok(mut p) = stream.pending.lock() {
-            p.insert(id, done);
-        }
         // Forgets the call however this future ends (answer, timeout, or
         // the caller going away).
         let _forget = Forget {
-            pending: &stream.pending,
+            stream: &stream,
             id,
         };
         let invocation = ac::ServeInvocationsResponse {
@@ -269,25 +350,24 @@ fn answer(result: ac::InvocationResult) -> Result<Invoked, Status> {
 
 struct Detach<'a> {
     streams: &'a InvocationStreams,
-    key: u64,
+    attached: &'a Attached,
 }
 
 impl Drop for Detach<'_> {
     fn drop(&mut self) {
-        self.streams.detach(self.key);
+        self.streams.detach(self.attached.key);
+        self.attached.close();
     }
 }
 
 struct Forget<'a> {
-    pending: &'a Pending,
+    stream: &'a Attached,
     id: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&self.id);
-        }
+        drop(self.stream.take(self.id));
     }
 }
 
@@ -335,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn results_are_matched_by_id_in_any_order() {
-        let streams = Arc::new(InvocationStreams::default());
+        let streams = Arc::new(InvocationStreams::new(watch::channel(false).1));
         let (app, mut out) = open(&streams).await;
         let s = streams.clone();
         let a = tokio::spawn(async move {
@@ -381,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closing_stream_fails_its_calls_and_takes_no_more() {
-        let streams = Arc::new(InvocationStreams::default());
+        let streams = Arc::new(InvocationStreams::new(watch::channel(false).1));
         let (app, mut out) = open(&streams).await;
         let s = streams.clone();
         let call = tokio::spawn(async move {
@@ -398,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unanswered_call_times_out_and_a_late_result_is_dropped() {
-        let streams = Arc::new(InvocationStreams::default());
+        let streams = Arc::new(InvocationStreams::new(watch::channel(false).1));
         let (app, mut out) = open(&streams).await;
         let err = streams
             .call(request("slow"), Vec::new(), Duration::from_millis(50))
@@ -432,8 +512,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn on_shutdown_calls_in_flight_finish_then_the_stream_ends() {
+        let (stop, shutdown) = watch::channel(false);
+        let streams = Arc::new(InvocationStreams::new(shutdown));
+        let (app, mut out) = open(&streams).await;
+        let s = streams.clone();
+        let call = tokio::spawn(async move {
+            s.call(request("m"), Vec::new(), Duration::from_secs(5))
+                .await
+        });
+        let inv = invocation(out.recv().await.unwrap());
+        stop.send_replace(true);
+        // No new calls once shutting down (bounded wait for the stream to
+        // leave the rotation).
+        for _ in 0..100 {
+            if !streams.any() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!streams.any());
+        let err = streams
+            .call(request("late"), Vec::new(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        // The call in flight is still answered, then the stream ends.
+        app.send(Ok(ac::ServeInvocationsRequest {
+            kind: Some(In::Result(ac::InvocationResult {
+                id: inv.id,
+                ..Default::default()
+            })),
+        }))
+        .unwrap();
+        assert!(call.await.unwrap().is_ok());
+        assert!(out.recv().await.is_none(), "the stream ends with OK");
+    }
+
+    #[tokio::test]
     async fn bad_streams_are_refused_with_the_reason() {
-        let streams = Arc::new(InvocationStreams::default());
+        let streams = Arc::new(InvocationStreams::new(watch::channel(false).1));
         // Not opened with 'initial'.
         let (app, rx) = mpsc::unbounded_channel();
         app.send(Ok(ac::ServeInvocationsRequest { kind: None }))

@@ -157,6 +157,7 @@ impl Blocks {
                 &cfg.mesh_identity.trust_domain,
                 cfg.mesh.call_timeout,
                 access,
+                shutdown.subscribe(),
             ),
             metadata: MetadataBlock::new(cfg, infos),
             name_resolver,

@@ -60,6 +60,7 @@ use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as Statu
 
 use super::time::rfc3339;
 use crate::error::ApiError;
+use crate::shutdown::stopping;
 
 /// Request metadata: publish the data without a CloudEvents envelope.
 pub const RAW_PAYLOAD: &str = "rawPayload";
@@ -710,14 +711,6 @@ impl PendingEvent {
 }
 
 // === the streaming subscription ===
-
-/// Resolves when the runtime starts shutting down (never, if the shutdown
-/// signal is gone).
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
 
 async fn run_stream<S>(
     inner: Arc<Inner>,

@@ -28,7 +28,7 @@ use weft_proto::mesh::mesh_client::MeshClient as GrpcMeshClient;
 use super::balancer::{Balancer, InstanceStats, LbPolicy};
 use super::io::MaybeTls;
 use crate::blocks::invoke::{
-    deadline_fired, header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER,
+    caused_by, deadline_fired, header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER,
 };
 use crate::coalesce::Coalesce;
 use crate::security::tls::{peer_identity, MeshTls};
@@ -280,14 +280,7 @@ impl RemoteInvoker for MeshClient {
 
 /// The connection was never established, so the request was not sent.
 fn never_sent(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    caused_by::<ConnectError>(status)
 }
 
 /// An error of the connection, produced locally by the HTTP/2 client (an
