@@ -418,43 +418,70 @@ fn shm_caller(path: &std::path::Path) -> anyhow::Result<ShmClient> {
         .map_err(|e| anyhow::anyhow!("app A over shared memory: {e:?}"))
 }
 
-/// [`fixed_rate`] for a shared-memory caller: one thread, calls on the same
-/// schedule. The client is blocking, so a call that overruns its slot
-/// delays the next one; that one's latency then runs from its slot.
+/// Threads (one shared-memory session each) that share the fixed-rate
+/// schedule, so that a slow call rarely holds back the next one.
+const SHM_RATE_THREADS: u64 = 4;
+
+/// [`fixed_rate`] for shared-memory callers: [`SHM_RATE_THREADS`] blocking
+/// threads take the slots of the schedule in turn. A call's latency runs
+/// from its send, like the gRPC paths' (a sleep's overshoot is not the
+/// call's) — unless the thread's previous call overran this slot: then from
+/// the slot, since an open loop would have sent it on time.
 fn fixed_rate_shm(
     path: &std::path::Path,
     rate: u64,
     secs: f64,
     body: &[u8],
 ) -> anyhow::Result<(Vec<u64>, u64)> {
-    let mut client = shm_caller(path)?;
     let request = prost::Message::encode_to_vec(&invoke_b(body));
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let total = (rate as f64 * secs) as u64;
+    let mut clients = Vec::new();
+    for _ in 0..SHM_RATE_THREADS {
+        clients.push(shm_caller(path)?);
+    }
     let start = Instant::now() + Duration::from_millis(10);
+    let per_thread = std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(first, mut client)| {
+                let request = &request;
+                scope.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    let mut previous_end = start;
+                    for n in (first as u64..total).step_by(SHM_RATE_THREADS as usize) {
+                        let at = start + interval * n as u32;
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::sleep(at - now);
+                        }
+                        let sent = Instant::now();
+                        if client
+                            .call(weft_shm::method::INVOKE_SERVICE, request)
+                            .is_err()
+                        {
+                            errors += 1;
+                        }
+                        let from = if previous_end > at { at } else { sent };
+                        previous_end = Instant::now();
+                        lat.push(previous_end.duration_since(from).as_micros() as u64);
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("shared-memory caller thread"))
+            .collect::<Vec<_>>()
+    });
     let mut lat = Vec::with_capacity(total as usize);
     let mut errors = 0;
-    let mut previous_end = start;
-    for n in 0..total {
-        let at = start + interval * n as u32;
-        let now = Instant::now();
-        if at > now {
-            std::thread::sleep(at - now);
-        }
-        let sent = Instant::now();
-        if client
-            .call(weft_shm::method::INVOKE_SERVICE, &request)
-            .is_err()
-        {
-            errors += 1;
-        }
-        // A call held back by the one before it counts from its slot (the
-        // wait is latency an open loop would have seen); otherwise from
-        // the send, like the gRPC paths (the sleep's overshoot is not the
-        // call's).
-        let from = if previous_end > at { at } else { sent };
-        previous_end = Instant::now();
-        lat.push(previous_end.duration_since(from).as_micros() as u64);
+    for (l, e) in per_thread {
+        lat.extend(l);
+        errors += e;
     }
     lat.sort_unstable();
     Ok((lat, errors))
