@@ -128,6 +128,45 @@ impl Backend {
     }
 }
 
+/// [`start`], with the Kafka component's partition assignments in the log.
+async fn start_logging_assignments(app: &str, resources: Option<&Path>) -> Weft {
+    let mut opts =
+        WeftOptions::new(app).env("WEFT_LOG", "info,weft_components::pubsub::kafka=debug");
+    if let Some(r) = resources {
+        opts = opts.resources(r);
+    }
+    Weft::start(opts).await.expect("start weft")
+}
+
+/// Whether a runtime started by [`start_logging_assignments`] was assigned
+/// partitions.
+fn holds_partitions(w: &Weft) -> bool {
+    w.logs()
+        .lines()
+        .any(|l| l.contains("partitions assigned") && !l.contains("assigned=0"))
+}
+
+/// Waits (bounded) until every runtime holds partitions of its group.
+async fn wait_for_assignments(wefts: &[Weft], within: Duration) {
+    let start = Instant::now();
+    loop {
+        let waiting: Vec<usize> = (0..wefts.len())
+            .filter(|&i| !holds_partitions(&wefts[i]))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if start.elapsed() > within {
+            let refs: Vec<&Weft> = wefts.iter().collect();
+            panic!(
+                "runtimes {waiting:?} were assigned no partition within {within:?}\n{}",
+                runtime_logs(&refs)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn start(app: &str, resources: Option<&Path>) -> Weft {
     let mut opts = WeftOptions::new(app);
     if let Some(r) = resources {
@@ -690,8 +729,10 @@ async fn kafka_kill_and_join(
     let total = plan.total();
     let rec = Recorder::new(&plan.counts, true);
 
-    let mut wefts: Vec<Weft> =
-        futures::future::join_all((0..3).map(|_| start(&app, Some(res.path())))).await;
+    let mut wefts: Vec<Weft> = futures::future::join_all(
+        (0..3).map(|_| start_logging_assignments(&app, Some(res.path()))),
+    )
+    .await;
     let hold = Arc::new(AtomicBool::new(false));
     let mut subs: Vec<Option<Sub>> = Vec::new();
     for (i, w) in wefts.iter().enumerate() {
@@ -714,6 +755,10 @@ async fn kafka_kill_and_join(
             .await,
         ));
     }
+    // The group settles before anything is published: a cooperative
+    // rebalance takes a few heartbeats, and pipelined consumers can drain
+    // the whole topic in less, leaving the later members nothing to hold.
+    wait_for_assignments(&wefts, Duration::from_secs(60)).await;
     // Four publishers over disjoint key sets (each in order) outpace the
     // consumers, so the runtime killed below has a backlog to work on.
     let lanes = 4;
