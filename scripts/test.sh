@@ -126,11 +126,12 @@ start_services() {
     echo "$env_lines"
 }
 
+# --no-fail-fast: a failing test binary does not hide the others' results.
 cargo_test() {
     if [ -n "${WEFT_TEST_THREADS:-}" ]; then
-        cargo test --workspace -- --test-threads="$WEFT_TEST_THREADS"
+        cargo test --workspace --no-fail-fast -- --test-threads="$WEFT_TEST_THREADS"
     else
-        cargo test --workspace
+        cargo test --workspace --no-fail-fast
     fi
 }
 
