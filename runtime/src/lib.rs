@@ -89,14 +89,8 @@ impl Runtime {
             None => None,
         };
 
-        let api = api::grpc::DaprApi::new(blocks.clone());
-        let routes = tonic::service::Routes::new(
-            api.into_service(config.api_token.clone(), config.max_body_size),
-        )
-        .add_service(
-            api::grpc::WeftApi::new(blocks.clone())
-                .into_service(config.api_token.clone(), config.max_body_size),
-        );
+        let routes = api::grpc::DaprApi::new(blocks.clone())
+            .routes(config.api_token.clone(), config.max_body_size);
         let mut servers = Vec::new();
 
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)

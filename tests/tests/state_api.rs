@@ -444,6 +444,16 @@ async fn api_token_is_enforced() {
         .metadata_mut()
         .insert("dapr-api-token", "s3cret".parse().unwrap());
     c.get_state(right).await.unwrap();
+    // Weft's own AppChannel service checks the same token.
+    let mut channel =
+        weft_proto::appchannel::app_channel_client::AppChannelClient::new(weft.channel().await);
+    let err = channel
+        .serve_invocations(tokio_stream::iter(Vec::<
+            weft_proto::appchannel::ServeInvocationsRequest,
+        >::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // Health needs no token; metadata does.
     assert_eq!(
         http_get(weft.http_port, "/v1.0/healthz", &[])

@@ -37,17 +37,18 @@ impl DaprApi {
         Self { blocks }
     }
 
-    /// The tonic service, with the API-token check when a token is set and
-    /// the request size limit.
-    pub fn into_service(
-        self,
-        api_token: Option<String>,
-        max_body_size: usize,
-    ) -> tonic::service::interceptor::InterceptedService<DaprServer<DaprApi>, TokenCheck> {
-        let server = DaprServer::new(self)
+    /// The app-facing gRPC services — the Dapr API and Weft's own
+    /// `weft.runtime.v1.AppChannel` — each with the API-token check (when a
+    /// token is set) and the request size limit.
+    pub fn routes(self, api_token: Option<String>, max_body_size: usize) -> tonic::service::Routes {
+        let dapr = DaprServer::new(self.clone())
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
-        TokenCheck::wrap(server, api_token)
+        let weft = AppChannelServer::new(self)
+            .max_decoding_message_size(max_body_size)
+            .max_encoding_message_size(usize::MAX);
+        tonic::service::Routes::new(TokenCheck::wrap(dapr, api_token.clone()))
+            .add_service(TokenCheck::wrap(weft, api_token))
     }
 
     async fn subscribe_config(
@@ -363,34 +364,9 @@ impl Dapr for DaprApi {
 type InvocationStream =
     Pin<Box<dyn Stream<Item = Result<ac::ServeInvocationsResponse, Status>> + Send>>;
 
-/// Weft's own app-facing services (`weft.runtime.v1`), beside the Dapr API.
-#[derive(Clone)]
-pub struct WeftApi {
-    blocks: Arc<Blocks>,
-}
-
-impl WeftApi {
-    pub fn new(blocks: Arc<Blocks>) -> Self {
-        Self { blocks }
-    }
-
-    /// The tonic service, with the same API-token check and size limit as
-    /// the Dapr API.
-    pub fn into_service(
-        self,
-        api_token: Option<String>,
-        max_body_size: usize,
-    ) -> tonic::service::interceptor::InterceptedService<AppChannelServer<WeftApi>, TokenCheck>
-    {
-        let server = AppChannelServer::new(self)
-            .max_decoding_message_size(max_body_size)
-            .max_encoding_message_size(usize::MAX);
-        TokenCheck::wrap(server, api_token)
-    }
-}
-
 #[tonic::async_trait]
-impl AppChannel for WeftApi {
+/// Weft's own app-facing service (`weft.runtime.v1`), beside the Dapr API.
+impl AppChannel for DaprApi {
     type ServeInvocationsStream = InvocationStream;
 
     async fn serve_invocations(
