@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::runtime::dapr_client::DaprClient;
 
 pub mod invoke_app;
+pub mod mesh;
 
 /// Path of the `weft` binary under test.
 pub fn weft_bin() -> PathBuf {

@@ -14,44 +14,8 @@ use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_client::DaprClient;
 use weft_tests::certs::{ca_init, ca_issue, flags};
 use weft_tests::invoke_app::{InvokeApp, FAIL_DETAILS};
+use weft_tests::mesh::{assert_deadline_bounds_the_call, call, md, request, MeshEnv as Env};
 use weft_tests::{free_port, Weft, WeftOptions};
-
-/// A test's shared directory: the registry, the root and the certificates.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let env = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        ca_init(&env.ca(), "public");
-        env
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.path("ca")
-    }
-
-    fn registry(&self) -> String {
-        self.path("registry").to_string_lossy().into_owned()
-    }
-
-    /// Certificate flags for an instance of `app_id` called `name`.
-    fn certs(&self, app_id: &str, name: &str) -> Vec<String> {
-        flags(&ca_issue(
-            &self.ca(),
-            app_id,
-            &self.path(&format!("certs/{name}")),
-            "1h",
-        ))
-    }
-}
 
 /// A runtime and the app instance behind it.
 struct Node {
@@ -94,37 +58,6 @@ async fn tls_node(env: &Env, app_id: &str, name: &str, mut extra: Vec<String>) -
     let mut args = env.certs(app_id, name);
     args.append(&mut extra);
     node(env, app_id, name, args).await
-}
-
-fn request(id: &str, method: &str, data: &[u8]) -> pb::InvokeServiceRequest {
-    pb::InvokeServiceRequest {
-        id: id.into(),
-        message: Some(common::InvokeRequest {
-            method: method.into(),
-            data: Some(prost_types::Any {
-                type_url: String::new(),
-                value: data.to_vec(),
-            }),
-            content_type: "application/octet-stream".into(),
-            http_extension: None,
-        }),
-    }
-}
-
-async fn call(
-    c: &mut DaprClient<Channel>,
-    id: &str,
-    method: &str,
-) -> Result<tonic::Response<common::InvokeResponse>, Status> {
-    c.invoke_service(request(id, method, b"ping")).await
-}
-
-fn md(resp: &tonic::Response<common::InvokeResponse>, key: &str) -> String {
-    resp.metadata()
-        .get(key)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 // === invocation ===
@@ -200,17 +133,7 @@ async fn invocation_both_ways_passes_everything_through() {
     assert!(err.message().contains("nope"), "{err:?}");
 
     // The caller's deadline bounds the whole path.
-    let mut req = Request::new(request("inv-b", "sleep/3000", b""));
-    req.set_timeout(Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let err = ca.invoke_service(req).await.unwrap_err();
-    // tonic's server answers an expired grpc-timeout with CANCELLED
-    // "Timeout expired" when its own timer fires first.
-    assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{err:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_deadline_bounds_the_call(&mut ca, "inv-b").await;
 
     // Calling itself goes straight to its own app.
     let resp = call(&mut ca, "inv-a", "echo").await.unwrap();
@@ -994,15 +917,7 @@ async fn apps_without_a_port_receive_invocations_over_a_stream() {
     assert_eq!(err.details(), FAIL_DETAILS);
 
     // The caller's deadline reaches the app and bounds the call.
-    let mut req = Request::new(request("stream-b", "sleep/3000", b""));
-    req.set_timeout(Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let err = ca.invoke_service(req).await.unwrap_err();
-    assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{err:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_deadline_bounds_the_call(&mut ca, "stream-b").await;
 
     // A call in flight when its stream closes fails; nothing is replayed.
     drop(s2);

@@ -18,58 +18,15 @@ use weft_proto::appchannel as ac;
 use weft_proto::appchannel::serve_invocations_request::Kind as In;
 use weft_proto::appchannel::serve_invocations_response::Kind as Out;
 use weft_proto::common;
-use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_client::DaprClient;
 use weft_shm::method as m;
 use weft_shm::{code, Client, ClientOptions, IdleConfig};
-use weft_tests::certs::{ca_init, ca_issue, flags};
+use weft_tests::invoke_app::FAIL_DETAILS;
+use weft_tests::mesh::{call, md, request, MeshEnv as Env};
 use weft_tests::{free_port, Weft, WeftOptions};
 
 /// Bound for any single expected event (a failure, never a speed check).
 const WAIT: Duration = Duration::from_secs(60);
-/// Error details the app returns with `fail` (an encoded google.rpc.Status
-/// with code 42), passed through unchanged.
-const FAIL_DETAILS: &[u8] = b"\x08\x2a";
-
-/// A test's directory: the registry, the root and the certificates.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let env = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        ca_init(&env.path("ca"), "public");
-        env
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    /// A runtime for `app_id` in the mesh, with a certificate of the root.
-    async fn runtime(&self, app_id: &str, extra: &[String]) -> Weft {
-        let certs = ca_issue(
-            &self.path("ca"),
-            app_id,
-            &self.path(&format!("certs/{app_id}")),
-            "1h",
-        );
-        let mut opts = WeftOptions::new(app_id)
-            .arg("--mesh-port")
-            .arg(&free_port().to_string())
-            .env(
-                "WEFT_LOCAL_REGISTRY_DIR",
-                &self.path("registry").to_string_lossy(),
-            );
-        for a in flags(&certs).iter().chain(extra) {
-            opts = opts.arg(a);
-        }
-        Weft::start(opts).await.unwrap()
-    }
-}
 
 /// `--shm-socket` and `--shm-dir` in `dir`; returns the flags and the socket.
 fn shm_flags(dir: &Path) -> (Vec<String>, PathBuf) {
@@ -246,37 +203,6 @@ async fn next_invocation(seen: &mut mpsc::UnboundedReceiver<Seen>) -> ac::Invoca
 
 // === the caller ===
 
-fn request(id: &str, method: &str, data: &[u8]) -> Request<pb::InvokeServiceRequest> {
-    Request::new(pb::InvokeServiceRequest {
-        id: id.into(),
-        message: Some(common::InvokeRequest {
-            method: method.into(),
-            data: Some(prost_types::Any {
-                type_url: String::new(),
-                value: data.to_vec(),
-            }),
-            content_type: "text/plain".into(),
-            http_extension: None,
-        }),
-    })
-}
-
-async fn call(
-    c: &mut DaprClient<Channel>,
-    id: &str,
-    method: &str,
-) -> Result<tonic::Response<common::InvokeResponse>, Status> {
-    c.invoke_service(request(id, method, b"ping")).await
-}
-
-fn md(resp: &tonic::Response<common::InvokeResponse>, key: &str) -> String {
-    resp.metadata()
-        .get(key)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Calls `echo` until the runtime says the app has no stream open (bounded):
 /// UNAVAILABLE, as for an app restarting, since it had one. A call racing
 /// the stream's end may still be handed to it and fail with UNAVAILABLE
@@ -312,7 +238,7 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     assert!(matches!(next_seen(&mut seen).await, Seen::Ready));
 
     // The call reaches the app's stream with everything the caller sent.
-    let mut req = request("shm-inv-b", "echo", b"hello");
+    let mut req = Request::new(request("shm-inv-b", "echo", b"hello"));
     req.metadata_mut()
         .insert("x-user", "alice".parse().unwrap());
     let resp = ca.invoke_service(req).await.unwrap();
@@ -320,7 +246,7 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     let sent = inv.request.clone().unwrap();
     assert_eq!(sent.method, "echo");
     assert_eq!(sent.data.unwrap().value, b"hello");
-    assert_eq!(sent.content_type, "text/plain");
+    assert_eq!(sent.content_type, "application/octet-stream");
     let seen_md = |key: &str| {
         inv.metadata
             .iter()
@@ -337,7 +263,7 @@ async fn a_shm_app_without_an_app_port_serves_invocations_from_the_mesh() {
     assert_eq!(md(&resp, "x-seen-caller"), "shm-inv-a");
     let body = resp.into_inner();
     assert_eq!(body.data.unwrap().value, b"hello");
-    assert_eq!(body.content_type, "text/plain");
+    assert_eq!(body.content_type, "application/octet-stream");
 
     // An app's error comes back with its code, message and details.
     let err = call(&mut ca, "shm-inv-b", "fail").await.unwrap_err();
