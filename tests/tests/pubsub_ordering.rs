@@ -686,6 +686,28 @@ async fn wait_until(
 
 // === (a) and (e): ordering and no loss through crashes and joins ===
 
+/// One test per backend for a scenario taking a [`Backend`]: `$kafka` runs
+/// it against the Kafka broker of the test services (and passes without
+/// one), `$embedded` against the embedded broker.
+macro_rules! on_both_backends {
+    ($kafka:ident, $embedded:ident, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $kafka() {
+            let Some(brokers) = kafka_brokers() else {
+                return;
+            };
+            let _serial = serial();
+            $scenario(Backend::Kafka(brokers)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $embedded() {
+            let _serial = serial();
+            $scenario(Backend::Embedded).await;
+        }
+    };
+}
+
 /// Kafka: three runtimes of one app consume 100 000 messages over 1 000
 /// keys while they are published; one runtime is killed with SIGKILL mid-run
 /// and a fourth joins.
@@ -1145,20 +1167,11 @@ async fn retry_keeps_partition_order(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_retry_keeps_partition_order() {
-    let Some(brokers) = kafka_brokers() else {
-        return;
-    };
-    let _serial = serial();
-    retry_keeps_partition_order(Backend::Kafka(brokers)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_retry_keeps_partition_order() {
-    let _serial = serial();
-    retry_keeps_partition_order(Backend::Embedded).await;
-}
+on_both_backends!(
+    kafka_retry_keeps_partition_order,
+    embedded_retry_keeps_partition_order,
+    retry_keeps_partition_order
+);
 
 // === (c) poison messages go to the dead-letter topic ===
 
@@ -1258,20 +1271,11 @@ async fn poison_goes_to_dead_letter_topic(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_poison_goes_to_dead_letter_topic() {
-    let Some(brokers) = kafka_brokers() else {
-        return;
-    };
-    let _serial = serial();
-    poison_goes_to_dead_letter_topic(Backend::Kafka(brokers)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_poison_goes_to_dead_letter_topic() {
-    let _serial = serial();
-    poison_goes_to_dead_letter_topic(Backend::Embedded).await;
-}
+on_both_backends!(
+    kafka_poison_goes_to_dead_letter_topic,
+    embedded_poison_goes_to_dead_letter_topic,
+    poison_goes_to_dead_letter_topic
+);
 
 // === (d) a restart resumes from the committed offsets ===
 
@@ -1537,20 +1541,11 @@ async fn retry_in_the_middle_of_a_window(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_pipelined_retry_in_the_middle_of_a_window() {
-    let Some(brokers) = kafka_brokers() else {
-        return;
-    };
-    let _serial = serial();
-    retry_in_the_middle_of_a_window(Backend::Kafka(brokers)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_pipelined_retry_in_the_middle_of_a_window() {
-    let _serial = serial();
-    retry_in_the_middle_of_a_window(Backend::Embedded).await;
-}
+on_both_backends!(
+    kafka_pipelined_retry_in_the_middle_of_a_window,
+    embedded_pipelined_retry_in_the_middle_of_a_window,
+    retry_in_the_middle_of_a_window
+);
 
 /// Waits (bounded) until nothing new was recorded for `quiet`.
 async fn wait_quiet(what: &str, rec: &Recorder, wefts: &[&Weft], quiet: Duration) {
@@ -1723,17 +1718,8 @@ async fn commit_never_skips_an_unacked_message(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_pipelined_restart_redelivers_exactly_the_unacked_suffix() {
-    let Some(brokers) = kafka_brokers() else {
-        return;
-    };
-    let _serial = serial();
-    commit_never_skips_an_unacked_message(Backend::Kafka(brokers)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_pipelined_resubscribe_redelivers_exactly_the_unacked_suffix() {
-    let _serial = serial();
-    commit_never_skips_an_unacked_message(Backend::Embedded).await;
-}
+on_both_backends!(
+    kafka_pipelined_restart_redelivers_exactly_the_unacked_suffix,
+    embedded_pipelined_resubscribe_redelivers_exactly_the_unacked_suffix,
+    commit_never_skips_an_unacked_message
+);
