@@ -22,7 +22,7 @@ use weft_proto::appchannel as ac;
 use weft_proto::appchannel::app_channel_client::AppChannelClient;
 use weft_proto::common;
 use weft_proto::runtime as pb;
-use weft_proto::runtime::app_callback_server::{AppCallback, AppCallbackServer};
+use weft_proto::runtime::app_callback_server::AppCallbackServer;
 
 /// Detail bytes the `fail` method attaches to its error.
 pub const FAIL_DETAILS: &[u8] = b"\x08\x2a";
@@ -216,8 +216,7 @@ impl Drop for StreamApp {
     }
 }
 
-#[tonic::async_trait]
-impl AppCallback for InvokeApp {
+crate::app_callback!(InvokeApp {
     async fn on_invoke(
         &self,
         r: Request<common::InvokeRequest>,
@@ -257,32 +256,4 @@ impl AppCallback for InvokeApp {
     ) -> Result<Response<pb::TopicEventResponse>, Status> {
         Err(Status::unimplemented("this app has no subscriptions"))
     }
-
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<pb::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(pb::ListInputBindingsResponse::default()))
-    }
-
-    async fn on_binding_event(
-        &self,
-        _: Request<pb::BindingEventRequest>,
-    ) -> Result<Response<pb::BindingEventResponse>, Status> {
-        Err(Status::unimplemented("this app has no bindings"))
-    }
-
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<pb::TopicEventBulkRequest>,
-    ) -> Result<Response<pb::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("this app has no subscriptions"))
-    }
-
-    async fn on_job_event(
-        &self,
-        _: Request<pb::JobEventRequest>,
-    ) -> Result<Response<pb::JobEventResponse>, Status> {
-        Err(Status::unimplemented("this app has no jobs"))
-    }
-}
+});

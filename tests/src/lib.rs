@@ -17,6 +17,59 @@ use weft_proto::runtime::dapr_client::DaprClient;
 pub mod invoke_app;
 pub mod mesh;
 
+/// `impl AppCallback for $app { ... }` with the methods given, plus those
+/// no test app serves: input bindings (none listed, events UNIMPLEMENTED),
+/// bulk topic events and jobs (UNIMPLEMENTED).
+#[macro_export]
+macro_rules! app_callback {
+    ($app:ty { $($methods:tt)* }) => {
+        #[::tonic::async_trait]
+        impl ::weft_proto::runtime::app_callback_server::AppCallback for $app {
+            $($methods)*
+
+            async fn list_input_bindings(
+                &self,
+                _: ::tonic::Request<()>,
+            ) -> ::std::result::Result<
+                ::tonic::Response<::weft_proto::runtime::ListInputBindingsResponse>,
+                ::tonic::Status,
+            > {
+                Ok(::tonic::Response::new(Default::default()))
+            }
+
+            async fn on_binding_event(
+                &self,
+                _: ::tonic::Request<::weft_proto::runtime::BindingEventRequest>,
+            ) -> ::std::result::Result<
+                ::tonic::Response<::weft_proto::runtime::BindingEventResponse>,
+                ::tonic::Status,
+            > {
+                Err(::tonic::Status::unimplemented("this app has no bindings"))
+            }
+
+            async fn on_bulk_topic_event(
+                &self,
+                _: ::tonic::Request<::weft_proto::runtime::TopicEventBulkRequest>,
+            ) -> ::std::result::Result<
+                ::tonic::Response<::weft_proto::runtime::TopicEventBulkResponse>,
+                ::tonic::Status,
+            > {
+                Err(::tonic::Status::unimplemented("this app takes no bulk topic events"))
+            }
+
+            async fn on_job_event(
+                &self,
+                _: ::tonic::Request<::weft_proto::runtime::JobEventRequest>,
+            ) -> ::std::result::Result<
+                ::tonic::Response<::weft_proto::runtime::JobEventResponse>,
+                ::tonic::Status,
+            > {
+                Err(::tonic::Status::unimplemented("this app has no jobs"))
+            }
+        }
+    };
+}
+
 /// Path of the `weft` binary under test.
 pub fn weft_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_BIN") {

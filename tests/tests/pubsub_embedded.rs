@@ -352,8 +352,7 @@ struct App {
     events: Calls,
 }
 
-#[tonic::async_trait]
-impl pb::app_callback_server::AppCallback for App {
+weft_tests::app_callback!(App {
     async fn on_invoke(
         &self,
         _: Request<common::InvokeRequest>,
@@ -404,35 +403,7 @@ impl pb::app_callback_server::AppCallback for App {
             status: status as i32,
         }))
     }
-
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<pb::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(pb::ListInputBindingsResponse::default()))
-    }
-
-    async fn on_binding_event(
-        &self,
-        _: Request<pb::BindingEventRequest>,
-    ) -> Result<Response<pb::BindingEventResponse>, Status> {
-        Err(Status::unimplemented("no bindings"))
-    }
-
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<pb::TopicEventBulkRequest>,
-    ) -> Result<Response<pb::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("no bulk"))
-    }
-
-    async fn on_job_event(
-        &self,
-        _: Request<pb::JobEventRequest>,
-    ) -> Result<Response<pb::JobEventResponse>, Status> {
-        Err(Status::unimplemented("no jobs"))
-    }
-}
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_model_delivers_with_retry_and_dead_letter() {
@@ -665,8 +636,7 @@ struct PipelinedApp {
     in_flight: Arc<Mutex<HashMap<i64, (usize, usize)>>>,
 }
 
-#[tonic::async_trait]
-impl pb::app_callback_server::AppCallback for PipelinedApp {
+weft_tests::app_callback!(PipelinedApp {
     async fn on_invoke(
         &self,
         _: Request<common::InvokeRequest>,
@@ -726,35 +696,7 @@ impl pb::app_callback_server::AppCallback for PipelinedApp {
             status: status as i32,
         }))
     }
-
-    async fn list_input_bindings(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<pb::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(pb::ListInputBindingsResponse::default()))
-    }
-
-    async fn on_binding_event(
-        &self,
-        _: Request<pb::BindingEventRequest>,
-    ) -> Result<Response<pb::BindingEventResponse>, Status> {
-        Err(Status::unimplemented("no bindings"))
-    }
-
-    async fn on_bulk_topic_event(
-        &self,
-        _: Request<pb::TopicEventBulkRequest>,
-    ) -> Result<Response<pb::TopicEventBulkResponse>, Status> {
-        Err(Status::unimplemented("no bulk"))
-    }
-
-    async fn on_job_event(
-        &self,
-        _: Request<pb::JobEventRequest>,
-    ) -> Result<Response<pb::JobEventResponse>, Status> {
-        Err(Status::unimplemented("no jobs"))
-    }
-}
+});
 
 /// The callback model with `maxInFlightPerPartition: 4`: up to 4 calls of
 /// one partition run at once. Concurrent unary calls carry no order among
