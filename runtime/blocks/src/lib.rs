@@ -1,32 +1,96 @@
-//! Building blocks: one handler per API operation, shared by every transport
-//! (gRPC today; HTTP routes and shared memory call the same methods).
+//! Weft's building blocks: one handler per API operation, shared by every
+//! transport.
+//!
+//! The runtime's transports (gRPC, HTTP, shared memory, the mesh) decode a
+//! request, fill a [`CallContext`] and call a block method; the block
+//! validates the request, calls its components and answers with the
+//! response or a [`BlockError`]. Nothing here knows a transport: this crate
+//! depends on the components and the protobuf message types only, so the
+//! compiler keeps the dependencies pointing one way (configuration →
+//! blocks → transports).
+//!
+//! * [`state`], [`configuration`], [`pubsub`], [`invoke`], [`metadata`]:
+//!   the blocks;
+//! * [`app`]: how blocks reach the local app (callbacks, invocations);
+//! * [`context`], [`error`]: what every method takes and returns;
+//! * [`BlocksConfig`]: the typed settings the runtime's configuration
+//!   builds for them.
 
+pub mod app;
 pub mod configuration;
+pub mod context;
+pub mod error;
+pub mod ids;
 pub mod invoke;
-pub mod invoke_stream;
 pub mod metadata;
 pub mod pubsub;
+pub mod shutdown;
 pub mod state;
 mod time;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use weft_components::nameresolution::{self as nrc, NameResolver};
 use weft_components::{
     configuration as cfgc, pubsub as pubsubc, state as statec, InitContext, Metadata,
 };
-use weft_proto::runtime as pb;
-
-use crate::config::resources::ComponentSpec;
-use crate::config::RuntimeConfig;
-use crate::shutdown::Shutdown;
 
 pub use configuration::ConfigurationBlock;
+pub use context::{Authentication, CallContext, Caller, PeerIdentity};
+pub use error::{BlockError, Code};
 pub use invoke::InvokeBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
+pub use shutdown::Shutdown;
 pub use state::StateBlock;
+
+/// A component definition, as read from a resource file (or a built-in
+/// default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentSpec {
+    /// `metadata.name`: the name apps use (`store_name`, `pubsub_name`).
+    pub name: String,
+    /// `spec.type`, e.g. `state.sqlite`.
+    pub kind: String,
+    /// `spec.version`, `v1` when absent.
+    pub version: String,
+    /// `spec.metadata` as name → value.
+    pub metadata: BTreeMap<String, String>,
+    /// Where it came from: a file path, or `<built-in default>`.
+    pub source: String,
+}
+
+impl ComponentSpec {
+    /// The building block this component belongs to (`state`, `configuration`, …).
+    pub fn block(&self) -> &str {
+        self.kind.split('.').next().unwrap_or_default()
+    }
+}
+
+/// What the building blocks need to know of the runtime's configuration.
+#[derive(Debug, Clone)]
+pub struct BlocksConfig {
+    /// This runtime's app id: prefixes state keys, is the default consumer
+    /// group and the CloudEvents source.
+    pub app_id: String,
+    /// Where embedded components keep their files.
+    pub data_dir: PathBuf,
+    pub invoke: invoke::InvokeConfig,
+    /// How the runtime reaches the app's `AppCallback` service, if it
+    /// serves one (reported by the metadata API).
+    pub app_connection: Option<metadata::AppConnection>,
+}
+
+/// A component that cannot be built, with the file and component named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct BuildError {
+    /// The file (or `<built-in default>`) the component came from.
+    pub file: String,
+    pub reason: String,
+}
 
 /// Every building block of one runtime.
 pub struct Blocks {
@@ -41,26 +105,14 @@ pub struct Blocks {
     pub shutdown: Shutdown,
 }
 
-/// Component types by block, for "unknown type" errors.
-fn known_types() -> String {
-    statec::TYPES
-        .iter()
-        .chain(cfgc::TYPES)
-        .chain(pubsubc::TYPES)
-        .chain(nrc::TYPES)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl Blocks {
     /// Builds every component. Any error names the file and the component;
     /// the runtime refuses to start on it.
     pub async fn build(
-        cfg: &RuntimeConfig,
+        cfg: BlocksConfig,
         specs: Vec<ComponentSpec>,
         shutdown: Shutdown,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, BuildError> {
         let ctx = InitContext {
             data_dir: cfg.data_dir.clone(),
             app_id: cfg.app_id.clone(),
@@ -72,7 +124,10 @@ impl Blocks {
         let mut infos = Vec::new();
         for spec in specs {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), spec.metadata.clone());
-            let at = |e: String| format!("{}: {e}", spec.source);
+            let at = |reason: String| BuildError {
+                file: spec.source.clone(),
+                reason,
+            };
             let capabilities: Vec<String> = match spec.block() {
                 "state" => {
                     let prefix = state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
@@ -140,35 +195,29 @@ impl Blocks {
             Some((_, r)) => r,
             None => {
                 let md = Metadata::new("nameresolution", "nameresolution.local", Vec::new());
-                nrc::build(&md, &ctx).await.map_err(|e| e.to_string())?
+                nrc::build(&md, &ctx).await.map_err(|e| BuildError {
+                    file: "<built-in default>".to_string(),
+                    reason: e.to_string(),
+                })?
             }
-        };
-        let access = match &cfg.app_config {
-            Some(path) => crate::config::app_config::load(path)?.access_control,
-            None => crate::security::access::AccessPolicy::allow_all(),
         };
         let blocks = Arc::new(Self {
             state: StateBlock::new(state_stores),
             configuration: ConfigurationBlock::new(config_stores, shutdown.subscribe()),
             pubsub: PubSubBlock::new(&cfg.app_id, pubsubs, shutdown.subscribe()),
-            invoke: InvokeBlock::new(
-                &cfg.app_id,
-                &cfg.mesh_identity.namespace,
-                &cfg.mesh_identity.trust_domain,
-                cfg.mesh.call_timeout,
-                access,
-                shutdown.subscribe(),
-            ),
-            metadata: MetadataBlock::new(cfg, infos),
+            invoke: InvokeBlock::new(&cfg.app_id, cfg.invoke, shutdown.subscribe()),
+            metadata: MetadataBlock::new(&cfg.app_id, cfg.app_connection, infos),
             name_resolver,
             shutdown,
         });
         Ok(blocks)
     }
 
-    /// GetMetadata: the runtime's description plus active subscriptions.
-    pub fn get_metadata(&self) -> pb::GetMetadataResponse {
-        let mut md = self.metadata.get_metadata();
+    /// GetMetadata (gRPC, shared memory) and `GET /v1.0/metadata` (HTTP):
+    /// the runtime's description plus its active subscriptions, one view
+    /// for every transport.
+    pub fn metadata_view(&self) -> weft_proto::runtime::GetMetadataResponse {
+        let mut md = self.metadata.view();
         md.subscriptions = self.pubsub.subscriptions();
         md
     }
@@ -180,4 +229,16 @@ impl Blocks {
         self.name_resolver.close().await;
         self.state.close().await;
     }
+}
+
+/// Component types by block, for "unknown type" errors.
+fn known_types() -> String {
+    statec::TYPES
+        .iter()
+        .chain(cfgc::TYPES)
+        .chain(pubsubc::TYPES)
+        .chain(nrc::TYPES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
