@@ -874,6 +874,20 @@ fn trim(st: &mut TopicState, partition: usize) {
     }
 }
 
+/// `pubsub.embedded` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "pubsub.embedded",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::PubSub(Arc::new(EmbeddedBroker::from_metadata(
+                md, ctx,
+            )?)))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use weft_components::nameresolution::{self as nrc, NameResolver};
-use weft_components::{
-    configuration as cfgc, pubsub as pubsubc, state as statec, InitContext, Metadata,
-};
+use weft_components::registry::{self, Component};
+use weft_components::{ComponentError, InitContext, Metadata};
 
 pub use configuration::ConfigurationBlock;
 pub use context::{Authentication, CallContext, Caller, PeerIdentity};
@@ -128,61 +127,46 @@ impl Blocks {
                 file: spec.source.clone(),
                 reason,
             };
-            let capabilities: Vec<String> = match spec.block() {
-                "state" => {
-                    let prefix = state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
-                        .map_err(|e| at(format!("component '{}': field 'keyPrefix': {e}", spec.name)))?;
-                    let store = statec::create(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
-                    let caps = store.features().iter().map(|f| f.dapr_name().to_string()).collect();
-                    state_stores.insert(spec.name.clone(), state::StoreHandle { store, prefix });
-                    caps
-                }
-                "configuration" => {
-                    let store = cfgc::create(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
-                    let caps = store
-                        .features()
-                        .iter()
-                        .map(|f| match f {
-                            cfgc::Feature::Subscribe => "SUBSCRIBE".to_string(),
-                        })
-                        .collect();
-                    config_stores.insert(spec.name.clone(), store);
-                    caps
-                }
-                "pubsub" => {
-                    let ps = pubsubc::create(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
-                    let caps = ps
-                        .features()
-                        .iter()
-                        .map(|f| match f {
-                            pubsubc::Feature::Durable => "DURABLE".to_string(),
-                            pubsubc::Feature::DistributedGroups => "DISTRIBUTED_GROUPS".to_string(),
-                            pubsubc::Feature::StaticMembership => "STATIC_MEMBERSHIP".to_string(),
-                        })
-                        .collect();
-                    pubsubs.insert(spec.name.clone(), ps);
-                    caps
-                }
-                "nameresolution" => {
-                    if let Some((first, _)) = &resolver {
-                        return Err(at(format!(
-                            "component '{}': only one name resolution component may be defined; '{first}' is already one",
-                            spec.name
-                        )));
-                    }
-                    let r = nrc::build(&md, &ctx).await.map_err(|e| at(e.to_string()))?;
-                    resolver = Some((spec.name.clone(), r));
-                    Vec::new()
-                }
-                _ => {
-                    return Err(at(format!(
-                        "component '{}': field 'spec.type': unknown component type '{}' (known types: {})",
-                        spec.name,
-                        spec.kind,
-                        known_types()
-                    )))
-                }
+            // Checked before anything is built: a bad setting opens nothing.
+            let prefix = match spec.block() {
+                "state" => Some(
+                    state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
+                        .map_err(|e| {
+                            at(format!("component '{}': field 'keyPrefix': {e}", spec.name))
+                        })?,
+                ),
+                _ => None,
             };
+            if spec.block() == "nameresolution" {
+                if let Some((first, _)) = &resolver {
+                    return Err(at(format!(
+                        "component '{}': only one name resolution component may be defined; '{first}' is already one",
+                        spec.name
+                    )));
+                }
+            }
+            let component = registry::create(&md, &ctx).await.map_err(|e| match e {
+                ComponentError::UnknownType { .. } => at(format!("field 'spec.type': {e}")),
+                e => at(e.to_string()),
+            })?;
+            let capabilities = component
+                .capabilities()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            match component {
+                Component::State(store) => {
+                    let prefix = prefix.unwrap_or(state::KeyPrefix::None);
+                    state_stores.insert(spec.name.clone(), state::StoreHandle { store, prefix });
+                }
+                Component::Configuration(store) => {
+                    config_stores.insert(spec.name.clone(), store);
+                }
+                Component::PubSub(ps) => {
+                    pubsubs.insert(spec.name.clone(), ps);
+                }
+                Component::NameResolution(r) => resolver = Some((spec.name.clone(), r)),
+            }
             tracing::info!(component = %spec.name, r#type = %spec.kind, source = %spec.source, "component ready");
             infos.push(ComponentInfo {
                 name: spec.name,
@@ -229,16 +213,4 @@ impl Blocks {
         self.name_resolver.close().await;
         self.state.close().await;
     }
-}
-
-/// Component types by block, for "unknown type" errors.
-fn known_types() -> String {
-    statec::TYPES
-        .iter()
-        .chain(cfgc::TYPES)
-        .chain(pubsubc::TYPES)
-        .chain(nrc::TYPES)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ")
 }
