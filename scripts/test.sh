@@ -19,6 +19,7 @@
 #   WEFT_KAFKA_PORT     private Kafka broker port, controller on +1 (default 59092)
 #   WEFT_ZK_PORT        private ZooKeeper client port (default 52181)
 #   WEFT_TEST_THREADS   if set, passed to cargo test as --test-threads
+# WEFT_REQUIRE_SERVICES=1 is exported: tests needing a service never skip.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,10 @@ VENV=$WEFT_SERVICES_DIR/venv
 PY_REQS=$REPO_ROOT/tests/python/requirements.txt
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# This run starts every service, so no test may skip one: tests that need
+# PostgreSQL, Kafka or ZooKeeper run and fail without it
+# (components/build/services.rs).
+export WEFT_REQUIRE_SERVICES=1
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 # ---------------------------------------------------------------- reporting

@@ -1,11 +1,13 @@
 //! Configuration backends: the conformance suite on the file and PostgreSQL
 //! stores, plus backend-specific behaviour.
 //!
+//! One test per check per backend (`configuration_conformance!`).
 //! PostgreSQL tests use `WEFT_TEST_PG_URL` (e.g.
-//! `postgres://weft@127.0.0.1:55432/weft`). When it is unset they fail if
-//! `CI` is set and are skipped with a notice otherwise. If
-//! `WEFT_TEST_PG_RESTART` holds a shell command that restarts that server,
-//! a server-restart test runs too.
+//! `postgres://weft@127.0.0.1:55432/weft`, from `scripts/services.sh env`).
+//! When the tests are built without it they are reported as ignored with
+//! the reason, unless `CI` or `WEFT_REQUIRE_SERVICES` is set: then they run
+//! and fail. The restart test restarts that server with
+//! `WEFT_TEST_PG_RESTART` (a shell command) or `$WEFT_TEST_PG_CTL restart`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
-use weft_components::configuration::conformance::{self, ConfigurationWriter};
+use weft_components::configuration::conformance::{ConfigurationFixture, ConfigurationWriter};
 use weft_components::configuration::file::FileStore;
 use weft_components::configuration::postgres::PostgresStore;
 use weft_components::configuration::{
     self, ConfigurationError, ConfigurationItem, ConfigurationStore, Items, DELETED_METADATA_KEY,
 };
+use weft_components::configuration_conformance;
 use weft_components::{ComponentError, InitContext, Metadata};
 
 fn ctx(dir: &Path) -> InitContext {
@@ -134,14 +137,39 @@ async fn file_store(dir: &Path, file: &str, contents: &str) -> (FileStore, PathB
     (store, path)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_store_conformance() {
+/// A file store on a file of its own, and the writer that edits the file.
+struct FileFixture {
+    store: FileStore,
+    writer: FileWriter,
+    _dir: tempfile::TempDir,
+}
+
+async fn file_fixture() -> FileFixture {
     let dir = tempfile::tempdir().unwrap();
     let (store, path) = file_store(dir.path(), "config.yaml", "{}\n").await;
-    let writer = FileWriter::new(&path);
-    conformance::run_all(&store, &writer).await;
-    store.close().await;
+    FileFixture {
+        writer: FileWriter::new(&path),
+        store,
+        _dir: dir,
+    }
 }
+
+#[async_trait]
+impl ConfigurationFixture for FileFixture {
+    fn store(&self) -> &dyn ConfigurationStore {
+        &self.store
+    }
+
+    fn writer(&self) -> &dyn ConfigurationWriter {
+        &self.writer
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+    }
+}
+
+configuration_conformance!(file, file_fixture());
 
 #[tokio::test]
 async fn file_store_through_factory_and_json() {
@@ -347,19 +375,14 @@ async fn slow_subscriber_does_not_block_others_and_gets_the_latest() {
 /// shared, so a restart never breaks a concurrently running test.
 static PG_SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// The test server's URL, or None (after a notice) to skip.
-fn pg_url() -> Option<String> {
+/// The test server's URL. Tests that call this are ignored when the
+/// build saw no server (build/services.rs), so here it must be set.
+fn pg_url() -> String {
     match std::env::var("WEFT_TEST_PG_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!("WEFT_TEST_PG_URL must be set in CI (e.g. postgres://weft@127.0.0.1:55432/weft)");
-            }
-            eprintln!(
-                "NOTICE: WEFT_TEST_PG_URL is not set; skipping PostgreSQL configuration tests"
-            );
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "WEFT_TEST_PG_URL is not set: start the test PostgreSQL (scripts/services.sh start postgres) and export its environment (scripts/services.sh env)"
+        ),
     }
 }
 
@@ -431,12 +454,58 @@ async fn drop_table(w: &PgWriter) {
     sqlx::raw_sql(&sql).execute(&w.pool).await.unwrap();
 }
 
+/// A store on a fresh table, its writer, and the shared hold on the server.
+struct PgFixture {
+    store: Arc<dyn ConfigurationStore>,
+    writer: PgWriter,
+    _server: tokio::sync::RwLockReadGuard<'static, ()>,
+}
+
+async fn pg_fixture() -> PgFixture {
+    let url = pg_url();
+    let server = PG_SERVER.read().await;
+    let (store, writer) = pg_store(&url).await;
+    PgFixture {
+        store,
+        writer,
+        _server: server,
+    }
+}
+
+#[async_trait]
+impl ConfigurationFixture for PgFixture {
+    fn store(&self) -> &dyn ConfigurationStore {
+        self.store.as_ref()
+    }
+
+    fn writer(&self) -> &dyn ConfigurationWriter {
+        &self.writer
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        drop_table(&self.writer).await;
+    }
+}
+
+configuration_conformance!(
+    #[cfg_attr(
+        weft_no_pg,
+        ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+    )]
+    postgres,
+    pg_fixture()
+);
+
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_store_conformance() {
-    let Some(url) = pg_url() else { return };
+async fn postgres_metadata_versions_truncate_and_big_keys() {
+    let url = pg_url();
     let _server = PG_SERVER.read().await;
     let (store, writer) = pg_store(&url).await;
-    conformance::run_all(store.as_ref(), &writer).await;
 
     // Metadata, explicit versions and writes by SQL as documented.
     let t = &writer.table;
@@ -497,9 +566,13 @@ async fn postgres_store_conformance() {
 
 /// The listener's connection is killed; it reconnects and delivers a change
 /// made while it was disconnected (by re-reading) and later ones.
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_listener_reconnects_after_connection_loss() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let _server = PG_SERVER.read().await;
     let (store, writer) = pg_store(&url).await;
     writer.put("k", "0").await;
@@ -527,9 +600,13 @@ async fn postgres_listener_reconnects_after_connection_loss() {
 
 /// A second store on an existing table needs no DDL privileges: a role
 /// that may only read the table works (skipped if roles cannot be created).
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_existing_table_needs_only_read_access() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let _server = PG_SERVER.read().await;
     let (store, writer) = pg_store(&url).await;
     writer.put("k", "0").await;
@@ -541,10 +618,7 @@ async fn postgres_existing_table_needs_only_read_access() {
     .execute(&writer.pool)
     .await;
     if let Err(e) = created {
-        eprintln!("NOTICE: cannot create a role ({e}); skipping");
-        store.close().await;
-        drop_table(&writer).await;
-        return;
+        panic!("cannot create a read-only role on the test server: {e}");
     }
     let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
     let ro_url = format!(
@@ -568,13 +642,11 @@ async fn postgres_existing_table_needs_only_read_access() {
         writer.put("k", "1").await;
         expect_value(&mut rx, "k", "1", Duration::from_secs(5)).await;
     };
-    // A role that cannot log in this way (e.g. password auth) is not a failure.
-    let probe = sqlx::PgPool::connect(&ro_url).await;
-    if let Err(e) = probe {
-        eprintln!("NOTICE: cannot connect as {role} ({e}); skipping");
-    } else {
-        result.await;
+    // The test server trusts local roles (scripts/services.sh initdb).
+    if let Err(e) = sqlx::PgPool::connect(&ro_url).await {
+        panic!("cannot connect as {role} to the test server: {e}");
     }
+    result.await;
     ro.close().await;
     store.close().await;
     drop_table(&writer).await;
@@ -584,14 +656,19 @@ async fn postgres_existing_table_needs_only_read_access() {
 }
 
 /// Restarts the server with `WEFT_TEST_PG_RESTART` while subscribed.
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_listener_survives_server_restart() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let _server = PG_SERVER.write().await;
-    let Ok(restart) = std::env::var("WEFT_TEST_PG_RESTART") else {
-        eprintln!("NOTICE: WEFT_TEST_PG_RESTART is not set; skipping the server restart test");
-        return;
-    };
+    let restart = std::env::var("WEFT_TEST_PG_RESTART").unwrap_or_else(|_| {
+        let ctl = std::env::var("WEFT_TEST_PG_CTL")
+            .expect("WEFT_TEST_PG_RESTART or WEFT_TEST_PG_CTL (scripts/services.sh env) names how to restart the test server");
+        format!("{ctl} restart")
+    });
     let (store, writer) = pg_store(&url).await;
     writer.put("k", "0").await;
     let mut rx = store.subscribe(&["k".to_string()]).await.unwrap();

@@ -1,8 +1,10 @@
-//! Runs the pub/sub conformance suite on the embedded broker, and checks
-//! the factory's configuration errors.
+//! Runs the pub/sub conformance suite on the embedded broker (one test per
+//! check), and checks the factory's configuration errors.
+
+use std::sync::Arc;
 
 use weft_components::pubsub::{self, conformance, PubSub};
-use weft_components::{ComponentError, InitContext, Metadata};
+use weft_components::{pubsub_conformance, ComponentError, InitContext, Metadata};
 
 fn ctx() -> InitContext {
     InitContext {
@@ -19,25 +21,20 @@ fn md(name: &str, kind: &str, fields: &[(&str, &str)]) -> Metadata {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn embedded_conformance() {
-    let ps = pubsub::create(&md("pubsub", "pubsub.embedded", &[]), &ctx())
+/// The embedded broker with `fields`, and the in-process settings.
+async fn embedded(fields: &[(&str, &str)]) -> (Arc<dyn PubSub>, conformance::Settings) {
+    let ps = pubsub::create(&md("pubsub", "pubsub.embedded", fields), &ctx())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    conformance::run_all(ps.as_ref(), &conformance::Settings::in_process()).await;
-    ps.close().await;
+    (ps, conformance::Settings::in_process())
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn embedded_conformance_single_thread_three_partitions() {
-    let ps = pubsub::create(
-        &md("pubsub", "pubsub.embedded", &[("partitions", "3")]),
-        &ctx(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    conformance::run_all(ps.as_ref(), &conformance::Settings::in_process()).await;
-}
+pubsub_conformance!(embedded, embedded(&[]));
+pubsub_conformance!(
+    embedded_single_thread_three_partitions,
+    embedded(&[("partitions", "3")]),
+    current_thread
+);
 
 #[tokio::test]
 async fn unknown_type_and_bad_fields_are_named() {

@@ -1,17 +1,18 @@
 //! Runs the state conformance suite on every backend, and checks the
 //! factory's configuration errors.
 //!
-//! PostgreSQL: set `WEFT_TEST_PG_URL` (e.g.
-//! `postgres://weft@127.0.0.1:55432/weft`). Without it the PostgreSQL tests
-//! print a notice and pass, except when `CI` is set: then they fail, so a
-//! CI job cannot silently skip them. Each run uses its own table and drops
-//! it afterwards.
+//! One test per check per backend (`state_conformance!`). PostgreSQL: set
+//! `WEFT_TEST_PG_URL` (e.g. `postgres://weft@127.0.0.1:55432/weft`, from
+//! `scripts/services.sh env`) when building the tests. Without it the
+//! PostgreSQL tests are reported as ignored, with the reason, except when
+//! `CI` or `WEFT_REQUIRE_SERVICES` is set: then they run and fail, so a CI
+//! job cannot skip them. Each test uses its own table and drops it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_components::state::{self, conformance, Consistency, StateError, StateStore};
-use weft_components::{ComponentError, InitContext, Metadata};
+use weft_components::{state_conformance, ComponentError, InitContext, Metadata};
 
 fn ctx(dir: &std::path::Path) -> InitContext {
     InitContext {
@@ -42,32 +43,57 @@ async fn create_err(md: &Metadata, ctx: &InitContext) -> ComponentError {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn memory_conformance() {
+/// A fresh in-memory store.
+async fn memory() -> Arc<dyn StateStore> {
     let dir = tempfile::tempdir().unwrap();
-    let store = create(&md("mem", "state.in-memory", &[]), &ctx(dir.path())).await;
-    conformance::run_all(store.as_ref()).await;
+    create(&md("mem", "state.in-memory", &[]), &ctx(dir.path())).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_file_conformance() {
+/// A SQLite store in a file of its own (the default path, checked once).
+struct SqliteFile {
+    store: Arc<dyn StateStore>,
+    dir: tempfile::TempDir,
+}
+
+async fn sqlite_file() -> SqliteFile {
     let dir = tempfile::tempdir().unwrap();
     let store = create(&md("lite", "state.sqlite", &[]), &ctx(dir.path())).await;
-    conformance::run_all(store.as_ref()).await;
-    store.close().await;
-    assert!(
-        dir.path().join("state-lite.db").exists(),
-        "the default database file is <data dir>/state-<component>.db"
-    );
+    SqliteFile { store, dir }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_in_memory_conformance() {
+#[async_trait::async_trait]
+impl conformance::StateFixture for SqliteFile {
+    fn store(&self) -> &dyn StateStore {
+        self.store.as_ref()
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        assert!(
+            self.dir.path().join("state-lite.db").exists(),
+            "the default database file is <data dir>/state-<component>.db"
+        );
+    }
+}
+
+/// SQLite in memory, with its own table name.
+async fn sqlite_in_memory() -> Arc<dyn StateStore> {
     let dir = tempfile::tempdir().unwrap();
     let fields = [("databasePath", ":memory:"), ("tableName", "kv")];
-    let store = create(&md("litemem", "state.sqlite", &fields), &ctx(dir.path())).await;
-    conformance::run_all(store.as_ref()).await;
+    create(&md("litemem", "state.sqlite", &fields), &ctx(dir.path())).await
 }
+
+state_conformance!(memory, memory());
+state_conformance!(sqlite_file, sqlite_file());
+state_conformance!(sqlite_in_memory, sqlite_in_memory());
+state_conformance!(
+    #[cfg_attr(
+        weft_no_pg,
+        ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+    )]
+    postgres,
+    postgres_store()
+);
 
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {
@@ -207,27 +233,48 @@ async fn postgres_down_server_is_unavailable() {
     assert!(matches!(ping, Err(StateError::Unavailable(_))), "{ping:?}");
 }
 
-/// The test server's URL, or `None` (after a notice) when there is none.
-/// Panics when `CI` is set and no URL is.
-fn pg_url() -> Option<String> {
+/// The test server's URL. Tests that call this are ignored when the
+/// build saw no server (build/services.rs), so here it must be set.
+fn pg_url() -> String {
     match std::env::var("WEFT_TEST_PG_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if in_ci() => {
-            panic!(
-                "WEFT_TEST_PG_URL is not set but CI is: the PostgreSQL state tests must run in CI"
-            )
-        }
-        _ => {
-            eprintln!("notice: WEFT_TEST_PG_URL is not set; skipping the PostgreSQL state tests");
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "WEFT_TEST_PG_URL is not set: start the test PostgreSQL (scripts/services.sh start postgres) and export its environment (scripts/services.sh env)"
+        ),
     }
 }
 
-/// Whether `CI` is set to something other than empty, `0` or `false`.
-fn in_ci() -> bool {
-    std::env::var("CI")
-        .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+/// A PostgreSQL store on a table of its own, dropped afterwards.
+struct PgStore {
+    store: Arc<dyn StateStore>,
+    url: String,
+    table: String,
+}
+
+async fn postgres_store() -> PgStore {
+    let url = pg_url();
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("weft_state_test_{}", uuid::Uuid::new_v4().simple());
+    let fields = [
+        ("connectionString", url.as_str()),
+        ("tableName", table.as_str()),
+        ("maxConns", "8"),
+    ];
+    let store = create(&md("pg", "state.postgresql", &fields), &ctx(dir.path())).await;
+    store.ping().await.expect("ping the test server");
+    PgStore { store, url, table }
+}
+
+#[async_trait::async_trait]
+impl conformance::StateFixture for PgStore {
+    fn store(&self) -> &dyn StateStore {
+        self.store.as_ref()
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        drop_table(&self.url, &self.table).await;
+    }
 }
 
 async fn drop_table(url: &str, table: &str) {
@@ -245,26 +292,13 @@ async fn drop_table(url: &str, table: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_conformance() {
-    let Some(url) = pg_url() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let table = format!("weft_state_test_{}", uuid::Uuid::new_v4().simple());
-    let fields = [
-        ("connectionString", url.as_str()),
-        ("tableName", table.as_str()),
-        ("maxConns", "8"),
-    ];
-    let store = create(&md("pg", "state.postgresql", &fields), &ctx(dir.path())).await;
-    store.ping().await.expect("ping the test server");
-    conformance::run_all(store.as_ref()).await;
-    store.close().await;
-    drop_table(&url, &table).await;
-}
-
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_schema_qualified_table_and_key_value_dsn() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let dir = tempfile::tempdir().unwrap();
     let table = format!("public.weft_state_test_{}", uuid::Uuid::new_v4().simple());
     let fields = [("connectionString", url.as_str()), ("tableName", &table)];

@@ -751,12 +751,15 @@ async fn static_name_resolution_reaches_listed_addresses() {
     );
 }
 
+#[cfg_attr(
+    weft_no_zk,
+    ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_name_resolution_follows_instances() {
-    let Ok(servers) = std::env::var("WEFT_TEST_ZK_SERVERS") else {
-        eprintln!("skipped: WEFT_TEST_ZK_SERVERS is not set (scripts/services.sh env)");
-        return;
-    };
+    let servers = std::env::var("WEFT_TEST_ZK_SERVERS").expect(
+        "WEFT_TEST_ZK_SERVERS is not set: start ZooKeeper (scripts/services.sh start zookeeper) and export its environment (scripts/services.sh env)",
+    );
     let env = Env::new();
     let resources = env.path("zk-resources");
     std::fs::create_dir_all(&resources).unwrap();

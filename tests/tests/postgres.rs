@@ -28,9 +28,13 @@ async fn psql(url: &str, sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
+#[cfg_attr(
+    weft_no_pg,
+    ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test]
 async fn postgres_stores_survive_a_server_restart() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let res = tempfile::tempdir().unwrap();
     let state_table = unique("e2e_state");
     let config_table = unique("e2e_config");

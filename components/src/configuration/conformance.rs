@@ -30,6 +30,64 @@ pub trait ConfigurationWriter: Send + Sync {
     async fn delete(&self, key: &str);
 }
 
+/// What one conformance test runs its check on: a store, the writer behind
+/// it, and what to undo afterwards.
+#[async_trait]
+pub trait ConfigurationFixture: Send + Sync + Sized {
+    fn store(&self) -> &dyn ConfigurationStore;
+    fn writer(&self) -> &dyn ConfigurationWriter;
+    async fn finish(self);
+}
+
+/// A key prefix of its own for one check.
+pub fn prefix(check: &str) -> String {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    format!("conf-{}-{check}-", &run[..8])
+}
+
+/// Writes one `#[tokio::test]` per check for a backend, in a module named
+/// after it: `configuration_conformance!(file, file_fixture())`, where the
+/// second argument is an expression giving a future of a
+/// [`ConfigurationFixture`]. Attributes before the name go on every test.
+/// The subscription checks fail for a store without [`Feature::Subscribe`].
+#[macro_export]
+macro_rules! configuration_conformance {
+    ($(#[$attr:meta])* $backend:ident, $setup:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::configuration_conformance!(@tests [$(#[$attr])*] $setup;
+                get_specific_and_all, missing_keys_are_absent, version_changes_with_value,
+                subscribe_to_keys, subscribe_to_all, deletion_is_delivered, two_subscribers,
+                dropped_receiver, burst_ends_with_final_value);
+        }
+    };
+    (@tests $attrs:tt $setup:expr; $check:ident $(, $rest:ident)*) => {
+        $crate::configuration_conformance!(@one $attrs $setup; $check);
+        $crate::configuration_conformance!(@tests $attrs $setup; $($rest),*);
+    };
+    (@tests $attrs:tt $setup:expr;) => {};
+    (@one [$(#[$attr:meta])*] $setup:expr; $check:ident) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            use $crate::configuration::conformance::ConfigurationFixture as _;
+            let fixture = $setup.await;
+            let p = $crate::configuration::conformance::prefix(stringify!($check));
+            $crate::configuration::conformance::$check(fixture.store(), fixture.writer(), &p).await;
+            fixture.finish().await;
+        }
+    };
+}
+
+/// Fails `check` unless `store` pushes changes.
+fn requires_subscribe(store: &dyn ConfigurationStore, check: &str) {
+    assert!(
+        store.features().contains(&Feature::Subscribe),
+        "[{check}] the store does not advertise Subscribe: run this backend's checks without the subscription ones"
+    );
+}
+
 /// Runs every check.
 pub async fn run_all(store: &dyn ConfigurationStore, writer: &dyn ConfigurationWriter) {
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -218,6 +276,7 @@ pub async fn subscribe_to_keys(
     p: &str,
 ) {
     let check = "subscribe to keys";
+    requires_subscribe(store, check);
     let (mine, other) = (format!("{p}mine"), format!("{p}other"));
     writer.put(&mine, "0").await;
     writer.put(&other, "0").await;
@@ -253,6 +312,7 @@ pub async fn subscribe_to_all(
     p: &str,
 ) {
     let check = "subscribe to all";
+    requires_subscribe(store, check);
     let mut rx = subscribe(store, &[], check).await;
     let (a, b) = (format!("{p}a"), format!("{p}b"));
     writer.put(&a, "x").await;
@@ -271,6 +331,7 @@ pub async fn deletion_is_delivered(
     p: &str,
 ) {
     let check = "deletion";
+    requires_subscribe(store, check);
     let k = format!("{p}k");
     writer.put(&k, "doomed").await;
     let mut rx = subscribe(store, &keys(&[&k]), check).await;
@@ -293,6 +354,7 @@ pub async fn two_subscribers(
     p: &str,
 ) {
     let check = "two subscribers";
+    requires_subscribe(store, check);
     let k = format!("{p}k");
     writer.put(&k, "0").await;
     let mut rx1 = subscribe(store, &keys(&[&k]), check).await;
@@ -324,6 +386,7 @@ pub async fn dropped_receiver(
     p: &str,
 ) {
     let check = "dropped receiver";
+    requires_subscribe(store, check);
     let k = format!("{p}k");
     writer.put(&k, "0").await;
     let dropped = subscribe(store, &keys(&[&k]), check).await;
@@ -351,6 +414,7 @@ pub async fn burst_ends_with_final_value(
     p: &str,
 ) {
     let check = "burst";
+    requires_subscribe(store, check);
     let k = format!("{p}k");
     writer.put(&k, "start").await;
     let mut rx = subscribe(store, &keys(&[&k]), check).await;

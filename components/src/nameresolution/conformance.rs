@@ -42,14 +42,63 @@ pub trait Harness: Send + Sync {
     }
 }
 
+/// A namespace of its own for one run of the checks.
+pub fn namespace() -> String {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    format!("conf-{}", &run[..8])
+}
+
+/// Writes one `#[tokio::test]` per check for a resolver type, in a module
+/// named after it: `nameresolution_conformance!(local, local_harness())`,
+/// where the second argument is an expression giving a [`Harness`].
+/// Resolvers with a fixed instance list add `static` and get the checks
+/// that do not register. Attributes before the name go on every test.
+#[macro_export]
+macro_rules! nameresolution_conformance {
+    ($(#[$attr:meta])* $backend:ident, $harness:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::nameresolution_conformance!(@tests [$(#[$attr])*] $harness;
+                unknown_app_is_not_found, invalid_names_are_refused,
+                bad_metadata_names_the_field, closed_resolver_refuses,
+                two_instances_are_resolved, namespaces_are_separate,
+                changes_reach_a_cached_lookup, reregistering_replaces_the_address,
+                close_removes_the_instance);
+        }
+    };
+    ($(#[$attr:meta])* $backend:ident, $harness:expr, static) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::nameresolution_conformance!(@tests [$(#[$attr])*] $harness;
+                unknown_app_is_not_found, invalid_names_are_refused,
+                bad_metadata_names_the_field, closed_resolver_refuses);
+        }
+    };
+    (@tests $attrs:tt $harness:expr; $check:ident $(, $rest:ident)*) => {
+        $crate::nameresolution_conformance!(@one $attrs $harness; $check);
+        $crate::nameresolution_conformance!(@tests $attrs $harness; $($rest),*);
+    };
+    (@tests $attrs:tt $harness:expr;) => {};
+    (@one [$(#[$attr:meta])*] $harness:expr; $check:ident) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let harness = $harness;
+            let ns = $crate::nameresolution::conformance::namespace();
+            $crate::nameresolution::conformance::$check(&harness, &ns).await;
+        }
+    };
+}
+
 /// Runs every check that applies.
 pub async fn run_all(h: &dyn Harness) {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let ns = format!("conf-{}", &run[..8]);
+    let ns = namespace();
 
     unknown_app_is_not_found(h, &ns).await;
-    invalid_names_are_refused(h).await;
-    bad_metadata_names_the_field(h).await;
+    invalid_names_are_refused(h, &ns).await;
+    bad_metadata_names_the_field(h, &ns).await;
     closed_resolver_refuses(h, &ns).await;
     if !h.dynamic() {
         return;
@@ -110,7 +159,7 @@ async fn register(r: &dyn NameResolver, reg: &Registration, check: &str) {
         .unwrap_or_else(|e| panic!("[{check}] register({reg:?}) failed: {e}"));
 }
 
-async fn unknown_app_is_not_found(h: &dyn Harness, ns: &str) {
+pub async fn unknown_app_is_not_found(h: &dyn Harness, ns: &str) {
     let check = "unknown-app";
     let r = h.resolver().await;
     for _ in 0..2 {
@@ -129,7 +178,7 @@ async fn unknown_app_is_not_found(h: &dyn Harness, ns: &str) {
     r.close().await;
 }
 
-async fn invalid_names_are_refused(h: &dyn Harness) {
+pub async fn invalid_names_are_refused(h: &dyn Harness, _ns: &str) {
     let check = "invalid-names";
     let r = h.resolver().await;
     for (app, ns) in [
@@ -163,7 +212,7 @@ async fn invalid_names_are_refused(h: &dyn Harness) {
     r.close().await;
 }
 
-async fn bad_metadata_names_the_field(h: &dyn Harness) {
+pub async fn bad_metadata_names_the_field(h: &dyn Harness, _ns: &str) {
     let check = "bad-metadata";
     let ctx = InitContext {
         data_dir: std::env::temp_dir(),
@@ -190,7 +239,7 @@ async fn bad_metadata_names_the_field(h: &dyn Harness) {
     }
 }
 
-async fn closed_resolver_refuses(h: &dyn Harness, ns: &str) {
+pub async fn closed_resolver_refuses(h: &dyn Harness, ns: &str) {
     let check = "closed";
     let r = h.resolver().await;
     r.close().await;
@@ -207,7 +256,7 @@ async fn closed_resolver_refuses(h: &dyn Harness, ns: &str) {
     r.close().await;
 }
 
-async fn two_instances_are_resolved(h: &dyn Harness, ns: &str) {
+pub async fn two_instances_are_resolved(h: &dyn Harness, ns: &str) {
     let check = "two-instances";
     let (r1, r2, observer) = (h.resolver().await, h.resolver().await, h.resolver().await);
     let app = "two";
@@ -222,7 +271,7 @@ async fn two_instances_are_resolved(h: &dyn Harness, ns: &str) {
     }
 }
 
-async fn namespaces_are_separate(h: &dyn Harness, ns: &str) {
+pub async fn namespaces_are_separate(h: &dyn Harness, ns: &str) {
     let check = "namespaces";
     let (r1, observer) = (h.resolver().await, h.resolver().await);
     let other_ns = format!("{ns}-other");
@@ -243,7 +292,7 @@ async fn namespaces_are_separate(h: &dyn Harness, ns: &str) {
     observer.close().await;
 }
 
-async fn changes_reach_a_cached_lookup(h: &dyn Harness, ns: &str) {
+pub async fn changes_reach_a_cached_lookup(h: &dyn Harness, ns: &str) {
     let check = "changes";
     let (r1, r2, observer) = (h.resolver().await, h.resolver().await, h.resolver().await);
     let app = "changing";
@@ -263,7 +312,7 @@ async fn changes_reach_a_cached_lookup(h: &dyn Harness, ns: &str) {
     observer.close().await;
 }
 
-async fn reregistering_replaces_the_address(h: &dyn Harness, ns: &str) {
+pub async fn reregistering_replaces_the_address(h: &dyn Harness, ns: &str) {
     let check = "reregister";
     let (r1, observer) = (h.resolver().await, h.resolver().await);
     let app = "moving";
@@ -276,7 +325,7 @@ async fn reregistering_replaces_the_address(h: &dyn Harness, ns: &str) {
     observer.close().await;
 }
 
-async fn close_removes_the_instance(h: &dyn Harness, ns: &str) {
+pub async fn close_removes_the_instance(h: &dyn Harness, ns: &str) {
     let check = "close";
     let (r1, r2, observer) = (h.resolver().await, h.resolver().await, h.resolver().await);
     let app = "closing";

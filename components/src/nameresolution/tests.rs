@@ -3,8 +3,9 @@
 //! session expiry and outages, ZooKeeper down at start.
 //!
 //! ZooKeeper tests need a server (`scripts/services.sh start zookeeper`,
-//! address in `WEFT_TEST_ZK_SERVERS`); without it they print a notice and
-//! pass, unless `CI` is set, where they fail. Every run uses fresh
+//! address in `WEFT_TEST_ZK_SERVERS`); built without it they are reported
+//! as ignored with the reason, unless `CI` or `WEFT_REQUIRE_SERVICES` is
+//! set, where they run and fail. Every run uses fresh
 //! namespaces. Waits are bounded; nothing asserts on timing.
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::conformance::{self, addr, wait_for, Harness, WAIT};
+use super::conformance::{addr, wait_for, Harness, WAIT};
 use super::local::LocalResolver;
 use super::zookeeper::{ZookeeperConfig, ZookeeperResolver};
 use super::{build, NameResolver, Registration, ResolveError};
@@ -74,13 +75,12 @@ impl Harness for LocalHarness {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_conformance() {
-    let h = LocalHarness {
+crate::nameresolution_conformance!(
+    local,
+    LocalHarness {
         dir: tempfile::tempdir().unwrap(),
-    };
-    conformance::run_all(&h).await;
-}
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_killed_holder_disappears() {
@@ -131,10 +131,7 @@ impl Harness for StaticHarness {
     }
 }
 
-#[tokio::test]
-async fn static_conformance() {
-    conformance::run_all(&StaticHarness).await;
-}
+crate::nameresolution_conformance!(static_resolver, StaticHarness, static);
 
 #[tokio::test]
 async fn build_dispatches_on_the_type() {
@@ -162,18 +159,14 @@ async fn build_dispatches_on_the_type() {
 
 // === zookeeper ===
 
-fn zk_servers(test: &str) -> Option<String> {
+/// The test server's addresses. Tests that call this are ignored when the
+/// build saw no server (build/services.rs), so here they must be set.
+fn zk_servers(test: &str) -> String {
     match std::env::var(ZK_ENV) {
-        Ok(s) if !s.trim().is_empty() => Some(s),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{test}: {ZK_ENV} is not set and CI is: start ZooKeeper with scripts/services.sh start zookeeper"
+        Ok(s) if !s.trim().is_empty() => s,
+        _ => panic!(
+            "{test}: {ZK_ENV} is not set: start ZooKeeper (scripts/services.sh start zookeeper) and export its environment (scripts/services.sh env)"
         ),
-        _ => {
-            eprintln!(
-                "SKIPPED {test}: {ZK_ENV} is not set (run `scripts/services.sh start zookeeper` and `eval \"$(scripts/services.sh env)\"`)"
-            );
-            None
-        }
     }
 }
 
@@ -227,13 +220,16 @@ impl Harness for ZkHarness {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_conformance() {
-    let Some(servers) = zk_servers("zookeeper_conformance") else {
-        return;
-    };
-    conformance::run_all(&ZkHarness { servers }).await;
-}
+crate::nameresolution_conformance!(
+    #[cfg_attr(
+        weft_no_zk,
+        ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+    )]
+    zookeeper_resolver,
+    ZkHarness {
+        servers: zk_servers("zookeeper conformance")
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_down_at_start_is_unavailable_not_a_hang() {
@@ -279,11 +275,13 @@ async fn zookeeper_down_at_start_is_unavailable_not_a_hang() {
         .expect("the resolver hung while ZooKeeper was down");
 }
 
+#[cfg_attr(
+    weft_no_zk,
+    ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_killed_holder_disappears_after_the_session_timeout() {
-    let Some(servers) = zk_servers("zookeeper_killed_holder") else {
-        return;
-    };
+    let servers = zk_servers("zookeeper_killed_holder");
     let observer = ZookeeperResolver::new("registry", zk_config(&servers, Duration::from_secs(4)));
     let ns = unique_ns("kill");
     let child = ChildHolder::spawn("zookeeper", &servers, &ns, 41201).await;
@@ -295,11 +293,13 @@ async fn zookeeper_killed_holder_disappears_after_the_session_timeout() {
     observer.close().await;
 }
 
+#[cfg_attr(
+    weft_no_zk,
+    ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_session_expiry_reregisters_and_keeps_serving() {
-    let Some(servers) = zk_servers("zookeeper_session_expiry") else {
-        return;
-    };
+    let servers = zk_servers("zookeeper_session_expiry");
     let check = "zk-expiry";
     let ns = unique_ns("expiry");
     // `r` reaches ZooKeeper through a relay, so that it can be kept away
@@ -377,11 +377,13 @@ fn first_server(servers: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("{ZK_ENV} must start with an ip:port for this test: {servers}"))
 }
 
+#[cfg_attr(
+    weft_no_zk,
+    ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_outage_serves_the_cache_and_recovers() {
-    let Some(servers) = zk_servers("zookeeper_outage") else {
-        return;
-    };
+    let servers = zk_servers("zookeeper_outage");
     let check = "zk-outage";
     let proxy = Proxy::start(first_server(&servers)).await;
     let ns = unique_ns("outage");

@@ -1,7 +1,8 @@
 //! Conformance suite every state store runs (from its tests).
 //!
-//! [`run_all`] runs every check the store's [`StateStore::features`] allow;
-//! each check is also public. Checks use keys under a fresh random prefix,
+//! [`state_conformance!`](crate::state_conformance) writes one test per
+//! check for a backend; [`run_all`] runs every check the store's
+//! [`StateStore::features`] allow in one call; each check is also public. Checks use keys under a fresh random prefix,
 //! so they can share a database with each other and with other runs. A
 //! failing check panics with a message naming the check and what differed.
 //!
@@ -22,6 +23,72 @@ const EXPIRY_BOUND: Duration = Duration::from_secs(15);
 const CONCURRENT_TASKS: usize = 20;
 /// Attempts each task of the concurrency check gets before the check fails.
 const MAX_ATTEMPTS: usize = 1_000;
+
+/// What one conformance test runs its check on, and what to undo after it
+/// (close the store, drop a test table).
+#[async_trait::async_trait]
+pub trait StateFixture: Send + Sync + Sized {
+    fn store(&self) -> &dyn StateStore;
+    async fn finish(self);
+}
+
+#[async_trait::async_trait]
+impl StateFixture for std::sync::Arc<dyn StateStore> {
+    fn store(&self) -> &dyn StateStore {
+        self.as_ref()
+    }
+
+    async fn finish(self) {
+        self.close().await;
+    }
+}
+
+/// Writes one `#[tokio::test]` per check of this suite, in a module named
+/// after the backend: `state_conformance!(sqlite, sqlite_store())`, where
+/// the second argument is an expression (evaluated once per test) giving
+/// a future of a [`StateFixture`]. Attributes before the name (for example
+/// `#[cfg_attr(weft_no_pg, ignore = "needs PostgreSQL")]`) go on every
+/// test. Checks of a capability ([`Feature`]) fail when the backend does not
+/// advertise it: a backend without one lists its checks by hand.
+#[macro_export]
+macro_rules! state_conformance {
+    ($(#[$attr:meta])* $backend:ident, $setup:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::state_conformance!(@tests [$(#[$attr])*] $setup;
+                get_missing_is_none, round_trip_binary_values, overwrite_changes_etag,
+                delete_missing_without_etag_succeeds, bulk_get_keeps_order,
+                etag_first_write, etag_last_write, etag_unspecified, etag_delete,
+                concurrent_increments, transaction_applies_all,
+                transaction_is_all_or_nothing, transaction_sees_its_own_writes,
+                ttl_expires, huge_ttl_is_accepted);
+        }
+    };
+    (@tests $attrs:tt $setup:expr; $check:ident $(, $rest:ident)*) => {
+        $crate::state_conformance!(@one $attrs $setup; $check);
+        $crate::state_conformance!(@tests $attrs $setup; $($rest),*);
+    };
+    (@tests $attrs:tt $setup:expr;) => {};
+    (@one [$(#[$attr:meta])*] $setup:expr; $check:ident) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $check() {
+            use $crate::state::conformance::StateFixture as _;
+            let fixture = $setup.await;
+            $crate::state::conformance::$check(fixture.store()).await;
+            fixture.finish().await;
+        }
+    };
+}
+
+/// Fails `check` unless `store` advertises `feature`.
+fn requires(store: &dyn StateStore, feature: Feature, check: &str) {
+    assert!(
+        store.features().contains(&feature),
+        "[{check}] the store does not advertise {feature:?}: run this backend's checks without the {feature:?} ones"
+    );
+}
 
 /// Runs every check that applies to `store`.
 pub async fn run_all(store: &dyn StateStore) {
@@ -223,6 +290,7 @@ pub async fn bulk_get_keeps_order(store: &dyn StateStore) {
 /// `FirstWrite`: an etag must match; without one the key must not exist.
 pub async fn etag_first_write(store: &dyn StateStore) {
     let check = "etag_first_write";
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
     let fw = Concurrency::FirstWrite;
 
@@ -265,6 +333,7 @@ pub async fn etag_first_write(store: &dyn StateStore) {
 /// `LastWrite`: the etag is ignored.
 pub async fn etag_last_write(store: &dyn StateStore) {
     let check = "etag_last_write";
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
     let lw = Concurrency::LastWrite;
 
@@ -285,6 +354,7 @@ pub async fn etag_last_write(store: &dyn StateStore) {
 /// unconditional.
 pub async fn etag_unspecified(store: &dyn StateStore) {
     let check = "etag_unspecified";
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
     let un = Concurrency::Unspecified;
 
@@ -319,6 +389,7 @@ pub async fn etag_unspecified(store: &dyn StateStore) {
 /// etag is a mismatch.
 pub async fn etag_delete(store: &dyn StateStore) {
     let check = "etag_delete";
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
 
     assert_mismatch(
@@ -372,6 +443,7 @@ pub async fn etag_delete(store: &dyn StateStore) {
 /// etag they read, retrying on mismatch, lose no increment.
 pub async fn concurrent_increments(store: &dyn StateStore) {
     let check = "concurrent_increments";
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
     put(store, check, &key, b"0").await;
 
@@ -417,6 +489,7 @@ pub async fn concurrent_increments(store: &dyn StateStore) {
 /// A transaction of sets and deletes applies all of them.
 pub async fn transaction_applies_all(store: &dyn StateStore) {
     let check = "transaction_applies_all";
+    requires(store, Feature::Transactional, check);
     let p = prefix(check);
     let gone = format!("{p}-gone");
     put(store, check, &gone, b"old").await;
@@ -450,6 +523,7 @@ pub async fn transaction_applies_all(store: &dyn StateStore) {
 /// unapplied, and reports the failing key.
 pub async fn transaction_is_all_or_nothing(store: &dyn StateStore) {
     let check = "transaction_is_all_or_nothing";
+    requires(store, Feature::Transactional, check);
     let p = prefix(check);
     let (a, b, c) = (format!("{p}-a"), format!("{p}-b"), format!("{p}-c"));
     let b_before = put(store, check, &b, b"B0").await;
@@ -491,6 +565,8 @@ pub async fn transaction_is_all_or_nothing(store: &dyn StateStore) {
 /// Operations in a transaction see the earlier operations' effects.
 pub async fn transaction_sees_its_own_writes(store: &dyn StateStore) {
     let check = "transaction_sees_its_own_writes";
+    requires(store, Feature::Transactional, check);
+    requires(store, Feature::Etag, check);
     let key = prefix(check);
     // The second FirstWrite finds the key the first one created.
     let ops = vec![
@@ -541,6 +617,7 @@ pub async fn transaction_sees_its_own_writes(store: &dyn StateStore) {
 /// key then behaves as missing. Also checks TTLs set in a transaction.
 pub async fn ttl_expires(store: &dyn StateStore) {
     let check = "ttl_expires";
+    requires(store, Feature::Ttl, check);
     let p = prefix(check);
     let (key, tx_key, keep) = (format!("{p}-ttl"), format!("{p}-tx"), format!("{p}-keep"));
     let ttl = Duration::from_secs(1);
@@ -639,6 +716,7 @@ pub async fn ttl_expires(store: &dyn StateStore) {
 /// A TTL far beyond any clock's range is accepted; the item stays readable.
 pub async fn huge_ttl_is_accepted(store: &dyn StateStore) {
     let check = "huge_ttl_is_accepted";
+    requires(store, Feature::Ttl, check);
     let key = prefix(check);
     must_set(
         store,
