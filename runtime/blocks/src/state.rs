@@ -32,13 +32,18 @@ pub enum KeyPrefix {
     Fixed(String),
 }
 
+/// A `keyPrefix` that cannot be used: it holds the separator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key prefix '{0}' must not contain '{KEY_SEPARATOR}'")]
+pub struct InvalidPrefix(pub String);
+
 impl KeyPrefix {
     /// Reads Dapr's `keyPrefix` setting for a component.
     pub fn from_setting(
         setting: Option<&str>,
         app_id: &str,
         component: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidPrefix> {
         let prefix = match setting.map(str::trim) {
             None | Some("") | Some("appid") => app_id.to_string(),
             Some("name") => component.to_string(),
@@ -46,9 +51,7 @@ impl KeyPrefix {
             Some(custom) => custom.to_string(),
         };
         if prefix.contains(KEY_SEPARATOR) {
-            return Err(format!(
-                "key prefix '{prefix}' must not contain '{KEY_SEPARATOR}'"
-            ));
+            return Err(InvalidPrefix(prefix));
         }
         Ok(KeyPrefix::Fixed(prefix))
     }

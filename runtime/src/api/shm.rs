@@ -325,6 +325,15 @@ impl<T> futures::Stream for Requests<T> {
     }
 }
 
+/// Why a response could not be written.
+#[derive(Debug, thiserror::Error)]
+enum RespondError {
+    #[error("response ring lock poisoned")]
+    Poisoned,
+    #[error(transparent)]
+    Ring(weft_shm::ring::RingError),
+}
+
 enum TryRespond {
     Written,
     Full,
@@ -404,11 +413,8 @@ impl Shared {
     /// Writes one response record whose body is `parts` (concatenated), or
     /// says the ring is full. A body too large for the ring is replaced by
     /// a RESOURCE_EXHAUSTED error.
-    fn try_respond(&self, env: Envelope, parts: &[&[u8]]) -> Result<TryRespond, String> {
-        let mut tx = self
-            .tx
-            .lock()
-            .map_err(|_| "response ring lock poisoned".to_string())?;
+    fn try_respond(&self, env: Envelope, parts: &[&[u8]]) -> Result<TryRespond, RespondError> {
+        let mut tx = self.tx.lock().map_err(|_| RespondError::Poisoned)?;
         let max = tx.max_payload() - ENVELOPE_LEN;
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let too_large;
@@ -440,7 +446,7 @@ impl Shared {
                 Ok(TryRespond::Written)
             }
             Ok(false) => Ok(TryRespond::Full),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(RespondError::Ring(e)),
         }
     }
 
@@ -451,7 +457,7 @@ impl Shared {
             match self.try_respond(env, parts) {
                 Ok(TryRespond::Written) => return Ok(()),
                 Ok(TryRespond::Full) => {}
-                Err(e) => return Err(End::protocol(Code::InvalidArgument, e)),
+                Err(e) => return Err(End::protocol(Code::InvalidArgument, e.to_string())),
             }
             if control::peer_closed(&self.wake) {
                 return Err(End {
@@ -478,7 +484,7 @@ impl Shared {
             match self.try_respond(env, parts) {
                 Ok(TryRespond::Written) => return,
                 Ok(TryRespond::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
-                Err(e) => return self.fail(e),
+                Err(e) => return self.fail(e.to_string()),
             }
         }
     }

@@ -62,7 +62,7 @@ impl RootCa {
     /// Creates a new root for `trust_domain`, valid from a minute ago for
     /// `validity`.
     pub fn generate(trust_domain: &str, validity: Duration) -> Result<Self, SecurityError> {
-        spiffe::validate_trust_domain(trust_domain).map_err(SecurityError::Other)?;
+        spiffe::validate_trust_domain(trust_domain).map_err(|e| SecurityError::Other(e.0))?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err)?;
         let now = SystemTime::now();
         let mut params = root_params(root_subject(trust_domain, &key));

@@ -33,9 +33,9 @@ impl SpiffeId {
             namespace: namespace.into(),
             app_id: app_id.into(),
         };
-        let invalid = |reason: String| SecurityError::SpiffeId {
+        let invalid = |reason: InvalidName| SecurityError::SpiffeId {
             id: id.to_string(),
-            reason,
+            reason: reason.0,
         };
         validate_trust_domain(&id.trust_domain).map_err(&invalid)?;
         validate_segment("namespace", &id.namespace).map_err(&invalid)?;
@@ -114,52 +114,59 @@ impl FromStr for SpiffeId {
 
 // === validation ===
 
+/// A trust domain, namespace or app id that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(pub String);
+
 /// Checks a trust domain name: 1-255 lowercase letters, digits, `.`, `-`
 /// or `_`.
-pub fn validate_trust_domain(td: &str) -> Result<(), String> {
+pub fn validate_trust_domain(td: &str) -> Result<(), InvalidName> {
     if td.is_empty() {
-        return Err("the trust domain is empty".into());
+        return Err(InvalidName("the trust domain is empty".into()));
     }
     if td.len() > 255 {
-        return Err("the trust domain is longer than 255 characters".into());
+        return Err(InvalidName(
+            "the trust domain is longer than 255 characters".into(),
+        ));
     }
     if let Some(c) = td
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
     {
-        return Err(format!(
+        return Err(InvalidName(format!(
             "the trust domain '{td}' contains '{c}': use lowercase letters, digits, '.', '-' or '_'"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Checks one path segment (namespace or app id): letters, digits, `.`,
 /// `-` or `_`, and not `.` or `..`.
-pub fn validate_segment(what: &str, segment: &str) -> Result<(), String> {
+pub fn validate_segment(what: &str, segment: &str) -> Result<(), InvalidName> {
     if segment.is_empty() {
-        return Err(format!("the {what} is empty"));
+        return Err(InvalidName(format!("the {what} is empty")));
     }
     if segment == "." || segment == ".." {
-        return Err(format!("the {what} cannot be '{segment}'"));
+        return Err(InvalidName(format!("the {what} cannot be '{segment}'")));
     }
     if let Some(c) = segment
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
     {
-        return Err(format!(
+        return Err(InvalidName(format!(
             "the {what} '{segment}' contains '{c}': use letters, digits, '.', '-' or '_'"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The trust domain of a trust domain ID `spiffe://<trust-domain>` (the URI
 /// SAN of a root CA).
-pub(crate) fn parse_trust_domain_id(raw: &str) -> Result<String, String> {
+pub(crate) fn parse_trust_domain_id(raw: &str) -> Result<String, InvalidName> {
     let td = raw
         .strip_prefix(SCHEME)
-        .ok_or_else(|| format!("'{raw}' does not start with 'spiffe://'"))?;
+        .ok_or_else(|| InvalidName(format!("'{raw}' does not start with 'spiffe://'")))?;
     validate_trust_domain(td)?;
     Ok(td.to_string())
 }

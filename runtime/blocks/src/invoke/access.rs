@@ -98,6 +98,11 @@ impl Decision {
     }
 }
 
+/// A word that is neither `allow` nor `deny`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected allow or deny, got {0:?}")]
+pub struct InvalidAction(pub String);
+
 /// `allow` or `deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -107,13 +112,13 @@ pub enum Action {
 
 impl Action {
     /// Parses `allow` / `deny` (any case).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidAction> {
         if s.eq_ignore_ascii_case("allow") {
             Ok(Action::Allow)
         } else if s.eq_ignore_ascii_case("deny") {
             Ok(Action::Deny)
         } else {
-            Err(format!("expected allow or deny, got {s:?}"))
+            Err(InvalidAction(s.to_string()))
         }
     }
 }
@@ -319,7 +324,9 @@ impl AccessPolicy {
     pub fn from_spec(spec: &AccessControlSpec) -> Result<Self, SpecError> {
         let fail = |field: String, reason: String| SpecError { field, reason };
         let global_default = match non_empty(&spec.default_action) {
-            Some(a) => Some(Action::parse(a).map_err(|e| fail("defaultAction".into(), e))?),
+            Some(a) => {
+                Some(Action::parse(a).map_err(|e| fail("defaultAction".into(), e.to_string()))?)
+            }
             None => None,
         };
         if global_default.is_none()
@@ -339,9 +346,10 @@ impl AccessPolicy {
                 return Err(fail(format!("{at}.appId"), "missing".into()));
             }
             let default_action = match non_empty(&p.default_action) {
-                Some(a) => {
-                    Some(Action::parse(a).map_err(|e| fail(format!("{at}.defaultAction"), e))?)
-                }
+                Some(a) => Some(
+                    Action::parse(a)
+                        .map_err(|e| fail(format!("{at}.defaultAction"), e.to_string()))?,
+                ),
                 None => None,
             };
             let policy = AppPolicy {
@@ -543,7 +551,7 @@ impl Rule {
             verbs.push(v);
         }
         let action = match op.action.as_deref().filter(|a| !a.is_empty()) {
-            Some(a) => Action::parse(a).map_err(|e| fail(format!("{at}.action"), e))?,
+            Some(a) => Action::parse(a).map_err(|e| fail(format!("{at}.action"), e.to_string()))?,
             None => Action::Allow,
         };
         Ok(Self {
