@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building weft and the quickstart app"
-cargo build --quiet -p weft -p weft-example-quickstart
+echo "== building weft (embedded backends only) and the quickstart app"
+# --no-default-features: no Kafka, PostgreSQL or ZooKeeper backend, none of
+# their build (librdkafka's cmake build above all); the quickstart needs none.
+cargo build --quiet -p weft --no-default-features -p weft-example-quickstart
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 work="$(mktemp -d)"
