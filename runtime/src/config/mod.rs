@@ -249,8 +249,10 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Directory of the development CA (shared by the runtimes of one
-    /// machine). Defaults to `<data-dir>/dev-ca`.
+    /// Directory of the development CA, shared by every runtime of this
+    /// user on this machine so that they trust each other. Defaults to
+    /// `$XDG_RUNTIME_DIR/weft/dev-ca`, else `/tmp/weft-dev-ca-<uid>`
+    /// (created 0700; refused when another user owns it).
     #[arg(long, env = "WEFT_DEV_CA_DIR")]
     pub dev_ca_dir: Option<PathBuf>,
 
@@ -506,7 +508,7 @@ impl RuntimeConfig {
             spin: Duration::from_micros(args.shm_spin_micros),
             yield_for: Duration::from_micros(args.shm_yield_micros),
         });
-        let mesh_identity = resolve_mesh_identity(args, &data_dir, &env)?;
+        let mesh_identity = resolve_mesh_identity(args, &env)?;
         Ok(Self {
             app_id: args.app_id.clone(),
             resources_path: args.resources_path.clone(),
@@ -568,7 +570,6 @@ impl RuntimeConfig {
 
 fn resolve_mesh_identity(
     args: &RunArgs,
-    data_dir: &std::path::Path,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<MeshIdentityConfig, ConfigError> {
     crate::security::spiffe::validate_trust_domain(&args.trust_domain)
@@ -591,7 +592,7 @@ fn resolve_mesh_identity(
             dir: args
                 .dev_ca_dir
                 .clone()
-                .unwrap_or_else(|| data_dir.join("dev-ca")),
+                .unwrap_or_else(|| default_dev_ca_dir(env)),
         },
         (cert, key, bundle) => {
             let missing: Vec<&str> = [
@@ -620,6 +621,20 @@ fn resolve_mesh_identity(
         source,
         plaintext: args.dev_insecure_plaintext_mesh,
     })
+}
+
+/// The development CA every runtime of this user on this machine shares
+/// when no mesh flag is given: beside the local name-resolution registry,
+/// `$XDG_RUNTIME_DIR/weft/dev-ca`, else `/tmp/weft-dev-ca-<uid>`.
+pub fn default_dev_ca_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(xdg) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("weft").join("dev-ca");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    PathBuf::from(format!("/tmp/weft-dev-ca-{uid}"))
 }
 
 fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
@@ -717,17 +732,37 @@ mod tests {
 
     #[test]
     fn mesh_identity_defaults_to_a_dev_ca() {
-        let c = RuntimeConfig::resolve(&args(&["--data-dir", "/d"]), env_of(&[])).unwrap();
+        let c = RuntimeConfig::resolve(
+            &args(&["--data-dir", "/d"]),
+            env_of(&[("XDG_RUNTIME_DIR", "/run/user/7")]),
+        )
+        .unwrap();
         assert_eq!(
             c.mesh_identity,
             MeshIdentityConfig {
                 trust_domain: "public".into(),
                 namespace: "default".into(),
                 source: MeshCertSource::DevCa {
-                    dir: PathBuf::from("/d/dev-ca")
+                    dir: PathBuf::from("/run/user/7/weft/dev-ca")
                 },
                 plaintext: false,
             }
+        );
+        // Not per data dir: runtimes of different apps share it.
+        let other = RuntimeConfig::resolve(
+            &args(&["--data-dir", "/e"]),
+            env_of(&[("XDG_RUNTIME_DIR", "/run/user/7")]),
+        )
+        .unwrap();
+        assert_eq!(other.mesh_identity.source, c.mesh_identity.source);
+        let tmp = RuntimeConfig::resolve(&args(&[]), env_of(&[])).unwrap();
+        let MeshCertSource::DevCa { dir } = tmp.mesh_identity.source else {
+            panic!("dev CA expected")
+        };
+        assert!(
+            dir.to_string_lossy().starts_with("/tmp/weft-dev-ca-"),
+            "{}",
+            dir.display()
         );
         let id = match c.mesh_identity.tls_source("orders").unwrap() {
             Some(crate::security::tls::TlsSource::DevCa { identity, .. }) => identity,

@@ -92,7 +92,7 @@ impl tower_service::Service<Uri> for Connector {
                 let stream = connector
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| fail(format!("TLS handshake failed: {e}")))?;
+                    .map_err(|e| fail(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
                 let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
                 let id = peer_identity(certs).map_err(|e| fail(e.to_string()))?;
                 if id.app_id != this.app_id
@@ -282,6 +282,29 @@ impl RemoteInvoker for MeshClient {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Invoked, BlockError>> {
         Box::pin(self.call(req, timeout))
+    }
+}
+
+/// What to do about a handshake that failed on trust: the two runtimes'
+/// certificates come from roots the other does not know.
+pub(crate) fn trust_hint(e: &std::io::Error) -> &'static str {
+    let unknown_root = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|re| {
+            matches!(
+                re,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                    | rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)
+                    | rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate)
+            )
+        });
+    if unknown_root {
+        " (the two runtimes do not trust each other's certificate authority: give both the same \
+         --dev-ca-dir for development, or certificates issued by one CA with its root in \
+         --mtls-trust-bundle)"
+    } else {
+        ""
     }
 }
 

@@ -144,7 +144,7 @@ async fn handshake(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "mesh: refused a connection: TLS handshake failed");
+            tracing::warn!(%remote, error = %e, hint = super::client::trust_hint(&e), "mesh: refused a connection: TLS handshake failed");
             return None;
         }
         Err(_) => {

@@ -450,9 +450,49 @@ pub fn issue_to_dir(
     Ok(written)
 }
 
+/// Creates the directory of a root (mode 0700) if needed, and refuses one
+/// that another user owns or others may write to: whoever can write there
+/// can replace the root every runtime trusts.
 fn create_dir(dir: &Path, flag: &'static str) -> Result<(), SecurityError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| SecurityError::file(flag, dir, format!("cannot create directory: {e}")))
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| SecurityError::file(flag, dir, format!("cannot create directory: {e}")))?;
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| SecurityError::file(flag, dir, format!("cannot read directory: {e}")))?;
+    if !meta.is_dir() {
+        return Err(SecurityError::file(
+            flag,
+            dir,
+            "is not a directory (a symbolic link?)",
+        ));
+    }
+    let me = fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if meta.uid() != me && me != 0 {
+        return Err(SecurityError::file(
+            flag,
+            dir,
+            format!(
+                "is owned by user {}, not by this user ({me}): a CA directory must be this user's own",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(SecurityError::file(
+            flag,
+            dir,
+            format!(
+                "may be written by other users (mode {:o}): make it 0700",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `content` to a new, uniquely named temporary file beside `name`

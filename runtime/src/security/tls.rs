@@ -117,8 +117,11 @@ impl MeshTls {
             TlsSource::DevCa { dir, identity } => {
                 tracing::warn!(
                     dir = %dir.display(),
-                    "mesh mTLS uses a development CA: every runtime on this machine shares its root and key. \
-                     Not for production: pass --mtls-cert, --mtls-key and --mtls-trust-bundle"
+                    "mesh mTLS uses the DEVELOPMENT CA in {}: every runtime of this user on this machine \
+                     that uses this directory trusts the others, and anyone who can read it can mint \
+                     identities. For development only: in production pass --mtls-cert, --mtls-key and \
+                     --mtls-trust-bundle",
+                    dir.display()
                 );
                 let root = ca::load_or_create_root(&dir, &identity.trust_domain, "--dev-ca-dir")?;
                 if root.trust_domain() != identity.trust_domain {
