@@ -128,7 +128,7 @@ public final class TopicEvent {
         return o == null || "".equals(o) ? null : o.toString();
     }
 
-    /** How many times this very event was delivered (1 the first time); -1 when the runtime did not say. */
+    /** How many times this very event was retried before (0 on its first delivery); -1 when the runtime did not say. */
     public int getAttempt() {
         return (int) longExt("attempt");
     }
