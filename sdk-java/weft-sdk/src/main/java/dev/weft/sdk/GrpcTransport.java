@@ -113,8 +113,8 @@ final class GrpcTransport implements Transport {
         Metadata trailers = Status.trailersFromThrowable(t);
         byte[] details = trailers == null ? null : trailers.get(DETAILS);
         String msg = s.getDescription() != null ? s.getDescription() : s.getCode().toString();
-        if (s.getCode() == Status.Code.UNAVAILABLE && s.getCause() != null && s.getDescription() == null) {
-            msg = rpc + " over gRPC: " + s.getCause();
+        if (s.getCode() == Status.Code.UNAVAILABLE && s.getCause() != null) {
+            msg = rpc + " over gRPC: the runtime cannot be reached (" + msg + ": " + s.getCause().getMessage() + ")";
         } else if (s.getCode() == Status.Code.CANCELLED && s.getCause() instanceof InterruptedException) {
             msg = rpc + ": the calling thread was interrupted (the call was cancelled)";
         } else if (s.getCode() == Status.Code.DEADLINE_EXCEEDED && msg.startsWith("deadline exceeded after")) {
