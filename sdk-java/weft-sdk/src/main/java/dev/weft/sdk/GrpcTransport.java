@@ -117,7 +117,7 @@ final class GrpcTransport implements Transport {
             msg = rpc + " over gRPC: the runtime cannot be reached (" + msg + ": " + s.getCause().getMessage() + ")";
         } else if (s.getCode() == Status.Code.CANCELLED && s.getCause() instanceof InterruptedException) {
             msg = rpc + ": the calling thread was interrupted (the call was cancelled)";
-        } else if (s.getCode() == Status.Code.DEADLINE_EXCEEDED && msg.startsWith("deadline exceeded after")) {
+        } else if (s.getCode() == Status.Code.DEADLINE_EXCEEDED && msg.contains("deadline exceeded after")) {
             msg = rpc + ": the deadline passed before the runtime answered (over gRPC: " + msg + ")";
         }
         return WeftException.of(StatusCode.of(s.getCode().value()), msg, details, responseMetadata, t);
