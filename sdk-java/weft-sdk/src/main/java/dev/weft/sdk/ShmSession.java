@@ -347,7 +347,7 @@ final class ShmSession {
         long start = System.nanoTime();
         try {
             while (!w.done) {
-                if (spinning && rxLock.tryLock()) {
+                if (spinning && rx.hasDataHint() && rxLock.tryLock()) {
                     try {
                         drain();
                     } finally {
@@ -395,8 +395,10 @@ final class ShmSession {
                 }
             }
         } finally {
-            if (spinning && spinningCallers.decrementAndGet() == 0) {
-                LockSupport.unpark(reader);
+            if (spinning) {
+                // No unpark here (a futex wake per call would cost more than the call): the
+                // reader looks again within its park interval and reads for streams and async calls.
+                spinningCallers.decrementAndGet();
             }
         }
         if (!w.done) {
@@ -537,7 +539,7 @@ final class ShmSession {
         long lastActivity = System.nanoTime();
         while (dead == null) {
             if (spinningCallers.get() > 0) {
-                LockSupport.parkNanos(this, 1_000_000L);
+                LockSupport.parkNanos(this, 200_000L);
                 lastActivity = System.nanoTime();
                 continue;
             }

@@ -173,12 +173,37 @@ public final class Ring {
                 throw new ProtocolException("ring " + name + ": record at position " + pos + " of " + aligned
                         + " bytes exceeds half the ring");
             }
-            byte[] payload = new byte[length - Protocol.RECORD_HEADER_LEN];
-            buf.get(at + Protocol.RECORD_HEADER_LEN, payload);
+            int payloadLen = length - Protocol.RECORD_HEADER_LEN;
+            if (payloadLen < Protocol.ENVELOPE_LEN) {
+                throw new ProtocolException("ring " + name + ": record at position " + pos + " has a payload of "
+                        + payloadLen + " bytes, shorter than the envelope");
+            }
+            int e = at + Protocol.RECORD_HEADER_LEN;
+            Protocol.Envelope env = new Protocol.Envelope(buf.getInt(e), buf.getInt(e + 4), buf.getLong(e + 8),
+                    buf.getInt(e + 16));
+            if (buf.getInt(e + 20) != 0) {
+                throw new ProtocolException("ring " + name + ": record at position " + pos
+                        + ": envelope reserved field is not zero");
+            }
+            if ((env.flags() & ~Protocol.KNOWN_FLAGS) != 0) {
+                throw new ProtocolException("ring " + name + ": record at position " + pos + ": unknown flags 0x"
+                        + Integer.toHexString(env.flags()));
+            }
+            // Copied out before it is decoded: the peer could still be writing it.
+            byte[] body = new byte[payloadLen - Protocol.ENVELOPE_LEN];
+            buf.get(e + Protocol.ENVELOPE_LEN, body);
             pos += aligned;
             LONG.setRelease(buf, ctrl + Protocol.HEAD_OFF, pos);
-            return Protocol.decodePayload(payload);
+            return new Protocol.Message(env, body);
         }
+    }
+
+    /**
+     * A hint for a thread that does not own this consumer: whether the
+     * tail moved past the last position it knows of (racy, never trusted).
+     */
+    public boolean hasDataHint() {
+        return (long) LONG.getAcquire(buf, ctrl + Protocol.TAIL_OFF) != pos;
     }
 
     // === wake-up flag ===
