@@ -77,7 +77,7 @@ func decodeEnvelope(p []byte) (envelope, []byte, error) {
 		return envelope{}, nil, fmt.Errorf("payload of %d bytes is shorter than the envelope", len(p))
 	}
 	env := envelope{le.Uint32(p[0:]), le.Uint32(p[4:]), le.Uint64(p[8:]), le.Uint32(p[16:])}
-	if le.Uint32(p[20:]) != 0 || env.Flags&^7 != 0 {
+	if le.Uint32(p[20:]) != 0 || env.Flags&^0x1f != 0 {
 		return env, nil, errors.New("bad envelope")
 	}
 	return env, p[envelopeLen:], nil
