@@ -180,6 +180,38 @@ class ClientTest {
 
     @ParameterizedTest
     @EnumSource(value = TransportKind.class, names = {"SHM", "GRPC"})
+    void manyThreadsShareOneClient(TransportKind kind) throws Exception {
+        try (WeftClient c = weft.client(kind)) {
+            int threads = 8;
+            int calls = kind == TransportKind.SHM ? 2000 : 300;
+            List<Thread> ts = new java.util.ArrayList<>();
+            java.util.concurrent.ConcurrentLinkedQueue<String> errors = new java.util.concurrent.ConcurrentLinkedQueue<>();
+            for (int t = 0; t < threads; t++) {
+                final int id = t;
+                Thread th = new Thread(() -> {
+                    String k = key("thread-" + id);
+                    for (int i = 0; i < calls; i++) {
+                        c.saveState("statestore", k, id + ":" + i);
+                        String got = c.getState("statestore", k).getValueAsString();
+                        if (!(id + ":" + i).equals(got)) {
+                            errors.add(k + ": wrote " + id + ":" + i + ", read " + got);
+                            return;
+                        }
+                    }
+                });
+                th.start();
+                ts.add(th);
+            }
+            for (Thread th : ts) {
+                th.join(120_000);
+                assertFalse(th.isAlive(), "a caller thread did not finish");
+            }
+            assertTrue(errors.isEmpty(), errors.toString());
+        }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = TransportKind.class, names = {"SHM", "GRPC"})
     void runtimeErrorsAreTyped(TransportKind kind) {
         try (WeftClient c = weft.client(kind)) {
             WeftException e = assertThrows(WeftException.class, () -> c.getState("nope", "k"));
@@ -451,6 +483,9 @@ class ClientTest {
         try (WeftClient c = weft.client(kind)) {
             RuntimeMetadata m = c.getMetadata();
             assertEquals("java-client", m.getId());
+            if (kind == TransportKind.SHM) {
+                System.out.println("the runtime's shared-memory sessions serve call contexts (CONTEXT): " + c.hasCallContext());
+            }
             assertTrue(m.getComponents().stream().anyMatch(x -> x.name().equals("statestore")), m.getComponents().toString());
             c.setMetadata("java-" + kind, "set");
             assertEquals("set", c.getMetadata().getExtended().get("java-" + kind));

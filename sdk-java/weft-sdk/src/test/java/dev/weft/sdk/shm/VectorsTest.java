@@ -51,6 +51,7 @@ class VectorsTest {
         List<Map<String, Object>> all = vectors();
         assertTrue(all.size() >= 11, "vectors: " + all.size());
         int checked = 0;
+        int contexts = 0;
         for (Map<String, Object> v : all) {
             String name = (String) v.get("name");
             byte[] want = HEX.parseHex((String) v.get("hex"));
@@ -88,6 +89,16 @@ class VectorsTest {
                     assertEquals(env, m.envelope(), name);
                     assertArrayEquals(body, m.body(), name);
                     assertNull(rx.poll());
+                    if ((env.flags() & Protocol.FLAG_CONTEXT) != 0) {
+                        // The context block parses and encodes back to the same bytes.
+                        CallContextCodec.Split split = CallContextCodec.split(body);
+                        byte[] block = CallContextCodec.encode(split.context());
+                        byte[] again = new byte[block.length + split.rest().length];
+                        System.arraycopy(block, 0, again, 0, block.length);
+                        System.arraycopy(split.rest(), 0, again, block.length, split.rest().length);
+                        assertArrayEquals(body, again, name + ": context block");
+                        contexts++;
+                    }
                     break;
                 }
                 case "padding":
@@ -125,6 +136,26 @@ class VectorsTest {
             checked++;
         }
         assertEquals(all.size(), checked);
+        assertTrue(contexts >= 2, "vectors with a context block: " + contexts);
+    }
+
+    @Test
+    void theClientEncodesTheSpecsContextRequest() throws IOException {
+        Map<String, Object> v = vectors().stream().filter(x -> "context_request".equals(x.get("name"))).findFirst()
+                .orElseThrow();
+        weft.runtime.v1.Shm.CallContext ctx = weft.runtime.v1.Shm.CallContext.newBuilder().setTimeoutMicros(250000)
+                .addMetadata(weft.runtime.v1.Appchannel.Metadata.newBuilder().setKey("traceparent")
+                        .addValues("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+                .build();
+        byte[] req = dev.weft.proto.runtime.v1.Invoke.InvokeServiceRequest.newBuilder().setId("orders")
+                .setMessage(dev.weft.proto.common.v1.Common.InvokeRequest.newBuilder().setMethod("place")).build()
+                .toByteArray();
+        ByteBuffer mem = ByteBuffer.allocateDirect(512 + 4096).order(ByteOrder.LITTLE_ENDIAN);
+        new Ring(mem, 0, 4096, "a").tryWrite(1, Protocol.FLAG_CONTEXT, 10, 0, CallContextCodec.encode(ctx), req);
+        byte[] want = HEX.parseHex((String) v.get("hex"));
+        byte[] got = new byte[want.length];
+        mem.get(512, got);
+        assertEquals(HEX.formatHex(want), HEX.formatHex(got));
     }
 
     @Test
