@@ -27,13 +27,13 @@ import java.util.concurrent.atomic.LongAdder;
 /**
  * State GetState of a 64-byte value against one release {@code weft}
  * (state.in-memory), in one run: sdk-java over shared memory, sdk-java
- * over gRPC, and the official Dapr Java SDK (io.dapr:dapr-sdk, gRPC),
+ * over gRPC (TCP and the Unix socket), and the official Dapr Java SDK (io.dapr:dapr-sdk, gRPC),
  * interleaved by rounds. Per client and round: JIT warm-up, then p50/p99
  * of single-thread round trips, then ops/s with 1 and with 8 threads.
  *
  * <pre>
  * java -cp ... dev.weft.bench.StateGetBench [--weft PATH] [--rounds 2] [--latency-ops 200000]
- *     [--warmup-secs 3] [--throughput-secs 3] [--clients shm,grpc,dapr] [--weft-args "..."]
+ *     [--warmup-secs 3] [--throughput-secs 3] [--clients shm,grpc,uds,dapr] [--weft-args "..."]
  * </pre>
  */
 public final class StateGetBench {
@@ -52,7 +52,7 @@ public final class StateGetBench {
         opt.put("latency-ops", "200000");
         opt.put("warmup-secs", "3");
         opt.put("throughput-secs", "3");
-        opt.put("clients", "shm,grpc,dapr");
+        opt.put("clients", "shm,grpc,uds,dapr");
         opt.put("weft-args", "");
         for (int i = 0; i < args.length; i += 2) {
             String k = args[i].replaceFirst("^--", "");
@@ -79,7 +79,8 @@ public final class StateGetBench {
         int httpPort = freePort();
         List<String> cmd = new ArrayList<>(List.of(weft.toString(), "run", "--app-id", "java-bench", "--grpc-port",
                 Integer.toString(grpcPort), "--http-port", Integer.toString(httpPort), "--data-dir",
-                dir.resolve("data").toString(), "--resources-path", res.toString()));
+                dir.resolve("data").toString(), "--resources-path", res.toString(), "--uds",
+                dir.resolve("weft.sock").toString()));
         if (!opt.get("weft-args").isBlank()) {
             cmd.addAll(Arrays.asList(opt.get("weft-args").trim().split("\\s+")));
         }
@@ -99,6 +100,7 @@ public final class StateGetBench {
             WeftClient shm = WeftClient.builder().transport(TransportKind.SHM).appId("java-bench")
                     .shmSocket(dir.resolve("data/shm.sock")).grpcPort(grpcPort).build();
             WeftClient grpc = WeftClient.builder().transport(TransportKind.GRPC).grpcPort(grpcPort).build();
+            WeftClient uds = WeftClient.builder().transport(TransportKind.GRPC).grpcSocket(dir.resolve("weft.sock")).build();
             DaprClient dapr = new DaprClientBuilder()
                     .withPropertyOverride(Properties.GRPC_PORT, Integer.toString(grpcPort))
                     .withPropertyOverride(Properties.HTTP_PORT, Integer.toString(httpPort))
@@ -106,6 +108,7 @@ public final class StateGetBench {
             Map<String, Getter> getters = new LinkedHashMap<>();
             getters.put("shm", () -> shm.getState("memstore", "bench-key").getValue());
             getters.put("grpc", () -> grpc.getState("memstore", "bench-key").getValue());
+            getters.put("uds", () -> uds.getState("memstore", "bench-key").getValue());
             getters.put("dapr", () -> dapr.getState("memstore", "bench-key", byte[].class).block().getValue());
             for (Map.Entry<String, Getter> g : getters.entrySet()) {
                 byte[] v = g.getValue().get();
@@ -118,7 +121,7 @@ public final class StateGetBench {
                 for (String c : clients) {
                     Getter g = getters.get(c.trim());
                     if (g == null) {
-                        throw new IllegalArgumentException("--clients: unknown client " + c + " (shm, grpc, dapr)");
+                        throw new IllegalArgumentException("--clients: unknown client " + c + " (shm, grpc, uds, dapr)");
                     }
                     Row r = measure(c.trim(), round, g, latencyOps, warmupNanos, tputNanos);
                     rows.add(r);
@@ -128,6 +131,7 @@ public final class StateGetBench {
             }
             shm.close();
             grpc.close();
+            uds.close();
             dapr.close();
             System.out.println();
             System.out.println("| client | round | p50 µs | p99 µs | p99.9 µs | ops/s 1 thread | ops/s 8 threads |");
@@ -158,6 +162,8 @@ public final class StateGetBench {
                 return "sdk-java, shared memory";
             case "grpc":
                 return "sdk-java, gRPC (TCP)";
+            case "uds":
+                return "sdk-java, gRPC (Unix socket)";
             default:
                 return "io.dapr:dapr-sdk 1.16.0, gRPC (TCP)";
         }

@@ -35,9 +35,37 @@ final class GrpcTransport implements Transport {
     private final Channel channel;
     final String target;
 
+    private final io.grpc.netty.shaded.io.netty.channel.EventLoopGroup udsGroup;
+
     GrpcTransport(String host, int port, String token) {
-        this.target = host + ":" + port;
-        this.managed = NettyChannelBuilder.forAddress(host, port)
+        this(NettyChannelBuilder.forAddress(host, port), host + ":" + port, null, token);
+    }
+
+    /** gRPC over the runtime's Unix socket (--uds), through netty's native epoll transport. */
+    static GrpcTransport unix(java.nio.file.Path socket, String token) {
+        if (!io.grpc.netty.shaded.io.netty.channel.epoll.Epoll.isAvailable()) {
+            throw new WeftException(StatusCode.FAILED_PRECONDITION, "gRPC over the Unix socket " + socket
+                    + " needs netty's epoll transport, which is not available here: "
+                    + io.grpc.netty.shaded.io.netty.channel.epoll.Epoll.unavailabilityCause());
+        }
+        var group = new io.grpc.netty.shaded.io.netty.channel.MultiThreadIoEventLoopGroup(1, r -> {
+            Thread t = new Thread(r, "weft-grpc-uds");
+            t.setDaemon(true);
+            return t;
+        }, io.grpc.netty.shaded.io.netty.channel.epoll.EpollIoHandler.newFactory());
+        NettyChannelBuilder b = NettyChannelBuilder
+                .forAddress(new io.grpc.netty.shaded.io.netty.channel.unix.DomainSocketAddress(socket.toString()))
+                .eventLoopGroup(group)
+                .channelType(io.grpc.netty.shaded.io.netty.channel.epoll.EpollDomainSocketChannel.class)
+                .overrideAuthority("localhost");
+        return new GrpcTransport(b, "unix:" + socket, group, token);
+    }
+
+    private GrpcTransport(NettyChannelBuilder builder, String target,
+            io.grpc.netty.shaded.io.netty.channel.EventLoopGroup udsGroup, String token) {
+        this.target = target;
+        this.udsGroup = udsGroup;
+        this.managed = builder
                 .usePlaintext()
                 .maxInboundMessageSize(64 << 20)
                 .build();
@@ -248,6 +276,9 @@ final class GrpcTransport implements Transport {
             managed.awaitTermination(5, TimeUnit.SECONDS);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+        }
+        if (udsGroup != null) {
+            udsGroup.shutdownGracefully(0, 1, TimeUnit.SECONDS);
         }
     }
 }

@@ -705,6 +705,7 @@ public final class WeftClient implements AutoCloseable {
      * {@code WEFT_TRANSPORT}, {@code WEFT_APP_ID} (or {@code APP_ID}),
      * {@code DAPR_GRPC_PORT} / {@code WEFT_GRPC_PORT} (default 50001),
      * {@code DAPR_API_TOKEN} / {@code WEFT_API_TOKEN},
+     * {@code WEFT_UDS} (gRPC over the runtime's Unix socket instead of TCP),
      * {@code WEFT_SHM_SOCKET} (default {@code <data-dir>/shm.sock} with the
      * runtime's default data dir: {@code WEFT_DATA_DIR}, else
      * {@code $XDG_DATA_HOME/weft/<app-id>}, else
@@ -718,6 +719,7 @@ public final class WeftClient implements AutoCloseable {
         private Integer grpcPort;
         private String apiToken;
         private Path shmSocket;
+        private Path grpcSocket;
         private Duration timeout;
         private int ringSize;
         private Duration spin = Duration.ofMillis(1) .dividedBy(20);
@@ -773,6 +775,16 @@ public final class WeftClient implements AutoCloseable {
         public Builder apiToken(String token) {
             Args.notNull(token, "apiToken");
             this.apiToken = token;
+            return this;
+        }
+
+        /**
+         * gRPC over the runtime's Unix socket ({@code --uds}) instead of TCP
+         * (netty's native epoll transport, Linux x86_64/aarch64).
+         */
+        public Builder grpcSocket(Path socket) {
+            Args.notNull(socket, "grpcSocket");
+            this.grpcSocket = socket;
             return this;
         }
 
@@ -862,6 +874,7 @@ public final class WeftClient implements AutoCloseable {
                 }
             }
             String token = apiToken != null ? apiToken : env("DAPR_API_TOKEN", "WEFT_API_TOKEN");
+            Path uds = grpcSocket != null ? grpcSocket : (env("WEFT_UDS") == null ? null : Path.of(env("WEFT_UDS")));
             String id = appId != null ? appId : env("WEFT_APP_ID", "APP_ID");
             ScheduledExecutorService timers = Executors.newSingleThreadScheduledExecutor(r -> {
                 Thread t = new Thread(r, "weft-timers");
@@ -879,7 +892,7 @@ public final class WeftClient implements AutoCloseable {
                     try {
                         if (id == null) {
                             // Learn the app id from the runtime itself.
-                            grpc = new GrpcTransport(grpcHost, port, token);
+                            grpc = uds != null ? GrpcTransport.unix(uds, token) : new GrpcTransport(grpcHost, port, token);
                             id = grpc.call(Rpc.GET_METADATA,
                                     dev.weft.proto.runtime.v1.Metadata.GetMetadataRequest.getDefaultInstance(),
                                     Transport.CallOpts.timeout(TimeUnit.SECONDS.toNanos(5), Map.of())).getId();
@@ -899,11 +912,13 @@ public final class WeftClient implements AutoCloseable {
                     }
                 }
                 if (tr == null) {
-                    tr = grpc != null ? grpc : new GrpcTransport(grpcHost, port, token);
+                    GrpcTransport g = grpc != null ? grpc
+                            : uds != null ? GrpcTransport.unix(uds, token) : new GrpcTransport(grpcHost, port, token);
+                    tr = g;
                     grpc = null;
                     if (reason != null) {
-                        LOG.log(Level.INFO, "weft: using gRPC at {0}:{1}, not shared memory: {2}",
-                                new Object[] {grpcHost, Integer.toString(port), reason});
+                        LOG.log(Level.INFO, "weft: using gRPC at {0}, not shared memory: {1}",
+                                new Object[] {g.target, reason});
                     }
                 }
             } catch (RuntimeException e) {

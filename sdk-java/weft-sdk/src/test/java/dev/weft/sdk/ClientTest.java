@@ -269,6 +269,7 @@ class ClientTest {
             assertArg("appId", () -> WeftClient.builder().appId(""));
             assertArg("host", () -> WeftClient.builder().grpcEndpoint("", 50001));
             assertArg("shmSocket", () -> WeftClient.builder().shmSocket(null));
+            assertArg("grpcSocket", () -> WeftClient.builder().grpcSocket(null));
             assertArg("apiToken", () -> WeftClient.builder().apiToken(null));
             assertArg("timeout", () -> WeftClient.builder().timeout(Duration.ZERO));
             assertArg("spin", () -> WeftClient.builder().shmIdle(Duration.ofMillis(-1), Duration.ZERO));
@@ -493,6 +494,34 @@ class ClientTest {
         try (WeftRuntime w = WeftRuntime.start("java-shutdown"); WeftClient c = w.client(kind)) {
             c.shutdown();
             assertTrue(w.awaitExit(Duration.ofSeconds(20)), "the runtime did not exit after Shutdown");
+        }
+    }
+
+    @Test
+    void grpcOverTheRuntimesUnixSocket() throws Exception {
+        java.nio.file.Path dir = Files.createTempDirectory("weft-java-uds-");
+        java.nio.file.Path sock = dir.resolve("weft.sock");
+        try (WeftRuntime w = WeftRuntime.options("java-uds").arg("--uds", sock.toString()).start();
+                WeftClient c = WeftClient.builder().transport(TransportKind.GRPC).grpcSocket(sock).build()) {
+            assertEquals("grpc", c.getTransport());
+            c.saveState("statestore", "k", "over uds");
+            assertEquals("over uds", c.getState("statestore", "k").getValueAsString());
+            assertEquals(w.appId, c.getMetadata().getId());
+            BlockingQueue<TopicEvent> got = new ArrayBlockingQueue<>(10);
+            try (Subscription sub = c.subscribeToEvents("pubsub", "t", e -> {
+                got.add(e);
+                return SubscriptionStatus.SUCCESS;
+            })) {
+                assertTrue(sub.isActive());
+                c.publishEvent("pubsub", "t", "x");
+                assertNotNull(got.poll(10, TimeUnit.SECONDS));
+            }
+            assertThrows(WeftException.class, () -> c.getState("nope", "k"));
+        }
+        try (WeftClient c = WeftClient.builder().transport(TransportKind.GRPC).grpcSocket(dir.resolve("none.sock"))
+                .build()) {
+            UnavailableException e = assertThrows(UnavailableException.class, () -> c.getState("statestore", "k"));
+            assertTrue(e.getMessage().contains("GetState"), e.getMessage());
         }
     }
 
