@@ -8,7 +8,9 @@
 # .services/venv), starts the private test services (scripts/services.sh:
 # PostgreSQL, ZooKeeper, Kafka),
 # then runs, stopping at the first failure:
-#   cargo fmt --check · cargo clippy -D warnings · cargo build · cargo test ·
+#   cargo fmt --check · cargo clippy -D warnings · cargo build ·
+#   mvn -B verify in sdk-java (the Java SDK against target/debug/weft; Maven's
+#   local repository cached in .services/m2) · cargo test ·
 #   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
 # Services are stopped on exit, whatever happened.
 #
@@ -150,11 +152,22 @@ python_sdk_tests() {
     "$VENV/bin/python" -m pytest "$REPO_ROOT/tests/python" -q -ra -p no:cacheprovider
 }
 
+java_sdk_tests() {
+    export WEFT_BIN=${WEFT_BIN:-$TARGET_DIR/debug/weft}
+    if [ ! -x "$WEFT_BIN" ]; then
+        echo "error: $WEFT_BIN not found (cargo build should have produced it)" >&2
+        return 1
+    fi
+    echo "WEFT_BIN=$WEFT_BIN"
+    (cd "$REPO_ROOT/sdk-java" && mvn -B -ntp -Dmaven.repo.local="$WEFT_SERVICES_DIR/m2" verify)
+}
+
 step "toolchain"                   check_toolchain
 step "python venv (dapr, pytest)"  setup_python
 step "services: start"             start_services
 step "cargo fmt --check"           cargo fmt --all --check
 step "cargo clippy -D warnings"    cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build"                 cargo build --workspace --bins
+step "java SDK tests (mvn verify)" java_sdk_tests
 step "cargo test"                  cargo_test
 step "python SDK tests (pytest)"   python_sdk_tests
