@@ -878,7 +878,6 @@ impl Session<'_> {
             correlation: corr,
             status: 0,
         };
-        let ctx = self.call_context(block, corr)?;
         if body.len() > self.ctx.max_body_size {
             let msg = format!(
                 "{} request of {} bytes is larger than the runtime's --max-body-size ({} bytes)",
@@ -906,6 +905,7 @@ impl Session<'_> {
                 format!("correlation id {corr} reused while its call is in flight"),
             ));
         }
+        let ctx = self.call_context(block, corr)?;
         let deadline = ctx.deadline;
         let call = dispatch(&self.ctx.blocks, ctx, m.id, body).map_err(|e| {
             End::protocol(
@@ -1362,19 +1362,15 @@ pub fn dispatch(
         return first.map(|m| Call::Bidi(m, Box::new(ctx)));
     }
     let b = blocks.clone();
-    let name = method::by_id(method).map_or("", |m| m.name);
-    if common::missing_block(name).is_some() {
-        return match method {
-            QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, name),
-            INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, name),
-            GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, name),
-            GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, name),
-            TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, name),
-            UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, name),
-            _ => unimplemented::<()>(body, name),
-        };
-    }
     match method {
+        // The RPCs of api::common::UNIMPLEMENTED (a test keeps the two
+        // lists equal): the request must still decode.
+        QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "QueryStateAlpha1"),
+        INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "InvokeBinding"),
+        GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "GetSecret"),
+        GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "GetBulkSecret"),
+        TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "TryLockAlpha1"),
+        UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "UnlockAlpha1"),
         INVOKE_SERVICE => {
             let req = pb::InvokeServiceRequest::decode(body)?;
             Ok(Call::Unary(Box::pin(async move {
@@ -1455,6 +1451,54 @@ pub fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The methods shared memory answers UNIMPLEMENTED for are exactly the
+    /// RPCs of api::common::UNIMPLEMENTED, with the same message.
+    #[test]
+    fn unimplemented_methods_are_the_common_list() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = crate::config::RuntimeConfig::resolve(
+                &match <crate::config::Cli as clap::Parser>::try_parse_from([
+                    "weft",
+                    "run",
+                    "--app-id",
+                    "t",
+                    "--data-dir",
+                    dir.path().to_str().unwrap(),
+                ])
+                .unwrap()
+                .command
+                {
+                    crate::config::Command::Run(a) => a,
+                    _ => unreachable!("argv is `weft run`"),
+                },
+                |_| None,
+            )
+            .unwrap();
+            let blocks = Blocks::build(cfg.blocks_config().unwrap(), vec![], Shutdown::new())
+                .await
+                .unwrap();
+            let mut answered = Vec::new();
+            for m in method::ALL {
+                if let Ok(Call::Unary(f)) = dispatch(&blocks, CallContext::app(), m.id, &[]) {
+                    if let Err(e) = f.await {
+                        if e.code() == Code::Unimplemented && e == common::unimplemented(m.name) {
+                            answered.push(m.name);
+                        }
+                    }
+                }
+            }
+            let mut expected: Vec<&str> = common::UNIMPLEMENTED.iter().map(|(n, _)| *n).collect();
+            answered.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(answered, expected);
+        });
+    }
 
     /// Every id in the method table binds to a call, so the shared-memory
     /// transport reaches exactly what the table (and so gRPC) lists.
