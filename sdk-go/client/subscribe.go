@@ -160,6 +160,9 @@ func (s *Subscription) Receive() (*SubscriptionMessage, error) {
 			if s.closed.Load() {
 				continue
 			}
+			if s.c.closed.Load() {
+				return nil, &Error{Op: op, Transport: s.c.t.name(), Code: 1, Message: "the client is closed", cause: ErrClosed}
+			}
 			if s.ctx.Err() != nil {
 				return nil, wrapErr(op, s.c.t.name(), s.ctx.Err())
 			}
