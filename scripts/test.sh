@@ -8,8 +8,9 @@
 # .services/venv), starts the private test services (scripts/services.sh:
 # PostgreSQL, ZooKeeper, Kafka),
 # then runs, stopping at the first failure:
-#   cargo fmt --check · cargo clippy -D warnings · cargo build · cargo test ·
-#   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
+#   cargo fmt --check · cargo clippy -D warnings · cargo build ·
+#   go SDK tests (gofmt -l, go vet, go test in sdk-go against target/debug/weft) ·
+#   cargo test · pytest tests/python (the official Dapr Python SDK against target/debug/weft)
 # Services are stopped on exit, whatever happened.
 #
 # Environment:
@@ -145,11 +146,38 @@ python_sdk_tests() {
     "$VENV/bin/python" -m pytest "$REPO_ROOT/tests/python" -q -ra -p no:cacheprovider
 }
 
+# The Go SDK: formatting, vet (the SDK, its benchmark module and the Go
+# examples) and its tests against the weft just built (both transports,
+# the shared-memory test vectors, generated code freshness).
+go_sdk_tests() {
+    export WEFT_BIN=${WEFT_BIN:-$TARGET_DIR/debug/weft}
+    if [ ! -x "$WEFT_BIN" ]; then
+        echo "error: $WEFT_BIN not found (cargo build should have produced it)" >&2
+        return 1
+    fi
+    echo "WEFT_BIN=$WEFT_BIN"
+    go version
+    local unformatted
+    unformatted=$(gofmt -l "$REPO_ROOT/sdk-go" "$REPO_ROOT/examples/go")
+    if [ -n "$unformatted" ]; then
+        echo "gofmt -l: these files need gofmt:" >&2
+        echo "$unformatted" >&2
+        return 1
+    fi
+    local m
+    for m in sdk-go sdk-go/bench examples/go; do
+        echo "go vet ./... in $m"
+        (cd "$REPO_ROOT/$m" && go vet ./...)
+    done
+    (cd "$REPO_ROOT/sdk-go" && go test -count=1 ./...)
+}
+
 step "toolchain"                   check_toolchain
 step "python venv (dapr, pytest)"  setup_python
 step "services: start"             start_services
 step "cargo fmt --check"           cargo fmt --all --check
 step "cargo clippy -D warnings"    cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build"                 cargo build --workspace --bins
+step "go SDK tests"                go_sdk_tests
 step "cargo test"                  cargo_test
 step "python SDK tests (pytest)"   python_sdk_tests
