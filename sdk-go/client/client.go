@@ -417,7 +417,6 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return c.call(ctx, "Shutdown", mShutdown, &runtimev1.ShutdownRequest{}, nil)
 }
 
-
 // Logf writes one line to the client's logger (SetLogger); the service
 // packages log through it too.
 func Logf(format string, args ...any) { logf(format, args...) }

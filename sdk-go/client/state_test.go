@@ -181,10 +181,12 @@ func TestStateBadArguments(t *testing.T) {
 		err error
 		arg string
 	}{}
-	add := func(name, arg string, err error) { cases[name] = struct {
-		err error
-		arg string
-	}{err, arg} }
+	add := func(name, arg string, err error) {
+		cases[name] = struct {
+			err error
+			arg string
+		}{err, arg}
+	}
 	_, e := c.GetState(ctx, "", "k", nil)
 	add("GetState store", "storeName", e)
 	_, e = c.GetState(ctx, store, "", nil)
