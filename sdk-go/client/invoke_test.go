@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -46,6 +47,9 @@ func place(ctx context.Context, in *common.InvocationEvent) (*common.Content, er
 	switch string(in.Data) {
 	case "missing":
 		return nil, status.Error(codes.NotFound, "no order missing")
+	case "details":
+		st, _ := status.New(codes.FailedPrecondition, "out of stock").WithDetails(&errdetails.ErrorInfo{Reason: "OUT_OF_STOCK", Domain: "checkout"})
+		return nil, st.Err()
 	case "slow":
 		select {
 		case <-time.After(5 * time.Second):
@@ -146,6 +150,23 @@ func checkInvocations(t *testing.T, c *client.Client, tr client.Transport) {
 	_, err = c.InvokeMethodWithContent(ctx, "go-callee", "place", "post", &client.DataContent{Data: []byte("missing")})
 	if !errors.Is(err, client.ErrNotFound) || !strings.Contains(err.Error(), "no order missing") {
 		t.Fatalf("app error: %v", err)
+	}
+	// Its status details too (gRPC always; shared memory with CONTEXT).
+	_, err = c.InvokeMethodWithContent(ctx, "go-callee", "place", "post", &client.DataContent{Data: []byte("details")})
+	var ce *client.Error
+	if !errors.Is(err, client.ErrFailedPrecondition) || !errors.As(err, &ce) {
+		t.Fatalf("app error with details: %v", err)
+	}
+	if tr == client.TransportGRPC || client.ShmContextServed(c) {
+		found := false
+		for _, d := range ce.Details() {
+			if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Reason == "OUT_OF_STOCK" {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("the ErrorInfo did not reach the caller: %v", ce.Details())
+		}
 	}
 	_, err = c.InvokeMethod(ctx, "go-callee", "no-such-method", "post")
 	if !errors.Is(err, client.ErrUnimplemented) || !strings.Contains(err.Error(), "no-such-method") {
