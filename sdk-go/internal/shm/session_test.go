@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,5 +87,35 @@ func TestSessionAgainstRuntime(t *testing.T) {
 	_, err = s.Unary(ctx, MethodGetState, nil, &runtimev1.GetStateRequest{StoreName: "statestore", Key: "k"}, &runtimev1.GetStateResponse{})
 	if !errors.As(err, &st) || st.Code != 14 || !st.SessionLost {
 		t.Fatalf("after the runtime died: %#v", err)
+	}
+}
+
+// cpuTicks is this process's user+system time in clock ticks.
+func cpuTicks(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Skip("no /proc/self/stat")
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+// TestIdleSessionUsesNoCPU: after its calls, a session stops spinning and
+// sleeps on the socket (docs/shm-protocol.md §7.3).
+func TestIdleSessionUsesNoCPU(t *testing.T) {
+	w := weftest.Start(t, weftest.Options{AppID: "shm-idle"})
+	s := dial(t, w)
+	for i := 0; i < 1000; i++ {
+		if _, err := s.Unary(context.Background(), MethodGetState, nil, &runtimev1.GetStateRequest{StoreName: "statestore", Key: "k"}, &runtimev1.GetStateResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	before := cpuTicks(t)
+	time.Sleep(time.Second)
+	if used := cpuTicks(t) - before; used > 10 {
+		t.Fatalf("an idle session used %d clock ticks in 1 s", used)
 	}
 }
