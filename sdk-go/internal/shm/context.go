@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"encoding/base64"
 	"sort"
 	"strings"
 	"time"
@@ -43,7 +44,16 @@ func EncodeCallContext(timeout time.Duration, md map[string][]string) []byte {
 		if hopKey(lk) {
 			continue
 		}
-		cc.Metadata = append(cc.Metadata, &weftv1.Metadata{Key: lk, Values: md[k]})
+		vals := md[k]
+		if strings.HasSuffix(lk, "-bin") {
+			// Binary values travel base64-encoded, as on the gRPC wire.
+			enc := make([]string, len(vals))
+			for i, v := range vals {
+				enc[i] = base64.RawStdEncoding.EncodeToString([]byte(v))
+			}
+			vals = enc
+		}
+		cc.Metadata = append(cc.Metadata, &weftv1.Metadata{Key: lk, Values: vals})
 	}
 	if cc.TimeoutMicros == 0 && len(cc.Metadata) == 0 {
 		return nil
@@ -72,9 +82,24 @@ func ContextMetadata(b []byte) map[string][]string {
 	}
 	md := make(map[string][]string, len(cc.GetMetadata()))
 	for _, m := range cc.GetMetadata() {
-		md[m.GetKey()] = append(md[m.GetKey()], m.GetValues()...)
+		k := strings.ToLower(m.GetKey())
+		for _, v := range m.GetValues() {
+			if strings.HasSuffix(k, "-bin") {
+				if b, err := decodeBin(v); err == nil {
+					v = string(b)
+				}
+			}
+			md[k] = append(md[k], v)
+		}
 	}
 	return md
+}
+
+func decodeBin(v string) ([]byte, error) {
+	if len(v)%4 == 0 {
+		return base64.StdEncoding.DecodeString(v)
+	}
+	return base64.RawStdEncoding.DecodeString(v)
 }
 
 func contextDetails(b []byte) []byte {

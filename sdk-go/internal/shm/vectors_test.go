@@ -239,6 +239,7 @@ func TestContextBlock(t *testing.T) {
 	cc := EncodeCallContext(1500*time.Millisecond, map[string][]string{
 		"Traceparent":    {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
 		"x-b":            {"1", "2"},
+		"x-id-bin":       {"\x01\x02\xff"},
 		"grpc-timeout":   {"1S"},
 		"dapr-api-token": {"secret"},
 	})
@@ -249,8 +250,10 @@ func TestContextBlock(t *testing.T) {
 	tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 	m1 := appendBytes(appendBytes(nil, 1, []byte("traceparent")), 2, []byte(tp))
 	m2 := appendBytes(appendBytes(appendBytes(nil, 1, []byte("x-b")), 2, []byte("1")), 2, []byte("2"))
+	m3 := appendBytes(appendBytes(nil, 1, []byte("x-id-bin")), 2, []byte("AQL/"))
 	want = appendBytes(want, 2, m1)
 	want = appendBytes(want, 2, m2)
+	want = appendBytes(want, 2, m3)
 	if !bytes.Equal(cc, want) {
 		t.Fatalf("CallContext\n%x\nwant\n%x", cc, want)
 	}
@@ -280,7 +283,7 @@ func TestContextBlock(t *testing.T) {
 	// would send it, decodes into the error with its details.
 	details := []byte{0x08, 0x05, 0x12, 0x02, 'n', 'o'}
 	respCtx, _ := proto.Marshal(&weftv1.CallContext{
-		Metadata:      []*weftv1.Metadata{{Key: "x-answer", Values: []string{"42"}}},
+		Metadata:      []*weftv1.Metadata{{Key: "x-answer", Values: []string{"42"}}, {Key: "x-raw-bin", Values: []string{"AQL/"}}},
 		StatusDetails: details,
 	})
 	endBody := append(AppendContextBlock(nil, respCtx), []byte("no such thing")...)
@@ -300,7 +303,7 @@ func TestContextBlock(t *testing.T) {
 	if !ok || st.Code != 5 || st.Message != "no such thing" || !bytes.Equal(st.Details, details) {
 		t.Fatalf("decoded %#v", err)
 	}
-	if md := ContextMetadata(r.Context); md["x-answer"][0] != "42" {
+	if md := ContextMetadata(r.Context); md["x-answer"][0] != "42" || md["x-raw-bin"][0] != "\x01\x02\xff" {
 		t.Fatalf("response metadata %v", md)
 	}
 }
