@@ -94,7 +94,7 @@ func TestConfiguration(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = c.UnsubscribeConfigurationItems(ctx, configstore, "no-such-id")
-		if err == nil {
+		if !errors.Is(err, client.ErrNotFound) {
 			t.Fatal("unsubscribing an unknown id worked")
 		}
 

@@ -173,7 +173,7 @@ func checkInvocations(t *testing.T, c *client.Client, tr client.Transport) {
 		t.Fatalf("unknown method: %v", err)
 	}
 	_, err = c.InvokeMethod(ctx, "no-such-app", "place", "post")
-	if !errors.Is(err, client.ErrNotFound) && !errors.Is(err, client.ErrUnavailable) {
+	if !errors.Is(err, client.ErrNotFound) || !strings.Contains(err.Error(), "no-such-app") {
 		t.Fatalf("unknown app: %v", err)
 	}
 
