@@ -110,14 +110,47 @@ func TestInvokeAppWithPort(t *testing.T) {
 	if err := srv.AddServiceInvocationHandler("place", place); err != nil {
 		t.Fatal(err)
 	}
+	events := make(chan *common.TopicEvent, 16)
+	err = srv.AddTopicEventHandler(&common.Subscription{PubsubName: pubsub, Topic: "port-topic", Route: "/events"}, func(ctx context.Context, e *common.TopicEvent) (bool, error) {
+		events <- e
+		if e.Attempt == 0 && string(e.RawData) == "again" {
+			return true, errors.New("not yet")
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go srv.Start()
 	defer srv.Stop()
 	port := lis.Addr().(*net.TCPAddr).Port
-	caller, _ := mesh(t, weftest.Options{AppID: "go-callee", Args: []string{"--app-port", strconv.Itoa(port)}})
+	caller, called := mesh(t, weftest.Options{AppID: "go-callee", Args: []string{"--app-port", strconv.Itoa(port)}})
 	for _, tr := range transports {
 		t.Run(string(tr), func(t *testing.T) {
 			checkInvocations(t, connect(t, caller, tr), tr)
 		})
+	}
+	// Topic events reach the app's OnTopicEvent; an error with retry=true
+	// is a RETRY (delivered again, attempt 1).
+	pc := connect(t, called, client.TransportShm)
+	ctx := ctxT(t)
+	if err := pc.PublishEvent(ctx, pubsub, "port-topic", "again", client.PublishEventWithRawPayload()); err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for len(got) < 2 {
+		select {
+		case e := <-events:
+			if string(e.RawData) != "again" || e.Topic != "port-topic" {
+				t.Fatalf("event %+v", e)
+			}
+			got = append(got, e.Attempt)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("topic events over the app port: got attempts %v", got)
+		}
+	}
+	if got[0] != 0 || got[1] != 1 {
+		t.Fatalf("attempts %v", got)
 	}
 }
 
