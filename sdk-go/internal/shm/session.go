@@ -106,8 +106,6 @@ type Session struct {
 	pollMu  sync.Mutex
 	pollers int
 
-	spinners atomic.Int32 // callers in the spin phase of await
-
 	users     atomic.Int32
 	dead      atomic.Bool
 	deadErr   *Status
@@ -681,13 +679,6 @@ func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
 	}
 	done := ctx.Done()
 	s.enterPolling()
-	// One spinning caller is enough: it hands the others their answers.
-	// More would take the CPU the runtime needs (on a 2-core machine the
-	// runtime's session thread and one spinning goroutine fill it).
-	if parkWhenOthersSpin && s.spinners.Load() > 0 {
-		return s.park(ctx, c, corr)
-	}
-	s.spinners.Add(1)
 	var start time.Time
 	for i := uint32(1); ; i++ {
 		if s.rxPending() && s.rxMu.TryLock() {
@@ -695,7 +686,6 @@ func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
 			s.rxMu.Unlock()
 		}
 		if c.done.Load() != 0 {
-			s.spinners.Add(-1)
 			s.leavePolling()
 			return nil
 		}
@@ -705,14 +695,12 @@ func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
 		if done != nil {
 			select {
 			case <-done:
-				s.spinners.Add(-1)
-				s.leavePolling()
+					s.leavePolling()
 				return s.abandon(ctx, c, corr)
 			default:
 			}
 		}
 		if i&1023 == 0 && atomic.LoadUint32(s.state) != 0 {
-			s.spinners.Add(-1)
 			s.leavePolling()
 			s.fail(&Status{Code: codeUnavailable, Message: "weft runtime closed the shared-memory session"})
 			return s.deadStatus()
@@ -731,13 +719,10 @@ func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
 			runtime.Gosched()
 			osYield()
 		default:
-			s.spinners.Add(-1)
 			return s.park(ctx, c, corr)
 		}
 	}
 }
-
-var parkWhenOthersSpin = os.Getenv("WEFT_SHM_EXPERIMENT") == "park"
 
 func (s *Session) park(ctx context.Context, c *call, corr uint64) *Status {
 	c.parked.Store(1)
