@@ -15,6 +15,9 @@ import (
 	"unsafe"
 
 	"google.golang.org/protobuf/proto"
+
+	"weft.dev/sdk-go/internal/fastpb"
+	runtimev1 "weft.dev/sdk-go/proto/dapr/runtime/v1"
 )
 
 // gRPC status codes used by this package.
@@ -103,8 +106,10 @@ type Session struct {
 
 	nextCorr atomic.Uint64
 
-	pollMu  sync.Mutex
-	pollers int
+	pollMu        sync.Mutex
+	pollers       int
+	readerPolling int  // 1 while the reader goroutine is among the pollers
+	wakeUp        bool // the need-wakeup flag of ring B is raised
 
 	users     atomic.Int32
 	dead      atomic.Bool
@@ -193,6 +198,7 @@ func Dial(ctx context.Context, opts Options) (*Session, error) {
 	}
 	// Nobody polls yet: the reader goroutine sleeps on the socket.
 	s.rx.setWake(true)
+	s.wakeUp = true
 	s.users.Add(1)
 	go s.reader()
 	ok = true
@@ -364,24 +370,35 @@ func (s *Session) rxPending() bool { return atomic.LoadUint64(s.rx.tail) != s.se
 func (s *Session) enterPolling() {
 	s.pollMu.Lock()
 	s.pollers++
-	if s.pollers == 1 {
+	if s.pollers == 1 && s.wakeUp {
 		s.rx.setWake(false)
+		s.wakeUp = false
 	}
 	s.pollMu.Unlock()
 }
 
 // leavePolling: the last poller leaving raises need-wakeup, then looks at
 // the ring once more (§7.1), so a record published meanwhile is not left
-// for a wake-up that never comes.
+// for a wake-up that never comes. When no call or stream is registered
+// nothing can arrive, so the flag may stay down: a caller making call after
+// call then costs the runtime no flag reads of a changed cache line. Every
+// registration is followed by enterPolling/leavePolling, which raises it
+// then if nobody polls.
 func (s *Session) leavePolling() {
 	s.pollMu.Lock()
 	s.pollers--
-	last := s.pollers == 0
-	if last {
-		s.rx.setWake(true)
+	raise := false
+	if s.pollers == 0 && !s.wakeUp {
+		s.pendMu.Lock()
+		idle := len(s.pending) == 0
+		s.pendMu.Unlock()
+		if !idle {
+			s.rx.setWake(true)
+			s.wakeUp, raise = true, true
+		}
 	}
 	s.pollMu.Unlock()
-	if last {
+	if raise {
 		s.rxMu.Lock()
 		s.pollLocked()
 		s.rxMu.Unlock()
@@ -426,11 +443,17 @@ func (s *Session) reader() {
 
 // spinAfterWake keeps polling for a while after a wake-up: streams deliver
 // in bursts, and a record found while polling costs the runtime no wake-up.
+//
+// It does not spin while a caller polls: that caller hands the records over,
+// and a second spinning thread would take the CPU the runtime needs.
 func (s *Session) spinAfterWake() {
-	if s.opts.Spin <= 0 {
+	if s.opts.Spin <= 0 || s.callersPolling() {
 		return
 	}
 	s.enterPolling()
+	s.pollMu.Lock()
+	s.readerPolling = 1
+	s.pollMu.Unlock()
 	start := time.Now()
 	for i := 1; !s.dead.Load(); i++ {
 		if s.rxPending() && s.rxMu.TryLock() {
@@ -439,13 +462,23 @@ func (s *Session) spinAfterWake() {
 			start = time.Now()
 		}
 		if i&15 == 0 {
-			if time.Since(start) > s.opts.Spin {
+			if time.Since(start) > s.opts.Spin || s.callersPolling() {
 				break
 			}
 			runtime.Gosched()
 		}
 	}
+	s.pollMu.Lock()
+	s.readerPolling = 0
+	s.pollMu.Unlock()
 	s.leavePolling()
+}
+
+// callersPolling reports whether a goroutine other than the reader polls.
+func (s *Session) callersPolling() bool {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	return s.pollers-s.readerPolling > 0
 }
 
 func (s *Session) readGoodbye(b []byte) *Status {
@@ -489,7 +522,9 @@ func (s *Session) send(ctx context.Context, e Envelope, ctxBlock []byte, msg pro
 	if e.Flags&FlagContext != 0 {
 		b = AppendContextBlock(b, ctxBlock)
 	}
-	if msg != nil {
+	if m, ok := msg.(*runtimev1.GetStateRequest); ok {
+		b = fastpb.AppendGetStateRequest(b, m)
+	} else if msg != nil {
 		var err error
 		b, err = proto.MarshalOptions{}.MarshalAppend(b, msg)
 		if err != nil {
@@ -595,6 +630,18 @@ type Reply struct {
 // google.protobuf.Empty answers). ctxBlock, when not nil, is the encoded
 // CallContext sent with flag CONTEXT; the caller checks the feature bit.
 func (s *Session) Unary(ctx context.Context, method uint32, ctxBlock []byte, req, resp proto.Message) (*Reply, error) {
+	return s.unary(ctx, method, ctxBlock, req, nil, resp, nil)
+}
+
+// Echo sends body with weft.Echo (method 0x10001) and returns what came
+// back: the protocol's round trip without protobuf or a building block.
+func (s *Session) Echo(ctx context.Context, body []byte) ([]byte, error) {
+	var out []byte
+	_, err := s.unary(ctx, MethodEcho, nil, nil, body, nil, &out)
+	return out, err
+}
+
+func (s *Session) unary(ctx context.Context, method uint32, ctxBlock []byte, req proto.Message, raw []byte, resp proto.Message, rawOut *[]byte) (*Reply, error) {
 	if !s.acquire() {
 		st := s.deadStatus()
 		st.Retryable = true
@@ -619,8 +666,12 @@ func (s *Session) Unary(ctx context.Context, method uint32, ctxBlock []byte, req
 	if ctxBlock != nil {
 		e.Flags = FlagContext
 	}
-	start, st := s.send(ctx, e, ctxBlock, req, nil)
+	// Poll from before the request is out: the answer can come back within
+	// a microsecond, and while we poll the runtime need not wake us.
+	s.enterPolling()
+	start, st := s.send(ctx, e, ctxBlock, req, raw)
 	if st != nil {
+		s.leavePolling()
 		if s.unregister(corr) {
 			callPool.Put(c)
 		}
@@ -640,6 +691,10 @@ func (s *Session) Unary(ctx context.Context, method uint32, ctxBlock []byte, req
 		st := *c.err
 		st.Retryable = !s.tx.consumed(start)
 		return nil, &st
+	}
+	if rawOut != nil && c.env.Status == 0 && c.env.Flags&FlagContext == 0 {
+		*rawOut = append([]byte(nil), c.buf...)
+		return &Reply{}, nil
 	}
 	return decodeReply(c.env, c.buf, resp)
 }
@@ -662,7 +717,11 @@ func decodeReply(env Envelope, body []byte, resp proto.Message) (*Reply, error) 
 		}
 		return r, st
 	}
-	if resp != nil {
+	if m, ok := resp.(*runtimev1.GetStateResponse); ok {
+		if err := fastpb.UnmarshalGetStateResponse(body, m); err != nil {
+			return nil, &Status{Code: codeInternal, Message: fmt.Sprintf("weft shared memory: cannot decode the answer: %v", err)}
+		}
+	} else if resp != nil {
 		if err := proto.Unmarshal(body, resp); err != nil {
 			return nil, &Status{Code: codeInternal, Message: fmt.Sprintf("weft shared memory: cannot decode the answer: %v", err)}
 		}
@@ -672,13 +731,10 @@ func decodeReply(env Envelope, body []byte, resp proto.Message) (*Reply, error) 
 
 // await waits for a unary call's answer with the idle strategy: spin on the
 // ring (polling it ourselves), then yield, then sleep until the reader
-// goroutine hands the answer over.
+// goroutine hands the answer over. The caller has entered polling; await
+// leaves it.
 func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
-	if c.done.Load() != 0 {
-		return nil
-	}
 	done := ctx.Done()
-	s.enterPolling()
 	var start time.Time
 	for i := uint32(1); ; i++ {
 		if s.rxPending() && s.rxMu.TryLock() {
@@ -689,18 +745,21 @@ func (s *Session) await(ctx context.Context, c *call, corr uint64) *Status {
 			s.leavePolling()
 			return nil
 		}
-		if i&15 != 0 {
+		// Most answers come within a few hundred polls: look at the context
+		// and the clock only now and then (reading the clock costs more
+		// than a poll on these VMs).
+		if i&255 != 0 {
 			continue
 		}
 		if done != nil {
 			select {
 			case <-done:
-					s.leavePolling()
+				s.leavePolling()
 				return s.abandon(ctx, c, corr)
 			default:
 			}
 		}
-		if i&1023 == 0 && atomic.LoadUint32(s.state) != 0 {
+		if i&4095 == 0 && atomic.LoadUint32(s.state) != 0 {
 			s.leavePolling()
 			s.fail(&Status{Code: codeUnavailable, Message: "weft runtime closed the shared-memory session"})
 			return s.deadStatus()
@@ -791,6 +850,9 @@ func (s *Session) OpenStream(ctx context.Context, method uint32, ctxBlock []byte
 		s.unregister(corr)
 		return nil, err
 	}
+	// Its records come at any time: make sure someone is woken for them.
+	s.enterPolling()
+	s.leavePolling()
 	return st, nil
 }
 
