@@ -12,6 +12,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -25,6 +26,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -414,7 +416,15 @@ func (c *Client) call(ctx context.Context, op string, m method, req, resp proto.
 
 // Shutdown asks the runtime to shut down.
 func (c *Client) Shutdown(ctx context.Context) error {
-	return c.call(ctx, "Shutdown", mShutdown, &runtimev1.ShutdownRequest{}, nil)
+	err := c.call(ctx, "Shutdown", mShutdown, &runtimev1.ShutdownRequest{}, nil)
+	var e *Error
+	if errors.As(err, &e) && e.SessionLost && e.Code == codes.Unavailable {
+		// The runtime read the request and ended the session while
+		// shutting down, before its answer was written: the outcome asked
+		// for.
+		return nil
+	}
+	return err
 }
 
 // Logf writes one line to the client's logger (SetLogger); the service
