@@ -16,6 +16,7 @@ pub mod configuration;
 pub mod metadata;
 pub mod nameresolution;
 pub mod pubsub;
+pub mod registry;
 pub mod state;
 
 pub use metadata::{ComponentError, InitContext, Metadata};

@@ -1,22 +1,21 @@
-//! The Weft runtime: configuration → components → building blocks →
-//! transports.
+//! The Weft runtime: configuration → building blocks → transports.
 //!
-//! * [`config`]: flags, environment and component files;
-//! * [`blocks`]: one handler per API operation;
+//! * [`config`]: flags, environment, component and configuration files,
+//!   and the typed settings each layer takes;
+//! * the building blocks live in their own crate, [`weft_blocks`]: one
+//!   handler per API operation, which cannot reach back into this crate;
 //! * [`api`]: transports (gRPC on TCP and a Unix socket, HTTP, shared memory);
 //! * [`mesh`]: runtime-to-runtime invocation (mTLS, name resolution, load
-//!   balancing), and [`security`]: identities, certificates, access policies;
+//!   balancing), and [`security`]: identities, certificates;
 //! * [`Runtime`]: starts everything and shuts it down in order.
 
 pub mod api;
-pub mod blocks;
 pub mod coalesce;
 pub mod config;
-pub mod error;
-pub mod ids;
 pub mod mesh;
 pub mod security;
-pub mod shutdown;
+
+pub use weft_blocks::shutdown;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,10 +25,11 @@ use anyhow::{anyhow, Context};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 
-use crate::blocks::Blocks;
+use weft_blocks::{Blocks, Shutdown};
+
+use crate::api::common::TokenCheck;
 use crate::config::resources;
 use crate::config::RuntimeConfig;
-use crate::shutdown::Shutdown;
 
 /// A started runtime: its bound addresses and its server tasks.
 pub struct Runtime {
@@ -61,18 +61,14 @@ impl Runtime {
                 resources::embedded_defaults()
             }
         };
-        let blocks = Blocks::build(&config, specs, shutdown.clone())
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let blocks = Blocks::build(config.blocks_config()?, specs, shutdown.clone()).await?;
+        let tokens = TokenCheck::new(config.api_token.clone());
 
         // The app's AppCallback service (the callback model), known to the
         // invoke block before any transport serves, so that an app that
         // has one is never handed a ServeInvocations stream.
         let app_channel = match (config.app_port, &config.app_socket) {
-            (Some(port), _) => Some(Arc::new(
-                api::app_channel::GrpcAppChannel::new(port)
-                    .map_err(|e| anyhow!("--app-port {port}: {e}"))?,
-            )),
+            (Some(port), _) => Some(Arc::new(api::app_channel::GrpcAppChannel::new(port))),
             (None, Some(path)) => Some(Arc::new(api::app_channel::GrpcAppChannel::unix(path))),
             (None, None) => None,
         };
@@ -89,8 +85,8 @@ impl Runtime {
             None => None,
         };
 
-        let routes = api::grpc::DaprApi::new(blocks.clone())
-            .routes(config.api_token.clone(), config.max_body_size);
+        let routes =
+            api::grpc::DaprApi::new(blocks.clone()).routes(tokens.clone(), config.max_body_size);
         let mut servers = Vec::new();
 
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
@@ -111,18 +107,20 @@ impl Runtime {
         // === shared-memory transport ===
         let shm_socket = match &config.shm {
             Some(settings) => {
-                let (path, task) =
-                    api::shm::start(settings, &config, blocks.clone(), shutdown.clone())?;
+                let (path, task) = api::shm::start(
+                    settings,
+                    &config.app_id,
+                    tokens.clone(),
+                    config.max_body_size,
+                    blocks.clone(),
+                    shutdown.clone(),
+                )?;
                 servers.push(("shm", task));
                 Some(path)
             }
             None => None,
         };
-        let router = api::http::router(
-            blocks.clone(),
-            config.api_token.clone(),
-            config.max_body_size,
-        );
+        let router = api::http::router(blocks.clone(), tokens, config.max_body_size);
         let http_shutdown = shutdown.clone();
         servers.push((
             "http",
@@ -165,7 +163,7 @@ impl Runtime {
             http = %http_addr,
             uds = ?config.uds,
             mesh = %mesh.addr,
-            version = blocks::metadata::RUNTIME_VERSION,
+            version = weft_blocks::metadata::RUNTIME_VERSION,
             "weft is ready"
         );
         Ok(Self {
@@ -232,10 +230,7 @@ impl Runtime {
 fn load_mesh_tls(
     config: &mut RuntimeConfig,
 ) -> anyhow::Result<Option<Arc<security::tls::MeshTls>>> {
-    let source = config
-        .mesh_identity
-        .tls_source(&config.app_id)
-        .map_err(|e| anyhow!("{e}"))?;
+    let source = config.mesh_identity.tls_source(&config.app_id)?;
     let Some(source) = source else {
         tracing::warn!(
             "--dev-insecure-plaintext-mesh: runtime-to-runtime traffic is PLAIN TEXT and \

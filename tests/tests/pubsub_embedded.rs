@@ -822,3 +822,65 @@ async fn callback_model_pipelines_with_ordered_commits() {
         keys * per_key as usize
     );
 }
+
+/// `GET /v1.0/metadata` and GetMetadata are one view: the same id,
+/// version, components with capabilities, extended metadata and active
+/// subscriptions (with their metadata and dead-letter topic).
+#[tokio::test]
+async fn http_and_grpc_metadata_show_the_same_view() {
+    let weft = Weft::start(WeftOptions::new("meta-view")).await.unwrap();
+    let mut c = weft.client().await;
+    c.set_metadata(pb::SetMetadataRequest {
+        key: "team".into(),
+        value: "payments".into(),
+    })
+    .await
+    .unwrap();
+    let _sub = subscribe(
+        &mut c,
+        "orders",
+        &[("consumerGroup", "g1")],
+        Some("orders-dlt"),
+    )
+    .await;
+    let grpc = c
+        .get_metadata(pb::GetMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, body) = weft_tests::http_get(weft.http_port, "/v1.0/metadata", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let http: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+    assert_eq!(http["id"], grpc.id);
+    assert_eq!(http["runtimeVersion"], grpc.runtime_version);
+    let mut from_grpc: Vec<serde_json::Value> = grpc
+        .registered_components
+        .iter()
+        .map(|c| {
+            serde_json::json!({"name": c.name, "type": c.r#type, "version": c.version, "capabilities": c.capabilities})
+        })
+        .collect();
+    let mut from_http = http["components"].as_array().unwrap().clone();
+    let by_name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_string();
+    from_grpc.sort_by_key(by_name);
+    from_http.sort_by_key(by_name);
+    assert_eq!(from_http, from_grpc);
+    assert_eq!(http["extended"]["team"], "payments");
+    assert_eq!(
+        http["extended"].as_object().unwrap().len(),
+        grpc.extended_metadata.len()
+    );
+    assert_eq!(grpc.subscriptions.len(), 1, "{grpc:?}");
+    let s = &grpc.subscriptions[0];
+    let h = &http["subscriptions"][0];
+    assert_eq!(http["subscriptions"].as_array().unwrap().len(), 1, "{http}");
+    assert_eq!(h["pubsubname"], s.pubsub_name);
+    assert_eq!(h["topic"], "orders");
+    assert_eq!(h["deadLetterTopic"], "orders-dlt");
+    assert_eq!(h["metadata"]["consumerGroup"], "g1");
+    assert_eq!(h["type"], "STREAMING");
+    assert_eq!(s.metadata["consumerGroup"], "g1");
+}

@@ -601,6 +601,20 @@ pub fn derived_version(value: &str, metadata: &HashMap<String, String>) -> Strin
     format!("{h:016x}")
 }
 
+/// `configuration.file` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "configuration.file",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::Configuration(Arc::new(
+                FileStore::from_metadata(md, ctx).await?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,13 +11,15 @@ use super::Items;
 /// Capacity of each subscriber's channel (messages, not items).
 pub const CHANNEL_CAPACITY: usize = 16;
 
-/// Which keys live subscribers want.
+/// Which keys live subscribers want (backends that filter at the source).
+#[cfg(feature = "postgresql")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     All,
     Keys(HashSet<String>),
 }
 
+#[cfg(feature = "postgresql")]
 impl Scope {
     pub fn contains(&self, key: &str) -> bool {
         match self {
@@ -99,6 +101,7 @@ impl Hub {
         }
     }
 
+    #[cfg(feature = "postgresql")]
     /// The keys live subscribers want.
     pub fn scope(&self) -> Scope {
         let mut subs = lock(&self.subs);

@@ -2,9 +2,11 @@
 //! read and subscribe to. Changes are made outside the runtime (by editing
 //! the file, or writing the table) and pushed to subscribers.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod file;
 mod hub;
+#[cfg(feature = "postgresql")]
 pub mod postgres;
 
 use std::collections::HashMap;
@@ -14,12 +16,22 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::metadata::{ComponentError, InitContext, Metadata};
+use crate::registry::{self, Component};
 
 /// Optional capabilities a configuration store advertises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Feature {
     /// [`ConfigurationStore::subscribe`] pushes changes.
     Subscribe,
+}
+
+impl Feature {
+    /// The capability's name in the metadata API.
+    pub fn dapr_name(self) -> &'static str {
+        match self {
+            Feature::Subscribe => "SUBSCRIBE",
+        }
+    }
 }
 
 /// One configuration value.
@@ -71,23 +83,14 @@ pub trait ConfigurationStore: Send + Sync + 'static {
     async fn close(&self) {}
 }
 
-/// Component types this block can build.
-pub const TYPES: &[&str] = &["configuration.file", "configuration.postgresql"];
-
-/// Builds a configuration store from its component definition.
+/// Builds a configuration store from its component definition (through
+/// the [`registry`](crate::registry)).
 pub async fn create(
     md: &Metadata,
     ctx: &InitContext,
 ) -> Result<Arc<dyn ConfigurationStore>, ComponentError> {
-    match md.kind() {
-        "configuration.file" => Ok(Arc::new(file::FileStore::from_metadata(md, ctx).await?)),
-        "configuration.postgresql" => {
-            Ok(Arc::new(postgres::PostgresStore::from_metadata(md, ctx)?))
-        }
-        other => Err(ComponentError::UnknownType {
-            component: md.component().to_string(),
-            kind: other.to_string(),
-            known: TYPES.join(", "),
-        }),
+    match registry::create(md, ctx).await? {
+        Component::Configuration(c) => Ok(c),
+        _ => Err(registry::unknown_type(md, Some("configuration"))),
     }
 }

@@ -809,6 +809,20 @@ $weft$;
     )
 }
 
+/// `configuration.postgresql` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "configuration.postgresql",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::Configuration(Arc::new(
+                PostgresStore::from_metadata(md, ctx)?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -623,6 +623,20 @@ fn remove_stale_temp(component: &str, path: &Path) {
     }
 }
 
+/// `nameresolution.local` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "nameresolution.local",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::NameResolution(Arc::new(
+                LocalResolver::from_metadata(md, ctx)?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,10 +29,12 @@
 //! * [`zookeeper`] (`nameresolution.zookeeper`): ephemeral znodes and
 //!   watches in Apache ZooKeeper.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod local;
 #[path = "static.rs"]
 pub mod static_;
+#[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
 #[cfg(test)]
@@ -44,13 +46,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::metadata::{ComponentError, InitContext, Metadata};
-
-/// Component types this block can build.
-pub const TYPES: &[&str] = &[
-    "nameresolution.local",
-    "nameresolution.static",
-    "nameresolution.zookeeper",
-];
+use crate::registry::{self, Component};
 
 /// The namespace runtimes use when none is configured (as in Dapr).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -157,17 +153,9 @@ pub async fn build(
     md: &Metadata,
     ctx: &InitContext,
 ) -> Result<Arc<dyn NameResolver>, ComponentError> {
-    match md.kind() {
-        "nameresolution.local" => Ok(Arc::new(local::LocalResolver::from_metadata(md, ctx)?)),
-        "nameresolution.static" => Ok(Arc::new(static_::StaticResolver::from_metadata(md, ctx)?)),
-        "nameresolution.zookeeper" => Ok(Arc::new(zookeeper::ZookeeperResolver::from_metadata(
-            md, ctx,
-        )?)),
-        other => Err(ComponentError::UnknownType {
-            component: md.component().to_string(),
-            kind: other.to_string(),
-            known: TYPES.join(", "),
-        }),
+    match registry::create(md, ctx).await? {
+        Component::NameResolution(r) => Ok(r),
+        _ => Err(registry::unknown_type(md, Some("nameresolution"))),
     }
 }
 

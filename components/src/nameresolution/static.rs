@@ -161,6 +161,20 @@ impl NameResolver for StaticResolver {
     }
 }
 
+/// `nameresolution.static` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "nameresolution.static",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::NameResolution(Arc::new(
+                StaticResolver::from_metadata(md, ctx)?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

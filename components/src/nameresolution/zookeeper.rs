@@ -979,6 +979,20 @@ fn session_gone(e: &ZkError) -> bool {
     )
 }
 
+/// `nameresolution.zookeeper` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "nameresolution.zookeeper",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::NameResolution(Arc::new(
+                ZookeeperResolver::from_metadata(md, ctx)?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

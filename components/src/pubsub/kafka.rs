@@ -1148,3 +1148,17 @@ fn run_consumer(consumer: BaseConsumer<SubContext>, shared: Arc<SubShared>, stop
     drop(consumer);
     tracing::debug!(component = %shared.component, topic = %shared.topic, group = %shared.group, "kafka subscription closed");
 }
+
+/// `pubsub.kafka` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "pubsub.kafka",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::PubSub(Arc::new(KafkaPubSub::from_metadata(
+                md, ctx,
+            )?)))
+        })
+    },
+};

@@ -36,8 +36,10 @@
 //! thread, no channel or task per message. Backends keep each partition's
 //! handed-out messages in a [`window::Window`].
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod window;
 
@@ -49,6 +51,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metadata::{ComponentError, InitContext, Metadata};
+use crate::registry::{self, Component};
 
 /// Optional capabilities a pub/sub backend advertises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +62,17 @@ pub enum Feature {
     DistributedGroups,
     /// Static group membership (`group.instance.id`).
     StaticMembership,
+}
+
+impl Feature {
+    /// The capability's name in the metadata API.
+    pub fn dapr_name(self) -> &'static str {
+        match self {
+            Feature::Durable => "DURABLE",
+            Feature::DistributedGroups => "DISTRIBUTED_GROUPS",
+            Feature::StaticMembership => "STATIC_MEMBERSHIP",
+        }
+    }
 }
 
 /// One message to publish.
@@ -292,17 +306,11 @@ pub trait PubSub: Send + Sync + 'static {
 }
 
 /// Component types this block can build.
-pub const TYPES: &[&str] = &["pubsub.embedded", "pubsub.kafka"];
-
-/// Builds a pub/sub backend from its component definition.
+/// Builds a pub/sub backend from its component definition (through the
+/// [`registry`](crate::registry)).
 pub async fn create(md: &Metadata, ctx: &InitContext) -> Result<Arc<dyn PubSub>, ComponentError> {
-    match md.kind() {
-        "pubsub.embedded" => Ok(Arc::new(embedded::EmbeddedBroker::from_metadata(md, ctx)?)),
-        "pubsub.kafka" => Ok(Arc::new(kafka::KafkaPubSub::from_metadata(md, ctx)?)),
-        other => Err(ComponentError::UnknownType {
-            component: md.component().to_string(),
-            kind: other.to_string(),
-            known: TYPES.join(", "),
-        }),
+    match registry::create(md, ctx).await? {
+        Component::PubSub(p) => Ok(p),
+        _ => Err(registry::unknown_type(md, Some("pubsub"))),
     }
 }

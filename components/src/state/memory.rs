@@ -264,6 +264,18 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// `state.in-memory` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "state.in-memory",
+    build: |_md, _ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::State(Arc::new(MemoryStore::new())))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,10 @@
 //! [`StateError::EtagMismatch`]. Every successful write gives the item a new
 //! opaque etag. Deleting a missing key without an etag succeeds.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "postgresql")]
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::metadata::{ComponentError, InitContext, Metadata};
+use crate::registry::{self, Component};
 
 /// Optional capabilities a state store advertises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,24 +180,16 @@ pub trait StateStore: Send + Sync + 'static {
     async fn close(&self) {}
 }
 
-/// Component types this block can build.
-pub const TYPES: &[&str] = &["state.in-memory", "state.sqlite", "state.postgresql"];
-
-/// Builds a state store from its component definition. Configuration is
-/// validated here; a networked backend that is down does not fail start-up
-/// (its calls answer [`StateError::Unavailable`] until it is back).
+/// Builds a state store from its component definition (through the
+/// [`registry`](crate::registry)). Configuration is validated here; a
+/// networked backend that is down does not fail start-up (its calls answer
+/// [`StateError::Unavailable`] until it is back).
 pub async fn create(
     md: &Metadata,
     ctx: &InitContext,
 ) -> Result<Arc<dyn StateStore>, ComponentError> {
-    match md.kind() {
-        "state.in-memory" => Ok(Arc::new(memory::MemoryStore::new())),
-        "state.sqlite" => Ok(Arc::new(sqlite::SqliteStore::from_metadata(md, ctx).await?)),
-        "state.postgresql" => Ok(Arc::new(postgres::PostgresStore::from_metadata(md, ctx)?)),
-        other => Err(ComponentError::UnknownType {
-            component: md.component().to_string(),
-            kind: other.to_string(),
-            known: TYPES.join(", "),
-        }),
+    match registry::create(md, ctx).await? {
+        Component::State(s) => Ok(s),
+        _ => Err(registry::unknown_type(md, Some("state"))),
     }
 }

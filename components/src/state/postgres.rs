@@ -664,6 +664,20 @@ fn parse_key_values(raw: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+/// `state.postgresql` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "state.postgresql",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::State(Arc::new(PostgresStore::from_metadata(
+                md, ctx,
+            )?)))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

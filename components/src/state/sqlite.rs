@@ -844,6 +844,20 @@ pub(crate) fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// `state.sqlite` in the [component registry](crate::registry).
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "state.sqlite",
+    build: |md, ctx| {
+        Box::pin(async move {
+            use crate::registry::Component;
+            use std::sync::Arc;
+            Ok(Component::State(Arc::new(
+                SqliteStore::from_metadata(md, ctx).await?,
+            )))
+        })
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

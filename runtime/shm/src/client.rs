@@ -21,7 +21,9 @@ use crate::code;
 use crate::control::{self, Goodbye, Hello, Welcome, GOODBYE_BYTE, MAPPED_MAGIC};
 use crate::idle::{IdleConfig, Idler};
 use crate::layout::{Header, RingId, SESSION_CLOSED};
-use crate::record::{decode_envelope, flags, Envelope, ENVELOPE_LEN};
+use crate::record::{
+    context_prefix, decode_envelope, flags, split_context, Envelope, ENVELOPE_LEN,
+};
 use crate::ring::{Consumer, PollError, Producer};
 use crate::segment::Segment;
 
@@ -98,14 +100,26 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The body, or the error this record carries.
+    /// The encoded call context of a record with flag CONTEXT (§5.1), and
+    /// the body after it.
+    pub fn context(&self) -> Result<(Option<&[u8]>, &[u8]), Status> {
+        if self.envelope.flags & flags::CONTEXT == 0 {
+            return Ok((None, &self.body));
+        }
+        let (ctx, body) = split_context(&self.body)
+            .map_err(|e| Status::new(code::INTERNAL, format!("bad response: {e}")))?;
+        Ok((Some(ctx), body))
+    }
+
+    /// The body (without a call context), or the error this record carries.
     pub fn into_result(self) -> Result<Vec<u8>, Status> {
+        let (_, body) = self.context()?;
         if self.envelope.status == code::OK {
-            Ok(self.body)
+            Ok(body.to_vec())
         } else {
             Err(Status::new(
                 self.envelope.status,
-                String::from_utf8_lossy(&self.body),
+                String::from_utf8_lossy(body),
             ))
         }
     }
@@ -239,11 +253,52 @@ impl Client {
 
     /// A unary call with raw bytes: returns the response body.
     pub fn call(&mut self, method: u32, body: &[u8]) -> Result<Vec<u8>, Status> {
+        self.call_frame(method, 0, body)?.into_result()
+    }
+
+    /// The runtime's feature word (§3.1; 0 before the first call, and for
+    /// runtimes from before it).
+    pub fn features(&self) -> u32 {
+        self.session.as_ref().map_or(0, |s| s.seg.features())
+    }
+
+    /// Connects now (calls connect on first use anyway).
+    pub fn connect_now(&mut self) -> Result<(), Status> {
+        self.ensure_session()
+    }
+
+    /// A unary call with a call context block (flag CONTEXT, §5.1):
+    /// `context` is an encoded `weft.runtime.v1.CallContext`. Returns the
+    /// whole END record, whose own context (response metadata, error
+    /// details) [`Frame::context`] reads. Refused locally when the runtime
+    /// does not advertise the CONTEXT feature.
+    pub fn call_with_context(
+        &mut self,
+        method: u32,
+        context: &[u8],
+        body: &[u8],
+    ) -> Result<Frame, Status> {
+        self.ensure_session()?;
+        if self.features() & crate::layout::features::CONTEXT == 0 {
+            return Err(Status::new(
+                code::FAILED_PRECONDITION,
+                "the runtime does not serve call contexts (feature CONTEXT)",
+            ));
+        }
+        let mut with = Vec::with_capacity(4 + context.len() + body.len());
+        with.extend_from_slice(&context_prefix(context.len()));
+        with.extend_from_slice(context);
+        with.extend_from_slice(body);
+        self.call_frame(method, flags::CONTEXT, &with)
+    }
+
+    /// A unary call: the END record answering it.
+    fn call_frame(&mut self, method: u32, flags: u32, body: &[u8]) -> Result<Frame, Status> {
         for attempt in 0..2 {
             self.ensure_session()?;
             let corr = self.take_correlation();
             self.live.insert(corr, VecDeque::new());
-            let sent_at = match self.send(method, 0, corr, body) {
+            let sent_at = match self.send(method, flags, corr, body) {
                 Ok(p) => p,
                 Err(e) => {
                     self.live.remove(&corr);
@@ -260,7 +315,7 @@ impl Client {
             let r = self.wait_end(corr, Instant::now() + self.opts.call_timeout, sent_at, true);
             self.live.remove(&corr);
             match r {
-                Ok(f) => return f.into_result(),
+                Ok(f) => return Ok(f),
                 Err(WaitError::Dead {
                     consumed: false, ..
                 }) if self.opts.reconnect && attempt == 0 => continue,

@@ -23,6 +23,16 @@ pub const HEAD_OFFSET: usize = LINE;
 pub const NEED_WAKEUP_OFFSET: usize = 2 * LINE;
 /// Offset of the session state (u32, written by the runtime) in the header.
 pub const SESSION_STATE_OFFSET: usize = LINE;
+/// Offset of the runtime's feature word (u32, written before WELCOME, never
+/// changed) in the header.
+pub const FEATURES_OFFSET: usize = LINE + 4;
+/// Feature bits of the header's feature word (docs/shm-protocol.md §3.1).
+pub mod features {
+    /// Records may carry a call context (flag CONTEXT, §5.1).
+    pub const CONTEXT: u32 = 0x1;
+    /// Every feature this implementation serves.
+    pub const ALL: u32 = CONTEXT;
+}
 /// Session state: open.
 pub const SESSION_OPEN: u32 = 0;
 /// Session state: the runtime has ended the session (the reason follows on

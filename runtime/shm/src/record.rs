@@ -35,8 +35,12 @@ pub mod flags {
     /// bidirectional call with this correlation id (the first request
     /// record, without MORE, opened it). Added to v1 with method 12.
     pub const MORE: u32 = 8;
+    /// Both directions: the body starts with a call context block (u32
+    /// length, then a `weft.runtime.v1.CallContext`), §5.1. Only when the
+    /// header's CONTEXT feature bit is set.
+    pub const CONTEXT: u32 = 16;
     /// Every flag v1 defines; others must be zero.
-    pub const ALL: u32 = END | CANCEL | NO_REPLY | MORE;
+    pub const ALL: u32 = END | CANCEL | NO_REPLY | MORE | CONTEXT;
 }
 
 /// Rounds a record length up to the alignment.
@@ -119,6 +123,59 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(Envelope, &[u8]), EnvelopeErro
         return Err(EnvelopeError::ReservedNotZero(u32_at(20)));
     }
     Ok((env, &payload[ENVELOPE_LEN..]))
+}
+
+/// A context block (flag CONTEXT) that does not fit its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextError {
+    /// The declared context length (or `None` when the body is shorter
+    /// than the 4-byte length itself).
+    pub declared: Option<u32>,
+    pub body_len: usize,
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.declared {
+            None => write!(
+                f,
+                "body of {} bytes is too short for the 4-byte call context length",
+                self.body_len
+            ),
+            Some(n) => write!(
+                f,
+                "call context of {n} bytes does not fit the body of {} bytes",
+                self.body_len
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// Splits the body of a record with flag CONTEXT into the encoded call
+/// context and the message body (§5.1).
+pub fn split_context(body: &[u8]) -> Result<(&[u8], &[u8]), ContextError> {
+    let Some(len) = body.get(..4) else {
+        return Err(ContextError {
+            declared: None,
+            body_len: body.len(),
+        });
+    };
+    let n = u32::from_le_bytes(len.try_into().expect("4 bytes"));
+    let rest = &body[4..];
+    match usize::try_from(n) {
+        Ok(n) if n <= rest.len() => Ok(rest.split_at(n)),
+        _ => Err(ContextError {
+            declared: Some(n),
+            body_len: body.len(),
+        }),
+    }
+}
+
+/// The 4-byte length that precedes an encoded call context of `len` bytes.
+pub fn context_prefix(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes()
 }
 
 /// A record header that cannot be accepted where it was found.
@@ -278,6 +335,24 @@ pub fn decode_region(region: &[u8], max_record: u64) -> Result<Vec<Decoded<'_>>,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn context_blocks_split_and_refuse_bad_lengths() {
+        let mut body = context_prefix(3).to_vec();
+        body.extend_from_slice(b"ctxmsg");
+        assert_eq!(split_context(&body).unwrap(), (&b"ctx"[..], &b"msg"[..]));
+        assert_eq!(split_context(&[0, 0, 0, 0]).unwrap(), (&b""[..], &b""[..]));
+        assert_eq!(
+            split_context(&[1, 0]).unwrap_err(),
+            ContextError {
+                declared: None,
+                body_len: 2
+            }
+        );
+        let e = split_context(&[9, 0, 0, 0, 1]).unwrap_err();
+        assert_eq!(e.declared, Some(9));
+        assert!(e.to_string().contains("does not fit"), "{e}");
+    }
+
     use super::*;
 
     #[test]
@@ -349,7 +424,9 @@ mod tests {
     #[test]
     fn more_flag_is_defined() {
         assert_eq!(flags::MORE, 0x8);
-        assert_eq!(flags::ALL, 0xF);
+        assert_eq!(flags::ALL & 0xF, 0xF, "END, CANCEL, NO_REPLY and MORE");
+        assert_eq!(flags::CONTEXT, 0x10);
+        assert_eq!(flags::ALL, 0x1F);
         let env = Envelope {
             method: 12,
             flags: flags::MORE,
@@ -365,10 +442,10 @@ mod tests {
         let mut p = env.encode();
         let (got, body) = decode_envelope(&p).unwrap();
         assert_eq!((got.flags, body), (flags::MORE, &[][..]));
-        // The next bit is still undefined.
-        p[4] = 0x10;
-        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x10)));
-        p[4] = 0x18;
-        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x18)));
+        // The bit after CONTEXT is still undefined.
+        p[4] = 0x20;
+        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x20)));
+        p[4] = 0x28;
+        assert_eq!(decode_envelope(&p), Err(EnvelopeError::UnknownFlags(0x28)));
     }
 }

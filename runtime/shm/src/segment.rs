@@ -10,7 +10,8 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::layout::{
-    Header, Layout, LayoutError, RingId, HEADER_FIELDS_LEN, HEADER_LEN, SESSION_STATE_OFFSET,
+    Header, Layout, LayoutError, RingId, FEATURES_OFFSET, HEADER_FIELDS_LEN, HEADER_LEN,
+    SESSION_STATE_OFFSET,
 };
 use crate::ring::{Consumer, Producer};
 
@@ -168,6 +169,17 @@ impl Segment {
     pub fn set_session_state(&self, state: u32) {
         self.header_u32(SESSION_STATE_OFFSET)
             .store(state, Ordering::Release)
+    }
+
+    /// The runtime's feature word (§3.1; 0 for runtimes from before it).
+    pub fn features(&self) -> u32 {
+        self.header_u32(FEATURES_OFFSET).load(Ordering::Acquire)
+    }
+
+    /// Written by the runtime before it sends WELCOME.
+    pub fn set_features(&self, features: u32) {
+        self.header_u32(FEATURES_OFFSET)
+            .store(features, Ordering::Release)
     }
 
     /// The producer end of a ring.

@@ -29,6 +29,57 @@ fn get_state_body() -> Vec<u8> {
     b
 }
 
+/// A length-delimited protobuf field (wire type 2) with a one-byte length.
+fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes.len() < 128);
+    let mut b = vec![number << 3 | 2, bytes.len() as u8];
+    b.extend_from_slice(bytes);
+    b
+}
+
+/// `weft.runtime.v1.Metadata { key, values: [value] }`.
+fn metadata(key: &str, value: &str) -> Vec<u8> {
+    [field(1, key.as_bytes()), field(2, value.as_bytes())].concat()
+}
+
+/// A body with a call context block: the 4-byte length, the context, the
+/// message (docs/shm-protocol.md §5.1).
+fn with_context(context: &[u8], message: &[u8]) -> Vec<u8> {
+    [&(context.len() as u32).to_le_bytes()[..], context, message].concat()
+}
+
+/// `CallContext { timeout_micros: 250000, metadata: [traceparent] }` and
+/// `InvokeServiceRequest { id: "orders", message: { method: "place" } }`.
+fn context_request_body() -> Vec<u8> {
+    // 250000 as a varint: 0x90 0xa1 0x0f.
+    let context = [
+        vec![0x08, 0x90, 0xa1, 0x0f],
+        field(
+            2,
+            &metadata(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ),
+    ]
+    .concat();
+    let request = [field(1, b"orders"), field(3, &field(1, b"place"))].concat();
+    with_context(&context, &request)
+}
+
+/// `CallContext { metadata: [weft-error-origin: app], status_details:
+/// google.rpc.Status { code: 9, message: "app says no" } }` and the UTF-8
+/// error message.
+fn context_error_body() -> Vec<u8> {
+    let status = [vec![0x08, 9], field(2, b"app says no")].concat();
+    let context = [
+        field(2, &metadata("weft-error-origin", "app")),
+        field(3, &status),
+    ]
+    .concat();
+    with_context(&context, b"app says no")
+}
+
 fn message(name: &str, what: &str, env: Envelope, body: &[u8]) -> Value {
     let mut rec = Vec::new();
     encode_message(&env, body, &mut rec);
@@ -58,7 +109,7 @@ fn vectors() -> Value {
             {
                 "name": "segment_header",
                 "kind": "segment_header",
-                "description": "First 64 bytes of a segment header (bytes 64..512 are zero; the session state word at 128 is 0 while open).",
+                "description": "First 64 bytes of a segment header (bytes 64..512 are zero but for two words the runtime writes: the session state at 128, 0 while open, and the feature word at 132, 1 = CONTEXT in runtimes that serve call contexts).",
                 "fields": {
                     "runtime_pid": 4242, "app_pid": 4343, "session_id": 7,
                     "a2r_offset": layout.a2r_offset, "a2r_capacity": layout.a2r_capacity,
@@ -84,6 +135,10 @@ fn vectors() -> Value {
                 Envelope { method: 19, flags: flags::END, correlation: 9, status: 0 }, &[]),
             message("cancel", "Cancel request for correlation 9",
                 Envelope { method: 0, flags: flags::CANCEL, correlation: 9, status: 0 }, &[]),
+            message("context_request", "InvokeService request (method 1) with a call context (flag CONTEXT, 0x10), correlation 10: u32 context length 76, CallContext{timeout_micros: 250000, metadata: [{key: \"traceparent\", values: [\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"]}]}, then InvokeServiceRequest{id: \"orders\", message: {method: \"place\"}}",
+                Envelope { method: 1, flags: flags::CONTEXT, correlation: 10, status: 0 }, &context_request_body()),
+            message("context_error_response", "Its error answer: END|CONTEXT, status 9 (FAILED_PRECONDITION); u32 context length 43, CallContext{metadata: [{key: \"weft-error-origin\", values: [\"app\"]}], status_details: google.rpc.Status{code: 9, message: \"app says no\"}}, then the UTF-8 message \"app says no\"",
+                Envelope { method: 1, flags: flags::END | flags::CONTEXT, correlation: 10, status: 9 }, &context_error_body()),
             {
                 "name": "hello",
                 "kind": "hello",

@@ -11,9 +11,12 @@ use tonic::Code;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 
+use weft_blocks::app::{AppChannel, AppChannelError, AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
+use weft_blocks::context::set_header;
+use weft_blocks::BlockError;
+
 use crate::api::headers;
-use crate::blocks::invoke::{deadline_fired, AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
-use crate::blocks::pubsub::{AppChannel, AppChannelError};
+use crate::api::status::{deadline_fired, from_status};
 use crate::coalesce::Coalesce;
 
 /// How long connecting to the app may take before a call fails.
@@ -26,13 +29,13 @@ pub struct GrpcAppChannel {
 }
 
 impl GrpcAppChannel {
-    pub fn new(port: u16) -> Result<Self, String> {
+    pub fn new(port: u16) -> Self {
         let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| async move {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Coalesce::new(stream)))
         });
-        Ok(Self::with_connector(connector))
+        Self::with_connector(connector)
     }
 
     fn with_connector<C, IO>(connector: C) -> Self
@@ -113,7 +116,7 @@ impl AppInvoker for GrpcAppChannel {
         req: weft_proto::common::InvokeRequest,
         forward: Vec<weft_proto::mesh::Header>,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Invoked, tonic::Status>> {
+    ) -> BoxFuture<'_, Result<Invoked, BlockError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
             let method = req.method.clone();
@@ -128,18 +131,17 @@ impl AppInvoker for GrpcAppChannel {
                         headers: headers::from_metadata(&md),
                     })
                 }
-                Err(status) if deadline_fired(&status) => Err(tonic::Status::deadline_exceeded(
+                Err(status) if deadline_fired(&status) => Err(BlockError::DeadlineExceeded(
                     format!("the app did not answer method '{method}' within {timeout:?}"),
                 )),
                 Err(status) => {
                     // The app's own error, marked so that callers do not
                     // mistake it for a failing runtime.
-                    let mut status = status;
-                    status.metadata_mut().insert(
-                        ERROR_ORIGIN_HEADER,
-                        tonic::metadata::MetadataValue::from_static("app"),
-                    );
-                    Err(status)
+                    let mut err = from_status(&status);
+                    if let BlockError::Passthrough(p) = &mut err {
+                        set_header(&mut p.metadata, ERROR_ORIGIN_HEADER, "app");
+                    }
+                    Err(err)
                 }
             }
         })

@@ -1,5 +1,6 @@
-//! The Dapr v1 gRPC API. Each method decodes nothing itself: it hands the
-//! request to its building block and converts the result.
+//! The Dapr v1 gRPC API. Each method decodes nothing itself: it fills the
+//! call's context from the request metadata, hands the request to its
+//! building block and converts the result.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,18 +9,16 @@ use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use weft_blocks::{Authentication, BlockError, Blocks, CallContext};
 use weft_proto::appchannel as ac;
 use weft_proto::appchannel::app_channel_server::{AppChannel, AppChannelServer};
-use weft_proto::common;
+use weft_proto::common as dapr_common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_server::{Dapr, DaprServer};
 
+use crate::api::common::{self, TokenCheck, API_TOKEN_HEADER};
 use crate::api::headers;
-use crate::blocks::Blocks;
-use crate::error::ApiError;
-
-/// Header carrying the API token, as in Dapr.
-pub const API_TOKEN_HEADER: &str = "dapr-api-token";
+use crate::api::status::{from_status, to_status};
 
 type ConfigStream =
     Pin<Box<dyn Stream<Item = Result<pb::SubscribeConfigurationResponse, Status>> + Send>>;
@@ -40,76 +39,88 @@ impl DaprApi {
     /// The app-facing gRPC services — the Dapr API and Weft's own
     /// `weft.runtime.v1.AppChannel` — each with the API-token check (when a
     /// token is set) and the request size limit.
-    pub fn routes(self, api_token: Option<String>, max_body_size: usize) -> tonic::service::Routes {
+    pub fn routes(self, tokens: TokenCheck, max_body_size: usize) -> tonic::service::Routes {
         let dapr = DaprServer::new(self.clone())
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
         let weft = AppChannelServer::new(self)
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
-        tonic::service::Routes::new(TokenCheck::wrap(dapr, api_token.clone()))
-            .add_service(TokenCheck::wrap(weft, api_token))
+        tonic::service::Routes::new(TokenInterceptor::wrap(dapr, tokens.clone()))
+            .add_service(TokenInterceptor::wrap(weft, tokens))
     }
 
     async fn subscribe_config(
         &self,
+        ctx: CallContext,
         req: pb::SubscribeConfigurationRequest,
     ) -> Result<Response<ConfigStream>, Status> {
         let rx = self
             .blocks
             .configuration
-            .subscribe_configuration(req)
-            .await?;
-        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+            .subscribe_configuration(&ctx, req)
+            .await
+            .map_err(to_status)?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Rejects calls without the configured API token.
-#[derive(Clone)]
-pub struct TokenCheck {
-    token: Option<Arc<str>>,
+/// The call context of a gRPC request: its deadline (`grpc-timeout`), its
+/// forwardable metadata, and how it passed the token check.
+fn context<T>(r: &Request<T>) -> CallContext {
+    CallContext::app()
+        .with_timeout(headers::deadline(r.metadata()))
+        .with_metadata(headers::from_metadata(r.metadata()))
+        .with_authentication(
+            r.extensions()
+                .get::<Authentication>()
+                .copied()
+                .unwrap_or_default(),
+        )
 }
 
-impl TokenCheck {
+/// Splits a request into its context and message.
+fn split<T>(r: Request<T>) -> (CallContext, T) {
+    let ctx = context(&r);
+    (ctx, r.into_inner())
+}
+
+/// A block's answer as a gRPC response.
+fn answer<T>(r: Result<T, BlockError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(to_status)
+}
+
+/// Rejects calls without the configured API token; records the outcome in
+/// the request for the call's context.
+#[derive(Clone)]
+pub struct TokenInterceptor {
+    tokens: TokenCheck,
+}
+
+impl TokenInterceptor {
     /// `server` behind the token check (a no-op without a token).
     pub fn wrap<S>(
         server: S,
-        api_token: Option<String>,
-    ) -> tonic::service::interceptor::InterceptedService<S, TokenCheck> {
-        tonic::service::interceptor::InterceptedService::new(
-            server,
-            TokenCheck {
-                token: api_token.map(Arc::from),
-            },
-        )
+        tokens: TokenCheck,
+    ) -> tonic::service::interceptor::InterceptedService<S, TokenInterceptor> {
+        tonic::service::interceptor::InterceptedService::new(server, TokenInterceptor { tokens })
     }
 }
 
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.token else {
-            return Ok(req);
-        };
-        match req.metadata().get(API_TOKEN_HEADER).map(|v| v.as_bytes()) {
-            Some(given) if constant_time_eq(given, expected.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated(format!(
-                "the {API_TOKEN_HEADER} metadata does not match the runtime's API token"
-            ))),
-            None => Err(Status::unauthenticated(format!(
-                "this runtime requires an API token: send it in the {API_TOKEN_HEADER} metadata"
-            ))),
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let given = req.metadata().get(API_TOKEN_HEADER).map(|v| v.as_bytes());
+        let auth = self.tokens.check(given).map_err(to_status)?;
+        if auth != Authentication::NotRequired {
+            req.extensions_mut().insert(auth);
         }
+        Ok(req)
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn unimplemented<T>(block: &str) -> Result<Response<T>, Status> {
-    Err(ApiError::unimplemented_block(block).into())
+fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
+    Err(to_status(common::unimplemented(rpc)))
 }
 
 #[tonic::async_trait]
@@ -119,15 +130,14 @@ impl Dapr for DaprApi {
     async fn invoke_service(
         &self,
         r: Request<pb::InvokeServiceRequest>,
-    ) -> Result<Response<common::InvokeResponse>, Status> {
-        let deadline = headers::deadline(r.metadata());
-        let (md, _, req) = r.into_parts();
-        let forward = headers::from_metadata(&md);
+    ) -> Result<Response<dapr_common::InvokeResponse>, Status> {
+        let (ctx, req) = split(r);
         let invoked = self
             .blocks
             .invoke
-            .invoke_service(req, forward, deadline)
-            .await?;
+            .invoke_service(&ctx, req)
+            .await
+            .map_err(to_status)?;
         let mut resp = Response::new(invoked.response);
         headers::extend_metadata(resp.metadata_mut(), &invoked.headers);
         Ok(resp)
@@ -139,61 +149,52 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateResponse>, Status> {
-        Ok(Response::new(
-            self.blocks.state.get_state(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.get_state(&ctx, req).await)
     }
 
     async fn get_bulk_state(
         &self,
         r: Request<pb::GetBulkStateRequest>,
     ) -> Result<Response<pb::GetBulkStateResponse>, Status> {
-        Ok(Response::new(
-            self.blocks.state.get_bulk_state(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.get_bulk_state(&ctx, req).await)
     }
 
     async fn save_state(&self, r: Request<pb::SaveStateRequest>) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks.state.save_state(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.save_state(&ctx, req).await)
     }
 
     async fn query_state_alpha1(
         &self,
         _: Request<pb::QueryStateRequest>,
     ) -> Result<Response<pb::QueryStateResponse>, Status> {
-        unimplemented("state query")
+        unimplemented("QueryStateAlpha1")
     }
 
     async fn delete_state(
         &self,
         r: Request<pb::DeleteStateRequest>,
     ) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks.state.delete_state(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.delete_state(&ctx, req).await)
     }
 
     async fn delete_bulk_state(
         &self,
         r: Request<pb::DeleteBulkStateRequest>,
     ) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks.state.delete_bulk_state(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.delete_bulk_state(&ctx, req).await)
     }
 
     async fn execute_state_transaction(
         &self,
         r: Request<pb::ExecuteStateTransactionRequest>,
     ) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks
-                .state
-                .execute_state_transaction(r.into_inner())
-                .await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.state.execute_state_transaction(&ctx, req).await)
     }
 
     // === pub/sub ===
@@ -202,9 +203,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::PublishEventRequest>,
     ) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks.pubsub.publish_event(r.into_inner()).await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.pubsub.publish_event(&ctx, req).await)
     }
 
     async fn bulk_publish_event_alpha1(
@@ -218,12 +218,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::BulkPublishRequest>,
     ) -> Result<Response<pb::BulkPublishResponse>, Status> {
-        Ok(Response::new(
-            self.blocks
-                .pubsub
-                .bulk_publish_event(r.into_inner())
-                .await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.pubsub.bulk_publish_event(&ctx, req).await)
     }
 
     type SubscribeTopicEventsAlpha1Stream = TopicStream;
@@ -232,11 +228,10 @@ impl Dapr for DaprApi {
         &self,
         r: Request<Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Result<Response<Self::SubscribeTopicEventsAlpha1Stream>, Status> {
-        let requests = r
-            .into_inner()
-            .map(|m| m.map_err(|s| ApiError::new(s.code(), s.message())));
-        let rx = self.blocks.pubsub.subscribe_topic_events(requests);
-        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+        let (ctx, requests) = split(r);
+        let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
+        let rx = self.blocks.pubsub.subscribe_topic_events(&ctx, requests);
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -246,21 +241,21 @@ impl Dapr for DaprApi {
         &self,
         _: Request<pb::InvokeBindingRequest>,
     ) -> Result<Response<pb::InvokeBindingResponse>, Status> {
-        unimplemented("bindings")
+        unimplemented("InvokeBinding")
     }
 
     async fn get_secret(
         &self,
         _: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        unimplemented("secrets")
+        unimplemented("GetSecret")
     }
 
     async fn get_bulk_secret(
         &self,
         _: Request<pb::GetBulkSecretRequest>,
     ) -> Result<Response<pb::GetBulkSecretResponse>, Status> {
-        unimplemented("secrets")
+        unimplemented("GetBulkSecret")
     }
 
     // === configuration ===
@@ -276,12 +271,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::GetConfigurationRequest>,
     ) -> Result<Response<pb::GetConfigurationResponse>, Status> {
-        Ok(Response::new(
-            self.blocks
-                .configuration
-                .get_configuration(r.into_inner())
-                .await?,
-        ))
+        let (ctx, req) = split(r);
+        answer(self.blocks.configuration.get_configuration(&ctx, req).await)
     }
 
     type SubscribeConfigurationAlpha1Stream = ConfigStream;
@@ -290,7 +281,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::SubscribeConfigurationRequest>,
     ) -> Result<Response<Self::SubscribeConfigurationAlpha1Stream>, Status> {
-        self.subscribe_config(r.into_inner()).await
+        let (ctx, req) = split(r);
+        self.subscribe_config(ctx, req).await
     }
 
     type SubscribeConfigurationStream = ConfigStream;
@@ -299,7 +291,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::SubscribeConfigurationRequest>,
     ) -> Result<Response<Self::SubscribeConfigurationStream>, Status> {
-        self.subscribe_config(r.into_inner()).await
+        let (ctx, req) = split(r);
+        self.subscribe_config(ctx, req).await
     }
 
     async fn unsubscribe_configuration_alpha1(
@@ -313,12 +306,13 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::UnsubscribeConfigurationRequest>,
     ) -> Result<Response<pb::UnsubscribeConfigurationResponse>, Status> {
-        Ok(Response::new(
+        let (ctx, req) = split(r);
+        answer(
             self.blocks
                 .configuration
-                .unsubscribe_configuration(r.into_inner())
-                .await?,
-        ))
+                .unsubscribe_configuration(&ctx, req)
+                .await,
+        )
     }
 
     // === lock ===
@@ -327,14 +321,14 @@ impl Dapr for DaprApi {
         &self,
         _: Request<pb::TryLockRequest>,
     ) -> Result<Response<pb::TryLockResponse>, Status> {
-        unimplemented("distributed lock")
+        unimplemented("TryLockAlpha1")
     }
 
     async fn unlock_alpha1(
         &self,
         _: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        unimplemented("distributed lock")
+        unimplemented("UnlockAlpha1")
     }
 
     // === metadata and lifecycle ===
@@ -343,16 +337,14 @@ impl Dapr for DaprApi {
         &self,
         _: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        Ok(Response::new(self.blocks.get_metadata()))
+        Ok(Response::new(self.blocks.metadata_view()))
     }
 
     async fn set_metadata(
         &self,
         r: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<()>, Status> {
-        Ok(Response::new(
-            self.blocks.metadata.set_metadata(r.into_inner())?,
-        ))
+        answer(self.blocks.metadata.set_metadata(r.into_inner()))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<()>, Status> {
@@ -373,23 +365,14 @@ impl AppChannel for DaprApi {
         &self,
         r: Request<Streaming<ac::ServeInvocationsRequest>>,
     ) -> Result<Response<Self::ServeInvocationsStream>, Status> {
-        let requests = r
-            .into_inner()
-            .map(|m| m.map_err(|s| ApiError::new(s.code(), s.message())));
-        let rx = self.blocks.invoke.serve_invocations(requests)?;
-        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+        let (ctx, requests) = split(r);
+        let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
+        let rx = self
+            .blocks
+            .invoke
+            .serve_invocations(&ctx, requests)
+            .map_err(to_status)?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -9,7 +9,7 @@ use tonic::metadata::MetadataMap;
 use weft_proto::mesh::Header;
 
 /// Headers that belong to one hop and are never forwarded.
-fn is_hop_header(key: &str) -> bool {
+pub fn is_hop_header(key: &str) -> bool {
     key.starts_with(':')
         || key.starts_with("grpc-")
         || matches!(

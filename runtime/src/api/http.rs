@@ -10,22 +10,19 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use weft_proto::runtime as pb;
 
-use super::grpc::{constant_time_eq, API_TOKEN_HEADER};
-use crate::blocks::Blocks;
-use crate::error::ApiError;
+use weft_blocks::Blocks;
+
+use super::common::{self, TokenCheck, API_TOKEN_HEADER};
 
 #[derive(Clone)]
 struct HttpState {
     blocks: Arc<Blocks>,
-    token: Option<Arc<str>>,
+    tokens: TokenCheck,
 }
 
 /// The HTTP router. Health endpoints never need the API token.
-pub fn router(blocks: Arc<Blocks>, api_token: Option<String>, max_body_size: usize) -> Router {
-    let state = HttpState {
-        blocks,
-        token: api_token.map(Arc::from),
-    };
+pub fn router(blocks: Arc<Blocks>, tokens: TokenCheck, max_body_size: usize) -> Router {
+    let state = HttpState { blocks, tokens };
     Router::new()
         .route("/v1.0/healthz", get(healthz))
         .route("/v1.0/healthz/outbound", get(healthz))
@@ -48,13 +45,13 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
 
 /// `None` when the call may proceed, else the 401 response to send.
 fn check_token(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
-    let expected = state.token.as_ref()?;
-    match headers.get(API_TOKEN_HEADER) {
-        Some(v) if constant_time_eq(v.as_bytes(), expected.as_bytes()) => None,
-        _ => Some(error_response(
+    let given = headers.get(API_TOKEN_HEADER).map(|v| v.as_bytes());
+    match state.tokens.check(given) {
+        Ok(_) => None,
+        Err(e) => Some(error_response(
             StatusCode::UNAUTHORIZED,
             "ERR_UNAUTHORIZED",
-            format!("missing or wrong {API_TOKEN_HEADER} header"),
+            e.message(),
         )),
     }
 }
@@ -75,7 +72,7 @@ async fn metadata(State(state): State<HttpState>, headers: HeaderMap) -> Respons
     if let Some(r) = check_token(&state, &headers) {
         return r;
     }
-    Json(state.blocks.metadata.json()).into_response()
+    Json(common::metadata_json(&state.blocks.metadata_view())).into_response()
 }
 
 async fn set_metadata(
@@ -93,9 +90,7 @@ async fn set_metadata(
         .set_metadata(pb::SetMetadataRequest { key, value: body })
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(ApiError { message, .. }) => {
-            error_response(StatusCode::BAD_REQUEST, "ERR_METADATA_SET", message)
-        }
+        Err(e) => error_response(StatusCode::BAD_REQUEST, "ERR_METADATA_SET", e.message()),
     }
 }
 

@@ -1,8 +1,18 @@
-//! Transports. They decode requests and call the building blocks; they hold
-//! no business logic.
+//! Transports. They decode requests, fill each call's context and call the
+//! building blocks; they hold no business logic.
+//!
+//! * [`grpc`]: the Dapr v1 API and `weft.runtime.v1.AppChannel`;
+//! * [`http`]: health, metadata, shutdown;
+//! * [`shm`]: the shared-memory transport;
+//! * [`app_channel`]: the runtime as a client of the app's `AppCallback`;
+//! * [`common`]: token check, unimplemented operations, metadata view;
+//! * [`status`]: block errors ↔ transport statuses;
+//! * [`headers`]: gRPC metadata ↔ forwarded headers, deadlines.
 
 pub mod app_channel;
+pub mod common;
 pub mod grpc;
 pub mod headers;
 pub mod http;
 pub mod shm;
+pub mod status;

@@ -28,22 +28,25 @@ use anyhow::{anyhow, Context};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
-use tonic::Code;
+use weft_blocks::{Authentication, BlockError, Blocks, CallContext, Code, Shutdown};
 use weft_proto::appchannel as ac;
+use weft_proto::mesh::Header as MetadataEntry;
 use weft_proto::runtime as pb;
 use weft_shm::control::{self, Goodbye, Hello, Welcome, MAPPED_MAGIC};
 use weft_shm::idle::{IdleConfig, Idler};
-use weft_shm::layout::{Header, Layout, RingId, DEFAULT_RING, PROTOCOL_VERSION, SESSION_CLOSED};
+use weft_shm::layout::{
+    features, Header, Layout, RingId, DEFAULT_RING, PROTOCOL_VERSION, SESSION_CLOSED,
+};
 use weft_shm::method;
-use weft_shm::record::{decode_envelope, flags, Envelope, ENVELOPE_LEN};
+use weft_shm::record::{
+    context_prefix, decode_envelope, flags, split_context, Envelope, ENVELOPE_LEN,
+};
 use weft_shm::ring::{Consumer, PollError, Producer};
 use weft_shm::segment::{self, Segment};
 
-use crate::api::grpc::constant_time_eq;
-use crate::blocks::Blocks;
-use crate::config::{RuntimeConfig, ShmSettings};
-use crate::error::ApiError;
-use crate::shutdown::Shutdown;
+use crate::api::common::{self, TokenCheck};
+use crate::api::headers;
+use crate::config::ShmSettings;
 
 /// How long a client may take over the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +64,7 @@ struct ServerCtx {
     blocks: Arc<Blocks>,
     handle: tokio::runtime::Handle,
     app_id: String,
-    api_token: Option<String>,
+    tokens: TokenCheck,
     max_body_size: usize,
     segment_dir: PathBuf,
     idle: IdleConfig,
@@ -75,7 +78,9 @@ struct ServerCtx {
 /// session) once shutdown starts.
 pub fn start(
     settings: &ShmSettings,
-    config: &RuntimeConfig,
+    app_id: &str,
+    tokens: TokenCheck,
+    max_body_size: usize,
     blocks: Arc<Blocks>,
     shutdown: Shutdown,
 ) -> anyhow::Result<(PathBuf, JoinHandle<anyhow::Result<()>>)> {
@@ -93,9 +98,9 @@ pub fn start(
     let ctx = Arc::new(ServerCtx {
         blocks,
         handle: tokio::runtime::Handle::current(),
-        app_id: config.app_id.clone(),
-        api_token: config.api_token.clone(),
-        max_body_size: config.max_body_size,
+        app_id: app_id.to_string(),
+        tokens,
+        max_body_size,
         segment_dir,
         idle: IdleConfig {
             spin: settings.spin,
@@ -239,9 +244,9 @@ struct Shared {
 /// records must name the same) and where its messages go.
 struct ClientStream {
     method: u32,
-    tx: mpsc::UnboundedSender<Result<BidiMessage, ApiError>>,
+    tx: mpsc::UnboundedSender<Result<BidiMessage, BlockError>>,
 }
-type ClientStreamRef = mpsc::WeakUnboundedSender<Result<BidiMessage, ApiError>>;
+type ClientStreamRef = mpsc::WeakUnboundedSender<Result<BidiMessage, BlockError>>;
 
 /// One message of the app's side of a bidirectional call: the opening
 /// record's body or a MORE record's, decoded as the method's request type.
@@ -296,12 +301,12 @@ impl BidiMessage {
 /// for a message that reached the channel: [`Session::more`] checks the
 /// method first).
 struct Requests<T> {
-    rx: mpsc::UnboundedReceiver<Result<BidiMessage, ApiError>>,
+    rx: mpsc::UnboundedReceiver<Result<BidiMessage, BlockError>>,
     pick: fn(BidiMessage) -> Option<T>,
 }
 
 impl<T> futures::Stream for Requests<T> {
-    type Item = Result<T, ApiError>;
+    type Item = Result<T, BlockError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let pick = self.pick;
@@ -310,10 +315,9 @@ impl<T> futures::Stream for Requests<T> {
                 r.and_then(|msg| {
                     let method = msg.method();
                     pick(msg).ok_or_else(|| {
-                        ApiError::new(
-                            Code::Internal,
-                            format!("a message of method {method} reached another method's stream"),
-                        )
+                        BlockError::Internal(format!(
+                            "a message of method {method} reached another method's stream"
+                        ))
                     })
                 })
             })
@@ -326,33 +330,109 @@ enum TryRespond {
     Full,
 }
 
+/// A block's answer to one call, before it is written: the response body,
+/// or the error, and for calls opened with CONTEXT what goes in the END
+/// record's call context.
+struct Reply {
+    status: u32,
+    /// The encoded response, or the UTF-8 error message.
+    body: Vec<u8>,
+    /// The encoded `CallContext` (empty: none to send).
+    context: Vec<u8>,
+}
+
+impl Reply {
+    /// The record for `r`; `with_context` when the call's opening record
+    /// had CONTEXT (only then may the END record carry one).
+    fn new(r: Result<Answer, BlockError>, with_context: bool) -> Self {
+        let (status, body, metadata, details) = match r {
+            Ok(a) => (0, a.body, a.metadata, Vec::new()),
+            Err(e) => (
+                e.code() as u32,
+                e.message().as_bytes().to_vec(),
+                e.metadata().to_vec(),
+                e.details().to_vec(),
+            ),
+        };
+        let context = if with_context && (!metadata.is_empty() || !details.is_empty()) {
+            ac::CallContext {
+                timeout_micros: 0,
+                metadata: metadata
+                    .into_iter()
+                    .map(|h| ac::Metadata {
+                        key: h.key,
+                        values: h.values,
+                    })
+                    .collect(),
+                status_details: details,
+            }
+            .encode_to_vec()
+        } else {
+            Vec::new()
+        };
+        Self {
+            status,
+            body,
+            context,
+        }
+    }
+
+    /// The envelope and body parts of the record answering `env`.
+    fn parts<'a>(&'a self, env: Envelope, prefix: &'a [u8; 4]) -> (Envelope, [&'a [u8]; 3]) {
+        if self.context.is_empty() {
+            (
+                Envelope {
+                    status: self.status,
+                    ..env
+                },
+                [&self.body, &[], &[]],
+            )
+        } else {
+            (
+                Envelope {
+                    status: self.status,
+                    flags: env.flags | flags::CONTEXT,
+                    ..env
+                },
+                [prefix, &self.context, &self.body],
+            )
+        }
+    }
+}
+
 impl Shared {
-    /// Writes one response record, or says the ring is full. A body too
-    /// large for the ring is replaced by a RESOURCE_EXHAUSTED error.
-    fn try_respond(&self, env: Envelope, body: &[u8]) -> Result<TryRespond, String> {
+    /// Writes one response record whose body is `parts` (concatenated), or
+    /// says the ring is full. A body too large for the ring is replaced by
+    /// a RESOURCE_EXHAUSTED error.
+    fn try_respond(&self, env: Envelope, parts: &[&[u8]]) -> Result<TryRespond, String> {
         let mut tx = self
             .tx
             .lock()
             .map_err(|_| "response ring lock poisoned".to_string())?;
         let max = tx.max_payload() - ENVELOPE_LEN;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let too_large;
-        let (env, body) = if body.len() > max {
+        let written = if len > max {
             too_large = format!(
-                "the response of {} bytes exceeds the largest shared-memory message ({max} bytes, half the runtime->app ring); use a larger response ring or gRPC",
-                body.len()
+                "the response of {len} bytes exceeds the largest shared-memory message ({max} bytes, half the runtime->app ring); use a larger response ring or gRPC"
             );
-            (
-                Envelope {
-                    status: Code::ResourceExhausted as u32,
-                    flags: env.flags | flags::END,
-                    ..env
-                },
-                too_large.as_bytes(),
-            )
+            let env = Envelope {
+                status: Code::ResourceExhausted as u32,
+                flags: (env.flags | flags::END) & !flags::CONTEXT,
+                ..env
+            };
+            tx.try_write(&[&env.encode(), too_large.as_bytes()])
         } else {
-            (env, body)
+            match parts {
+                [one] => tx.try_write(&[&env.encode(), one]),
+                [a, b, c] => tx.try_write(&[&env.encode(), a, b, c]),
+                _ => {
+                    let body = parts.concat();
+                    tx.try_write(&[&env.encode(), &body])
+                }
+            }
         };
-        match tx.try_write(&[&env.encode(), body]) {
+        match written {
             Ok(true) => {
                 if tx.consumer_needs_wakeup() {
                     let _ = control::send_wake(&self.wake);
@@ -365,10 +445,10 @@ impl Shared {
     }
 
     /// Answers from the session thread, waiting while the ring is full.
-    fn respond_blocking(&self, env: Envelope, body: &[u8]) -> Result<(), End> {
+    fn respond_blocking(&self, env: Envelope, parts: &[&[u8]]) -> Result<(), End> {
         let mut waits = 0u32;
         loop {
-            match self.try_respond(env, body) {
+            match self.try_respond(env, parts) {
                 Ok(TryRespond::Written) => return Ok(()),
                 Ok(TryRespond::Full) => {}
                 Err(e) => return Err(End::protocol(Code::InvalidArgument, e)),
@@ -390,17 +470,24 @@ impl Shared {
     }
 
     /// Answers from a tokio task, waiting while the ring is full.
-    async fn respond_async(&self, env: Envelope, body: &[u8]) {
+    async fn respond_async(&self, env: Envelope, parts: &[&[u8]]) {
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
-            match self.try_respond(env, body) {
+            match self.try_respond(env, parts) {
                 Ok(TryRespond::Written) => return,
                 Ok(TryRespond::Full) => tokio::time::sleep(Duration::from_millis(1)).await,
                 Err(e) => return self.fail(e),
             }
         }
+    }
+
+    /// Writes a call's final record.
+    async fn respond_reply(&self, env: Envelope, reply: &Reply) {
+        let prefix = context_prefix(reply.context.len());
+        let (env, parts) = reply.parts(env, &prefix);
+        self.respond_async(env, &parts).await
     }
 
     /// Ends the session from a task: records the reason and wakes the thread.
@@ -507,15 +594,16 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
             ),
         );
     }
-    if let Some(token) = &ctx.api_token {
-        if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
-            return welcome_error(
-                &mut sock,
-                Code::Unauthenticated,
-                "this runtime requires an API token: the hello's token is missing or does not match".into(),
-            );
-        }
-    }
+    let given = (!hello.token.is_empty()).then_some(hello.token.as_bytes());
+    let authentication = match ctx.tokens.check(given) {
+        Ok(a) => a,
+        Err(_) => return welcome_error(
+            &mut sock,
+            Code::Unauthenticated,
+            "this runtime requires an API token: the hello's token is missing or does not match"
+                .into(),
+        ),
+    };
     let size = |s: u32| u64::from(if s == 0 { DEFAULT_RING } else { s });
     let layout = match Layout::new(size(hello.a2r_capacity), size(hello.r2a_capacity)) {
         Ok(l) => l,
@@ -544,6 +632,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
             )
         }
     };
+    seg.set_features(features::ALL);
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
         status: 0,
@@ -588,6 +677,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         shared,
         sock,
         id,
+        authentication,
     };
     let mut rx = rx;
     let end = session.serve(&mut rx);
@@ -599,6 +689,8 @@ struct Session<'a> {
     shared: Arc<Shared>,
     sock: UnixStream,
     id: u64,
+    /// How the session's hello passed the token check.
+    authentication: Authentication,
 }
 
 impl Session<'_> {
@@ -685,6 +777,33 @@ impl Session<'_> {
         self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// The context of a call: the session's authentication, and what the
+    /// record's call context block says (`None`: no CONTEXT flag).
+    fn call_context(&self, block: Option<&[u8]>, corr: u64) -> Result<CallContext, End> {
+        let ctx = CallContext::app().with_authentication(self.authentication);
+        let Some(block) = block else {
+            return Ok(ctx);
+        };
+        let decoded = ac::CallContext::decode(block).map_err(|e| {
+            End::protocol(
+                Code::InvalidArgument,
+                format!("cannot decode the call context of request {corr}: {e}"),
+            )
+        })?;
+        let metadata = decoded
+            .metadata
+            .into_iter()
+            .filter(|m| !headers::is_hop_header(&m.key))
+            .map(|m| MetadataEntry {
+                key: m.key,
+                values: m.values,
+            })
+            .collect();
+        let timeout =
+            (decoded.timeout_micros != 0).then(|| Duration::from_micros(decoded.timeout_micros));
+        Ok(ctx.with_timeout(timeout).with_metadata(metadata))
+    }
+
     /// Handles one request record.
     fn handle(&self, payload: &[u8]) -> Result<(), End> {
         let (env, body) = decode_envelope(payload)
@@ -700,6 +819,12 @@ impl Session<'_> {
             ));
         }
         if env.flags & flags::CANCEL != 0 {
+            if env.flags & flags::CONTEXT != 0 {
+                return Err(End::protocol(
+                    Code::InvalidArgument,
+                    format!("CANCEL record {corr} has the CONTEXT flag, which only a call's opening record may"),
+                ));
+            }
             return self.cancel(corr);
         }
         if env.status != 0 || env.flags & flags::END != 0 {
@@ -729,12 +854,25 @@ impl Session<'_> {
                 ),
             ));
         }
+        let with_context = env.flags & flags::CONTEXT != 0;
+        let (block, body) = if with_context {
+            let (block, body) = split_context(body).map_err(|e| {
+                End::protocol(
+                    Code::InvalidArgument,
+                    format!("{} request {corr}: {e}", m.name),
+                )
+            })?;
+            (Some(block), body)
+        } else {
+            (None, body)
+        };
         let answer = Envelope {
             method: env.method,
             flags: flags::END,
             correlation: corr,
             status: 0,
         };
+        let ctx = self.call_context(block, corr)?;
         if body.len() > self.ctx.max_body_size {
             let msg = format!(
                 "{} request of {} bytes is larger than the runtime's --max-body-size ({} bytes)",
@@ -745,12 +883,13 @@ impl Session<'_> {
             return self.answer(
                 reply,
                 answer,
-                Err(ApiError::new(Code::ResourceExhausted, msg)),
+                Err(BlockError::ResourceExhausted(msg)),
+                with_context,
             );
         }
         if m.id == method::WEFT_ECHO {
             return if reply {
-                self.shared.respond_blocking(answer, body)
+                self.shared.respond_blocking(answer, &[body])
             } else {
                 Ok(())
             };
@@ -761,14 +900,19 @@ impl Session<'_> {
                 format!("correlation id {corr} reused while its call is in flight"),
             ));
         }
-        let call = dispatch(&self.ctx.blocks, m.id, body).map_err(|e| {
+        let deadline = ctx.deadline;
+        let call = dispatch(&self.ctx.blocks, ctx, m.id, body).map_err(|e| {
             End::protocol(
                 Code::InvalidArgument,
                 format!("cannot decode the {} request {corr}: {e}", m.name),
             )
         })?;
         match call {
-            Call::Unary(mut fut) => {
+            Call::Unary(fut) => {
+                let mut fut = match deadline {
+                    Some(at) => within_deadline(fut, at, m.name),
+                    None => fut,
+                };
                 // Poll once here: calls that do not wait finish without a
                 // thread hop.
                 let polled = {
@@ -777,13 +921,15 @@ impl Session<'_> {
                         .poll(&mut TaskContext::from_waker(Waker::noop()))
                 };
                 match polled {
-                    Poll::Ready(r) => self.answer(reply, answer, r),
+                    Poll::Ready(r) => self.answer(reply, answer, r, with_context),
                     Poll::Pending => {
                         self.spawn(corr, reply, async move {
                             let r = fut.await;
                             move |shared: Arc<Shared>| async move {
                                 if shared.finish(corr) {
-                                    respond_result(&shared, answer, r).await;
+                                    shared
+                                        .respond_reply(answer, &Reply::new(r, with_context))
+                                        .await;
                                 }
                             }
                         });
@@ -795,22 +941,33 @@ impl Session<'_> {
                 let stream_env = Envelope { flags: 0, ..answer };
                 self.spawn(corr, reply, async move {
                     let r = fut.await;
-                    move |shared: Arc<Shared>| async move { stream_out(&shared, stream_env, r).await }
+                    move |shared: Arc<Shared>| async move {
+                        let out = stream_out(&shared, stream_env, r, with_context);
+                        until_deadline(out, &shared, stream_env, deadline, m.name, with_context)
+                            .await
+                    }
                 });
                 Ok(())
             }
-            Call::Bidi(first) => {
+            Call::Bidi(first, ctx) => {
                 let env = Envelope { flags: 0, ..answer };
                 let blocks = &self.ctx.blocks;
+                let opened = Opened {
+                    corr,
+                    env,
+                    deadline,
+                    name: m.name,
+                    with_context,
+                };
                 match first {
                     m @ BidiMessage::Topics(_) => {
-                        self.open_bidi(corr, env, m, BidiMessage::into_topics, |requests| {
-                            Ok(blocks.pubsub.subscribe_topic_events(requests))
+                        self.open_bidi(opened, m, BidiMessage::into_topics, |requests| {
+                            Ok(blocks.pubsub.subscribe_topic_events(&ctx, requests))
                         })
                     }
                     m @ BidiMessage::Invocations(_) => {
-                        self.open_bidi(corr, env, m, BidiMessage::into_invocations, |requests| {
-                            blocks.invoke.serve_invocations(requests)
+                        self.open_bidi(opened, m, BidiMessage::into_invocations, |requests| {
+                            blocks.invoke.serve_invocations(&ctx, requests)
                         })
                     }
                 }
@@ -825,14 +982,13 @@ impl Session<'_> {
     /// as a server stream. The client stream ends when the call does.
     fn open_bidi<T, M, F>(
         &self,
-        corr: u64,
-        env: Envelope,
+        opened: Opened,
         first: BidiMessage,
         pick: fn(BidiMessage) -> Option<T>,
         start: F,
     ) where
         M: Message + 'static,
-        F: FnOnce(Requests<T>) -> Result<mpsc::Receiver<Result<M, ApiError>>, ApiError>,
+        F: FnOnce(Requests<T>) -> Result<mpsc::Receiver<Result<M, BlockError>>, BlockError>,
     {
         // The app's messages answer what the runtime sent (acks of events
         // it handed out, results of invocations it wrote), so the client
@@ -841,6 +997,7 @@ impl Session<'_> {
         let method = first.method();
         let _ = tx.send(Ok(first));
         let ours = tx.downgrade();
+        let corr = opened.corr;
         if let Ok(mut m) = self.shared.client_streams.lock() {
             m.insert(corr, ClientStream { method, tx });
         }
@@ -851,7 +1008,15 @@ impl Session<'_> {
         };
         self.spawn(corr, true, async move {
             move |shared: Arc<Shared>| async move {
-                stream_out(&shared, env, out).await;
+                let Opened {
+                    env,
+                    deadline,
+                    name,
+                    with_context,
+                    ..
+                } = opened;
+                let sent = stream_out(&shared, env, out, with_context);
+                until_deadline(sent, &shared, env, deadline, name, with_context).await;
                 shared.end_client_stream_of(corr, &ours);
             }
         });
@@ -942,20 +1107,20 @@ impl Session<'_> {
         }
     }
 
-    fn answer(&self, reply: bool, env: Envelope, r: Result<Vec<u8>, ApiError>) -> Result<(), End> {
+    fn answer(
+        &self,
+        reply: bool,
+        env: Envelope,
+        r: Result<Answer, BlockError>,
+        with_context: bool,
+    ) -> Result<(), End> {
         if !reply {
             return Ok(());
         }
-        match r {
-            Ok(body) => self.shared.respond_blocking(env, &body),
-            Err(e) => self.shared.respond_blocking(
-                Envelope {
-                    status: e.code as u32,
-                    ..env
-                },
-                e.message.as_bytes(),
-            ),
-        }
+        let reply = Reply::new(r, with_context);
+        let prefix = context_prefix(reply.context.len());
+        let (env, parts) = reply.parts(env, &prefix);
+        self.shared.respond_blocking(env, &parts)
     }
 
     fn cancel(&self, corr: u64) -> Result<(), End> {
@@ -978,7 +1143,8 @@ impl Session<'_> {
             correlation: corr,
             status: Code::Cancelled as u32,
         };
-        self.shared.respond_blocking(env, b"cancelled by the app")
+        self.shared
+            .respond_blocking(env, &[b"cancelled by the app"])
     }
 
     fn close(self, end: End) {
@@ -1015,20 +1181,54 @@ impl Session<'_> {
     }
 }
 
-async fn respond_result(shared: &Shared, env: Envelope, r: Result<Vec<u8>, ApiError>) {
-    match r {
-        Ok(body) => shared.respond_async(env, &body).await,
-        Err(e) => {
-            shared
-                .respond_async(
-                    Envelope {
-                        status: e.code as u32,
-                        ..env
-                    },
-                    e.message.as_bytes(),
-                )
-                .await
-        }
+/// What a bidirectional call needs after it is opened.
+struct Opened {
+    corr: u64,
+    env: Envelope,
+    deadline: Option<Instant>,
+    name: &'static str,
+    with_context: bool,
+}
+
+/// The error a call gets when its deadline passes.
+fn deadline_error(name: &str) -> BlockError {
+    BlockError::DeadlineExceeded(format!(
+        "{name}: the deadline in the request's call context passed"
+    ))
+}
+
+/// `fut`, ended with DEADLINE_EXCEEDED at `at` (the timer starts when the
+/// call is first polled, which is inside the runtime).
+fn within_deadline(fut: UnaryFuture, at: Instant, name: &'static str) -> UnaryFuture {
+    Box::pin(async move {
+        tokio::time::timeout_at(at.into(), fut)
+            .await
+            .unwrap_or_else(|_| Err(deadline_error(name)))
+    })
+}
+
+/// Runs a stream's sending until it ends or the deadline passes; then the
+/// stream ends with DEADLINE_EXCEEDED (as a gRPC stream past its deadline).
+async fn until_deadline(
+    sending: impl Future<Output = ()>,
+    shared: &Shared,
+    env: Envelope,
+    deadline: Option<Instant>,
+    name: &str,
+    with_context: bool,
+) {
+    let Some(at) = deadline else {
+        return sending.await;
+    };
+    if tokio::time::timeout_at(at.into(), sending).await.is_err() && shared.finish(env.correlation)
+    {
+        let end = Envelope {
+            flags: flags::END,
+            ..env
+        };
+        shared
+            .respond_reply(end, &Reply::new(Err(deadline_error(name)), with_context))
+            .await;
     }
 }
 
@@ -1037,7 +1237,8 @@ async fn respond_result(shared: &Shared, env: Envelope, r: Result<Vec<u8>, ApiEr
 async fn stream_out<M: Message>(
     shared: &Shared,
     env: Envelope,
-    r: Result<mpsc::Receiver<Result<M, ApiError>>, ApiError>,
+    r: Result<mpsc::Receiver<Result<M, BlockError>>, BlockError>,
+    with_context: bool,
 ) {
     let end = Envelope {
         flags: flags::END,
@@ -1047,7 +1248,9 @@ async fn stream_out<M: Message>(
         Ok(rx) => rx,
         Err(e) => {
             if shared.finish(env.correlation) {
-                respond_result(shared, end, Err(e)).await;
+                shared
+                    .respond_reply(end, &Reply::new(Err(e), with_context))
+                    .await;
             }
             return;
         }
@@ -1058,11 +1261,13 @@ async fn stream_out<M: Message>(
                 if !shared.is_live(env.correlation) {
                     return;
                 }
-                shared.respond_async(env, &msg.encode_to_vec()).await;
+                shared.respond_async(env, &[&msg.encode_to_vec()]).await;
             }
             Err(e) => {
                 if shared.finish(env.correlation) {
-                    respond_result(shared, end, Err(e)).await;
+                    shared
+                        .respond_reply(end, &Reply::new(Err(e), with_context))
+                        .await;
                 }
                 return;
             }
@@ -1075,10 +1280,26 @@ async fn stream_out<M: Message>(
 
 // === impl dispatch ===
 
-type UnaryFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, ApiError>> + Send>>;
+/// A block's successful answer: the encoded response and, for
+/// InvokeService, the called app's response metadata.
+pub struct Answer {
+    pub body: Vec<u8>,
+    pub metadata: Vec<MetadataEntry>,
+}
+
+impl Answer {
+    fn body(body: Vec<u8>) -> Self {
+        Self {
+            body,
+            metadata: Vec::new(),
+        }
+    }
+}
+
+type UnaryFuture = Pin<Box<dyn Future<Output = Result<Answer, BlockError>> + Send>>;
 type StreamFuture = Pin<
     Box<
-        dyn Future<Output = Result<crate::blocks::configuration::SubscriptionStream, ApiError>>
+        dyn Future<Output = Result<weft_blocks::configuration::SubscriptionStream, BlockError>>
             + Send,
     >,
 >;
@@ -1088,9 +1309,9 @@ pub enum Call {
     Unary(UnaryFuture),
     Stream(StreamFuture),
     /// A bidirectional method (SubscribeTopicEventsAlpha1,
-    /// weft.ServeInvocations): the first message of the app's stream; later
-    /// ones arrive as MORE records.
-    Bidi(BidiMessage),
+    /// weft.ServeInvocations): the first message of the app's stream (later
+    /// ones arrive as MORE records) and the call's context.
+    Bidi(BidiMessage, Box<CallContext>),
 }
 
 fn unary<Req, Resp, Fut>(
@@ -1100,28 +1321,31 @@ fn unary<Req, Resp, Fut>(
 where
     Req: Message + Default,
     Resp: Message,
-    Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
+    Fut: Future<Output = Result<Resp, BlockError>> + Send + 'static,
 {
     let fut = f(Req::decode(body)?);
     Ok(Call::Unary(Box::pin(async move {
-        fut.await.map(|r| r.encode_to_vec())
+        fut.await.map(|r| Answer::body(r.encode_to_vec()))
     })))
 }
 
+/// An RPC of a building block this runtime lacks
+/// ([`common::UNIMPLEMENTED`]), named by its method table entry.
 fn unimplemented<Req: Message + Default>(
     body: &[u8],
-    block: &'static str,
+    rpc: &'static str,
 ) -> Result<Call, prost::DecodeError> {
     Req::decode(body)?;
     Ok(Call::Unary(Box::pin(async move {
-        Err(ApiError::unimplemented_block(block))
+        Err(common::unimplemented(rpc))
     })))
 }
 
 /// Decodes a request for `method` (an id from the method table) and binds it
-/// to the building-block method gRPC calls for the same RPC.
+/// to the building-block method gRPC calls for the same RPC, with `ctx`.
 pub fn dispatch(
     blocks: &Arc<Blocks>,
+    ctx: CallContext,
     method: u32,
     body: &[u8],
 ) -> Result<Call, prost::DecodeError> {
@@ -1129,63 +1353,77 @@ pub fn dispatch(
     // Bidirectional methods: the opening record is the app's first message
     // (the session binds the call to its block).
     if let Some(first) = BidiMessage::decode(method, body) {
-        return first.map(Call::Bidi);
+        return first.map(|m| Call::Bidi(m, Box::new(ctx)));
     }
     let b = blocks.clone();
+    let name = method::by_id(method).map_or("", |m| m.name);
+    if common::missing_block(name).is_some() {
+        return match method {
+            QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, name),
+            INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, name),
+            GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, name),
+            GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, name),
+            TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, name),
+            UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, name),
+            _ => unimplemented::<()>(body, name),
+        };
+    }
     match method {
-        INVOKE_SERVICE => unary(body, move |r| async move {
-            // No metadata or deadline travels over this transport; the
-            // error details of the called app are not carried either.
-            b.invoke
-                .invoke_service(r, Vec::new(), None)
-                .await
-                .map(|invoked| invoked.response)
-                .map_err(|s| ApiError::new(s.code(), s.message()))
+        INVOKE_SERVICE => {
+            let req = pb::InvokeServiceRequest::decode(body)?;
+            Ok(Call::Unary(Box::pin(async move {
+                b.invoke
+                    .invoke_service(&ctx, req)
+                    .await
+                    .map(|invoked| Answer {
+                        body: invoked.response.encode_to_vec(),
+                        metadata: invoked.headers,
+                    })
+            })))
+        }
+        GET_STATE => unary(
+            body,
+            move |r| async move { b.state.get_state(&ctx, r).await },
+        ),
+        GET_BULK_STATE => unary(body, move |r| async move {
+            b.state.get_bulk_state(&ctx, r).await
         }),
-        GET_STATE => unary(body, move |r| async move { b.state.get_state(r).await }),
-        GET_BULK_STATE => unary(
+        SAVE_STATE => unary(
             body,
-            move |r| async move { b.state.get_bulk_state(r).await },
+            move |r| async move { b.state.save_state(&ctx, r).await },
         ),
-        SAVE_STATE => unary(body, move |r| async move { b.state.save_state(r).await }),
-        QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "state query"),
-        DELETE_STATE => unary(body, move |r| async move { b.state.delete_state(r).await }),
-        DELETE_BULK_STATE => unary(
+        DELETE_STATE => unary(
             body,
-            move |r| async move { b.state.delete_bulk_state(r).await },
+            move |r| async move { b.state.delete_state(&ctx, r).await },
         ),
+        DELETE_BULK_STATE => unary(body, move |r| async move {
+            b.state.delete_bulk_state(&ctx, r).await
+        }),
         EXECUTE_STATE_TRANSACTION => unary(body, move |r| async move {
-            b.state.execute_state_transaction(r).await
+            b.state.execute_state_transaction(&ctx, r).await
         }),
-        PUBLISH_EVENT => unary(
-            body,
-            move |r| async move { b.pubsub.publish_event(r).await },
-        ),
+        PUBLISH_EVENT => unary(body, move |r| async move {
+            b.pubsub.publish_event(&ctx, r).await
+        }),
         BULK_PUBLISH_EVENT_ALPHA1 | BULK_PUBLISH_EVENT => unary(body, move |r| async move {
-            b.pubsub.bulk_publish_event(r).await
+            b.pubsub.bulk_publish_event(&ctx, r).await
         }),
-        INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "bindings"),
-        GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "secrets"),
-        GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "secrets"),
         GET_CONFIGURATION_ALPHA1 | GET_CONFIGURATION => unary(body, move |r| async move {
-            b.configuration.get_configuration(r).await
+            b.configuration.get_configuration(&ctx, r).await
         }),
         SUBSCRIBE_CONFIGURATION_ALPHA1 | SUBSCRIBE_CONFIGURATION => {
             let req = pb::SubscribeConfigurationRequest::decode(body)?;
             Ok(Call::Stream(Box::pin(async move {
-                b.configuration.subscribe_configuration(req).await
+                b.configuration.subscribe_configuration(&ctx, req).await
             })))
         }
         UNSUBSCRIBE_CONFIGURATION_ALPHA1 | UNSUBSCRIBE_CONFIGURATION => {
             unary(body, move |r| async move {
-                b.configuration.unsubscribe_configuration(r).await
+                b.configuration.unsubscribe_configuration(&ctx, r).await
             })
         }
-        TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "distributed lock"),
-        UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "distributed lock"),
         GET_METADATA => unary(body, move |_: pb::GetMetadataRequest| async move {
-            // As gRPC: the metadata block's answer plus the subscriptions.
-            Ok(b.get_metadata())
+            Ok(b.metadata_view())
         }),
         SET_METADATA => unary(body, move |r| async move { b.metadata.set_metadata(r) }),
         SHUTDOWN => unary(body, move |_: pb::ShutdownRequest| async move {
@@ -1194,16 +1432,15 @@ pub fn dispatch(
         }),
         WEFT_ECHO => {
             let body = body.to_vec();
-            Ok(Call::Unary(Box::pin(async move { Ok(body) })))
+            Ok(Call::Unary(Box::pin(async move { Ok(Answer::body(body)) })))
         }
         other => {
             // The method table and this match must cover the same ids.
             debug_assert!(method::by_id(other).is_none());
             Ok(Call::Unary(Box::pin(async move {
-                Err(ApiError::new(
-                    Code::Unimplemented,
-                    format!("method id {other} is not served"),
-                ))
+                Err(BlockError::Unimplemented(format!(
+                    "method id {other} is not served"
+                )))
             })))
         }
     }
@@ -1238,10 +1475,12 @@ mod tests {
             else {
                 unreachable!("argv is `weft run`")
             };
-            let cfg = RuntimeConfig::resolve(&args, |_| None).unwrap();
-            let blocks = Blocks::build(&cfg, vec![], Shutdown::new()).await.unwrap();
+            let cfg = crate::config::RuntimeConfig::resolve(&args, |_| None).unwrap();
+            let blocks = Blocks::build(cfg.blocks_config().unwrap(), vec![], Shutdown::new())
+                .await
+                .unwrap();
             for m in method::ALL {
-                let call = dispatch(&blocks, m.id, &[]).unwrap();
+                let call = dispatch(&blocks, CallContext::app(), m.id, &[]).unwrap();
                 let streaming = matches!(call, Call::Stream(_));
                 assert_eq!(
                     streaming,
@@ -1250,18 +1489,18 @@ mod tests {
                     m.name
                 );
                 assert_eq!(
-                    matches!(call, Call::Bidi(_)),
+                    matches!(call, Call::Bidi(..)),
                     m.kind == method::Kind::Bidi,
                     "{}",
                     m.name
                 );
-                if let Call::Bidi(first) = &call {
+                if let Call::Bidi(first, _) = &call {
                     assert_eq!(first.method(), m.id, "{}", m.name);
                 }
                 if let Call::Unary(f) = call {
                     if let Err(e) = f.await {
                         assert_ne!(
-                            e.message,
+                            e.message(),
                             format!("method id {} is not served", m.id),
                             "{}",
                             m.name

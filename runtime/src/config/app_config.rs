@@ -26,12 +26,15 @@
 //! Every error names the file and the field, e.g.
 //! `config.yaml: spec.accessControl.policies[1].operations[0].action: expected allow or deny, got "permit"`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
+use weft_blocks::invoke::access::{AccessControlSpec, AccessPolicy};
 
-use crate::security::access::{AccessControlSpec, AccessPolicy, AppPolicySpec, OperationSpec};
+use super::yaml::{from_value, ObjectMeta};
+use super::ConfigError;
 
 /// A loaded and validated `Configuration` resource.
 #[derive(Debug, Clone)]
@@ -42,79 +45,120 @@ pub struct AppConfiguration {
     pub access_control: AccessPolicy,
 }
 
+/// A `Configuration` document as written. Every field is optional here so
+/// that a missing one is reported by name after reading.
+#[derive(Debug, Deserialize)]
+struct ConfigurationDoc {
+    /// `apiVersion`: `dapr.io/v1alpha1`.
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    /// `kind`: `Configuration`.
+    #[serde(default)]
+    kind: Option<String>,
+    /// `metadata`: its `name` is required; the rest (namespace, labels) is
+    /// not used.
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    /// `spec`: the sections; none is required.
+    #[serde(default)]
+    spec: Option<ConfigurationSpec>,
+}
+
+/// `spec` of a `Configuration`.
+#[derive(Debug, Deserialize)]
+struct ConfigurationSpec {
+    /// `accessControl`: who may invoke this app (see
+    /// `weft_blocks::invoke::access` for the semantics).
+    #[serde(rename = "accessControl", default)]
+    access_control: Option<AccessControlSpec>,
+    /// Sections of Dapr's Configuration this runtime does not implement
+    /// (`tracing`, `metric`, `features`, …): accepted and ignored.
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
 /// Reads and validates the configuration file at `path`.
-pub fn load(path: &Path) -> Result<AppConfiguration, String> {
+pub fn load(path: &Path) -> Result<AppConfiguration, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{file}: cannot read configuration file: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        file: file.clone(),
+        field: None,
+        reason: format!("cannot read configuration file: {e}"),
+    })?;
     parse(&file, &text)
 }
 
 /// Parses the text of a configuration file; `file` names it in errors.
-pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, String> {
+pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError::File {
+        file: file.to_string(),
+        field: (!field.is_empty()).then(|| field.to_string()),
+        reason,
+    };
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| format!("{file}: invalid YAML: {e}"))?;
+        let value = Value::deserialize(doc).map_err(|e| err("", format!("invalid YAML: {e}")))?;
         if !value.is_null() {
             docs.push(value);
         }
     }
-    let doc = match docs.as_slice() {
-        [doc] => doc,
-        [] => {
-            return Err(format!(
-                "{file}: empty file; expected a Configuration resource"
+    let doc = match docs.len() {
+        1 => docs.remove(0),
+        0 => {
+            return Err(err(
+                "",
+                "empty file; expected a Configuration resource".into(),
             ))
         }
-        _ => {
-            return Err(format!(
-                "{file}: expected one Configuration document, found {}",
-                docs.len()
+        n => {
+            return Err(err(
+                "",
+                format!("expected one Configuration document, found {n}"),
             ))
         }
     };
-    let r = Reader { file };
-    let top = r.mapping(doc, "<document>")?;
-    match r.opt_string(top, "", "apiVersion")? {
-        Some(v) if v == "dapr.io/v1alpha1" => {}
+    let doc: ConfigurationDoc = from_value(doc).map_err(|(field, reason)| err(&field, reason))?;
+    match doc.api_version.as_deref() {
+        Some("dapr.io/v1alpha1") => {}
         Some(v) => {
-            return Err(r.err(
+            return Err(err(
                 "apiVersion",
                 format!("expected dapr.io/v1alpha1, got {v:?}"),
             ))
         }
-        None => return Err(r.err("apiVersion", "missing; use dapr.io/v1alpha1")),
+        None => return Err(err("apiVersion", "missing; use dapr.io/v1alpha1".into())),
     }
-    match r.opt_string(top, "", "kind")? {
-        Some(k) if k == "Configuration" => {}
-        Some(k) => return Err(r.err("kind", format!("expected Configuration, got {k:?}"))),
-        None => return Err(r.err("kind", "missing; use Configuration")),
+    match doc.kind.as_deref() {
+        Some("Configuration") => {}
+        Some(k) => return Err(err("kind", format!("expected Configuration, got {k:?}"))),
+        None => return Err(err("kind", "missing; use Configuration".into())),
     }
-    let metadata = match top.get("metadata") {
-        Some(m) => r.mapping(m, "metadata")?,
-        None => return Err(r.err("metadata", "missing")),
-    };
-    let name = r
-        .opt_string(metadata, "metadata", "name")?
+    let metadata = doc
+        .metadata
+        .ok_or_else(|| err("metadata", "missing".into()))?;
+    let name = metadata
+        .name
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| r.err("metadata.name", "missing"))?;
+        .ok_or_else(|| err("metadata.name", "missing".into()))?;
 
     let mut access_control = AccessPolicy::allow_all();
-    if let Some(spec) = top.get("spec").filter(|s| !s.is_null()) {
-        for (key, value) in r.mapping(spec, "spec")? {
-            match key.as_str() {
-                Some("accessControl") if !value.is_null() => {
-                    let acl = r.access_control(value)?;
-                    access_control = AccessPolicy::from_spec(&acl)
-                        .map_err(|e| r.err(&format!("spec.accessControl.{}", e.field), e.reason))?;
-                }
-                Some("accessControl") => {}
-                _ => tracing::debug!(
-                    file,
-                    section = ?key,
-                    "configuration section not implemented by this runtime: ignored"
-                ),
+    if let Some(spec) = doc.spec {
+        for section in spec.other.keys() {
+            tracing::debug!(
+                file,
+                section,
+                "configuration section not implemented by this runtime: ignored"
+            );
+        }
+        if let Some(acl) = spec.access_control {
+            if let Some(i) = acl.policies.iter().position(|p| p.app_id.is_empty()) {
+                return Err(err(
+                    &format!("spec.accessControl.policies[{i}].appId"),
+                    "missing".into(),
+                ));
             }
+            access_control = AccessPolicy::from_spec(&acl)
+                .map_err(|e| err(&format!("spec.accessControl.{}", e.field), e.reason))?;
         }
     }
     Ok(AppConfiguration {
@@ -123,151 +167,10 @@ pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, String> {
     })
 }
 
-/// Walks the YAML tree, producing errors that name the file and field.
-struct Reader<'a> {
-    file: &'a str,
-}
-
-impl Reader<'_> {
-    fn err(&self, field: &str, reason: impl std::fmt::Display) -> String {
-        format!("{}: {field}: {reason}", self.file)
-    }
-
-    fn mapping<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Mapping, String> {
-        v.as_mapping()
-            .ok_or_else(|| self.err(field, format!("expected a mapping, got {}", describe(v))))
-    }
-
-    fn list<'v>(&self, v: &'v Value, field: &str) -> Result<&'v [Value], String> {
-        match v {
-            Value::Null => Ok(&[]),
-            Value::Sequence(items) => Ok(items),
-            _ => Err(self.err(field, format!("expected a list, got {}", describe(v)))),
-        }
-    }
-
-    fn string(&self, v: &Value, field: &str) -> Result<String, String> {
-        match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            _ => Err(self.err(field, format!("expected a string, got {}", describe(v)))),
-        }
-    }
-
-    /// `map[key]` as a string; `None` when absent or null.
-    fn opt_string(&self, map: &Mapping, at: &str, key: &str) -> Result<Option<String>, String> {
-        match map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => self.string(v, &join(at, key)).map(Some),
-        }
-    }
-
-    /// Fails on keys of `map` outside `known`.
-    fn known_keys(&self, map: &Mapping, at: &str, known: &[&str]) -> Result<(), String> {
-        for key in map.keys() {
-            match key.as_str() {
-                Some(k) if known.contains(&k) => {}
-                Some(k) => {
-                    return Err(self.err(
-                        &join(at, k),
-                        format!("unknown field; expected one of {}", known.join(", ")),
-                    ))
-                }
-                None => return Err(self.err(at, format!("unexpected key {key:?}"))),
-            }
-        }
-        Ok(())
-    }
-
-    fn access_control(&self, v: &Value) -> Result<AccessControlSpec, String> {
-        let at = "spec.accessControl";
-        let map = self.mapping(v, at)?;
-        self.known_keys(map, at, &["defaultAction", "trustDomain", "policies"])?;
-        let mut spec = AccessControlSpec {
-            default_action: self.opt_string(map, at, "defaultAction")?,
-            trust_domain: self.opt_string(map, at, "trustDomain")?,
-            policies: Vec::new(),
-        };
-        let policies = map.get("policies").unwrap_or(&Value::Null);
-        for (i, p) in self
-            .list(policies, &join(at, "policies"))?
-            .iter()
-            .enumerate()
-        {
-            spec.policies
-                .push(self.policy(p, &format!("{at}.policies[{i}]"))?);
-        }
-        Ok(spec)
-    }
-
-    fn policy(&self, v: &Value, at: &str) -> Result<AppPolicySpec, String> {
-        let map = self.mapping(v, at)?;
-        let known = [
-            "appId",
-            "trustDomain",
-            "namespace",
-            "defaultAction",
-            "operations",
-        ];
-        self.known_keys(map, at, &known)?;
-        let mut policy = AppPolicySpec {
-            app_id: self
-                .opt_string(map, at, "appId")?
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| self.err(&join(at, "appId"), "missing"))?,
-            trust_domain: self.opt_string(map, at, "trustDomain")?,
-            namespace: self.opt_string(map, at, "namespace")?,
-            default_action: self.opt_string(map, at, "defaultAction")?,
-            operations: Vec::new(),
-        };
-        let ops = map.get("operations").unwrap_or(&Value::Null);
-        for (j, op) in self.list(ops, &join(at, "operations"))?.iter().enumerate() {
-            let at = format!("{at}.operations[{j}]");
-            let map = self.mapping(op, &at)?;
-            self.known_keys(map, &at, &["name", "httpVerb", "action"])?;
-            let verbs = map.get("httpVerb").unwrap_or(&Value::Null);
-            let verbs_at = join(&at, "httpVerb");
-            policy.operations.push(OperationSpec {
-                name: self
-                    .opt_string(map, &at, "name")?
-                    .ok_or_else(|| self.err(&join(&at, "name"), "missing"))?,
-                http_verbs: self
-                    .list(verbs, &verbs_at)?
-                    .iter()
-                    .enumerate()
-                    .map(|(k, v)| self.string(v, &format!("{verbs_at}[{k}]")))
-                    .collect::<Result<_, _>>()?,
-                action: self.opt_string(map, &at, "action")?,
-            });
-        }
-        Ok(policy)
-    }
-}
-
-fn join(at: &str, key: &str) -> String {
-    if at.is_empty() {
-        key.to_string()
-    } else {
-        format!("{at}.{key}")
-    }
-}
-
-fn describe(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::access::Caller;
+    use weft_blocks::invoke::access::Caller;
 
     const CALLER: Caller<'static> = Caller {
         trust_domain: "myDomain",
@@ -303,7 +206,7 @@ spec:
 "#;
 
     fn error_of(text: &str) -> String {
-        parse("config.yaml", text).unwrap_err()
+        parse("config.yaml", text).unwrap_err().to_string()
     }
 
     /// A Configuration whose `spec.accessControl` is `acl` (YAML, indented 4).
@@ -443,7 +346,7 @@ spec:
     fn unreadable_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.yaml");
-        let e = load(&path).unwrap_err();
+        let e = load(&path).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("{}: cannot read", path.display())),
             "{e}"

@@ -2,13 +2,22 @@
 //! environment fallbacks) and component resource files.
 
 pub mod app_config;
+mod error;
 pub mod resources;
+mod yaml;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use weft_blocks::invoke::access::AccessPolicy;
+use weft_blocks::invoke::InvokeConfig;
+use weft_blocks::metadata::AppConnection;
+use weft_blocks::BlocksConfig;
+
+pub use error::{ConfigError, InvalidValue};
 
 /// Weft: an application runtime that gives an app state, configuration,
 /// pub/sub and service invocation through the Dapr v1 API.
@@ -264,6 +273,43 @@ pub struct ShmSettings {
     pub yield_for: Duration,
 }
 
+/// Settings of the service-invocation mesh.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// Where the mesh server listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The host other runtimes should dial, when `listen` is a wildcard
+    /// address or not reachable as is.
+    pub advertise: Option<IpAddr>,
+    pub lb: LbPolicy,
+    /// Longest a call may take when the caller set no shorter deadline.
+    pub call_timeout: Duration,
+}
+
+/// How the next instance of a called app is chosen (`--mesh-lb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Each instance in turn (`round-robin`).
+    RoundRobin,
+    /// Two instances at random; the one with fewer calls in flight (`p2c`,
+    /// also `least-loaded`).
+    PowerOfTwo,
+}
+
+impl FromStr for LbPolicy {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s {
+            "round-robin" => Ok(Self::RoundRobin),
+            "p2c" | "least-loaded" => Ok(Self::PowerOfTwo),
+            other => Err(InvalidValue(format!(
+                "unknown load-balancing policy '{other}' (use round-robin or p2c)"
+            ))),
+        }
+    }
+}
+
 /// How this runtime proves its identity to other runtimes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshIdentityConfig {
@@ -328,7 +374,7 @@ pub const DEFAULT_GRPC_PORT: u16 = 50001;
 /// Dapr's default HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 3500;
 
-fn parse_app_id(raw: &str) -> Result<String, String> {
+fn parse_app_id(raw: &str) -> Result<String, InvalidValue> {
     let ok = !raw.is_empty()
         && raw.len() <= 63
         && raw
@@ -338,25 +384,30 @@ fn parse_app_id(raw: &str) -> Result<String, String> {
     if ok {
         Ok(raw.to_string())
     } else {
-        Err(format!(
+        Err(InvalidValue(format!(
             "'{raw}' is not a valid app id: use 1-63 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
-        ))
+        )))
     }
 }
 
-fn parse_trust_domain(raw: &str) -> Result<String, String> {
-    crate::security::spiffe::validate_trust_domain(raw)?;
+fn parse_trust_domain(raw: &str) -> Result<String, InvalidValue> {
+    crate::security::spiffe::validate_trust_domain(raw).map_err(|e| InvalidValue(e.to_string()))?;
     Ok(raw.to_string())
 }
 
-fn parse_namespace(raw: &str) -> Result<String, String> {
-    crate::security::spiffe::validate_segment("namespace", raw)?;
+fn parse_namespace(raw: &str) -> Result<String, InvalidValue> {
+    crate::security::spiffe::validate_segment("namespace", raw)
+        .map_err(|e| InvalidValue(e.to_string()))?;
     Ok(raw.to_string())
 }
 
 /// A duration such as `90s`, `30m`, `24h` or `7d`.
-fn parse_ttl(raw: &str) -> Result<Duration, String> {
-    let bad = || format!("'{raw}' is not a duration: use a number with s, m, h or d, e.g. 24h");
+fn parse_ttl(raw: &str) -> Result<Duration, InvalidValue> {
+    let bad = || {
+        InvalidValue(format!(
+            "'{raw}' is not a duration: use a number with s, m, h or d, e.g. 24h"
+        ))
+    };
     let split = raw.len().checked_sub(1).ok_or_else(bad)?;
     let (num, unit) = raw.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -369,7 +420,9 @@ fn parse_ttl(raw: &str) -> Result<Duration, String> {
     };
     match secs {
         Some(s) if s > 0 && s <= 100 * 365 * 86_400 => Ok(Duration::from_secs(s)),
-        Some(_) => Err(format!("'{raw}' is out of range: from 1s to 100 years")),
+        Some(_) => Err(InvalidValue(format!(
+            "'{raw}' is out of range: from 1s to 100 years"
+        ))),
         None => Err(bad()),
     }
 }
@@ -392,7 +445,7 @@ pub struct RuntimeConfig {
     pub api_token: Option<String>,
     /// `None` with `--no-shm`.
     pub shm: Option<ShmSettings>,
-    pub mesh: crate::mesh::MeshSettings,
+    pub mesh: MeshSettings,
     /// `--config`: the Dapr Configuration file, if any.
     pub app_config: Option<PathBuf>,
     /// The mesh certificate and identity.
@@ -403,17 +456,22 @@ impl RuntimeConfig {
     /// Resolves flags against an environment lookup (kept as a parameter so
     /// precedence is testable): flag or `WEFT_*` first, then `DAPR_*`, then
     /// the defaults.
-    pub fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let port_from =
-            |name: &str| -> Result<Option<u16>, String> {
-                match env(name) {
-                    None => Ok(None),
-                    Some(v) if v.trim().is_empty() => Ok(None),
-                    Some(v) => v.trim().parse::<u16>().map(Some).map_err(|_| {
-                        format!("environment variable {name}='{v}' is not a port number")
-                    }),
-                }
-            };
+    pub fn resolve(
+        args: &RunArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let port_from = |name: &str| -> Result<Option<u16>, ConfigError> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
+                Some(v) => v.trim().parse::<u16>().map(Some).map_err(|_| {
+                    ConfigError::setting(
+                        format!("environment variable {name}='{v}'"),
+                        "not a port number",
+                    )
+                }),
+            }
+        };
         let grpc_port = match args.grpc_port {
             Some(p) => p,
             None => port_from("DAPR_GRPC_PORT")?.unwrap_or(DEFAULT_GRPC_PORT),
@@ -423,9 +481,9 @@ impl RuntimeConfig {
             None => port_from("DAPR_HTTP_PORT")?.unwrap_or(DEFAULT_HTTP_PORT),
         };
         if grpc_port != 0 && grpc_port == http_port {
-            return Err(format!(
+            return Err(ConfigError::Conflict(format!(
                 "--grpc-port and --http-port are both {grpc_port}: they must differ"
-            ));
+            )));
         }
         let data_dir = match &args.data_dir {
             Some(d) => d.clone(),
@@ -463,8 +521,8 @@ impl RuntimeConfig {
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
             api_token,
             shm,
-            mesh: crate::mesh::MeshSettings {
-                listen: std::net::SocketAddr::new(
+            mesh: MeshSettings {
+                listen: SocketAddr::new(
                     args.mesh_listen_address.unwrap_or(args.listen_address),
                     args.mesh_port,
                 ),
@@ -472,7 +530,7 @@ impl RuntimeConfig {
                 lb: args
                     .mesh_lb
                     .parse()
-                    .map_err(|e| format!("--mesh-lb: {e}"))?,
+                    .map_err(|e| ConfigError::setting("--mesh-lb", e))?,
                 call_timeout: Duration::from_secs(args.invoke_timeout_seconds),
             },
             app_config: args.config.clone(),
@@ -481,13 +539,40 @@ impl RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// The settings the building blocks take: this app's identity, the
+    /// invocation timeout and access policy (read from `--config`), and how
+    /// the app is reached.
+    pub fn blocks_config(&self) -> Result<BlocksConfig, ConfigError> {
+        let access = match &self.app_config {
+            Some(path) => app_config::load(path)?.access_control,
+            None => AccessPolicy::allow_all(),
+        };
+        Ok(BlocksConfig {
+            app_id: self.app_id.clone(),
+            data_dir: self.data_dir.clone(),
+            invoke: InvokeConfig {
+                namespace: self.mesh_identity.namespace.clone(),
+                trust_domain: self.mesh_identity.trust_domain.clone(),
+                default_timeout: self.mesh.call_timeout,
+                access,
+            },
+            app_connection: self.app_port.map(|port| AppConnection {
+                port,
+                protocol: "grpc".to_string(),
+                channel_address: "127.0.0.1".to_string(),
+            }),
+        })
+    }
+}
+
 fn resolve_mesh_identity(
     args: &RunArgs,
     data_dir: &std::path::Path,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<MeshIdentityConfig, String> {
+) -> Result<MeshIdentityConfig, ConfigError> {
     crate::security::spiffe::validate_trust_domain(&args.trust_domain)
-        .map_err(|e| format!("--trust-domain: {e}"))?;
+        .map_err(|e| ConfigError::setting("--trust-domain", e))?;
     let namespace = args
         .namespace
         .clone()
@@ -495,7 +580,7 @@ fn resolve_mesh_identity(
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_string());
     crate::security::spiffe::validate_segment("namespace", &namespace)
-        .map_err(|e| format!("--namespace: {e}"))?;
+        .map_err(|e| ConfigError::setting("--namespace", e))?;
     let source = match (&args.mtls_cert, &args.mtls_key, &args.mtls_trust_bundle) {
         (Some(cert), Some(key), Some(trust_bundle)) => MeshCertSource::Files {
             cert: cert.clone(),
@@ -517,17 +602,17 @@ fn resolve_mesh_identity(
             .into_iter()
             .filter_map(|(missing, flag)| missing.then_some(flag))
             .collect();
-            return Err(format!(
+            return Err(ConfigError::Conflict(format!(
                 "--mtls-cert, --mtls-key and --mtls-trust-bundle go together: {} missing",
                 missing.join(" and ")
-            ));
+            )));
         }
     };
     if args.dev_insecure_plaintext_mesh && matches!(source, MeshCertSource::Files { .. }) {
-        return Err(
+        return Err(ConfigError::Conflict(
             "--dev-insecure-plaintext-mesh turns mesh TLS off: do not combine it with --mtls-cert"
                 .to_string(),
-        );
+        ));
     }
     Ok(MeshIdentityConfig {
         trust_domain: args.trust_domain.clone(),
@@ -596,8 +681,9 @@ mod tests {
 
     #[test]
     fn bad_env_port_is_named() {
-        let err =
-            RuntimeConfig::resolve(&args(&[]), env_of(&[("DAPR_GRPC_PORT", "abc")])).unwrap_err();
+        let err = RuntimeConfig::resolve(&args(&[]), env_of(&[("DAPR_GRPC_PORT", "abc")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DAPR_GRPC_PORT"), "{err}");
     }
 
@@ -607,7 +693,8 @@ mod tests {
             &args(&["--grpc-port", "5000", "--http-port", "5000"]),
             env_of(&[]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("must differ"), "{err}");
     }
 
@@ -695,23 +782,30 @@ mod tests {
                 trust_bundle: "/b.pem".into()
             }
         );
-        let err = RuntimeConfig::resolve(&args(&files[..2]), env_of(&[])).unwrap_err();
+        let err = RuntimeConfig::resolve(&args(&files[..2]), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("--mtls-key and --mtls-trust-bundle missing"),
             "{err}"
         );
         let mut plain = files.to_vec();
         plain.push("--dev-insecure-plaintext-mesh");
-        let err = RuntimeConfig::resolve(&args(&plain), env_of(&[])).unwrap_err();
+        let err = RuntimeConfig::resolve(&args(&plain), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--dev-insecure-plaintext-mesh"), "{err}");
     }
 
     #[test]
     fn trust_domain_and_namespace_are_validated() {
-        let err =
-            RuntimeConfig::resolve(&args(&["--trust-domain", "Corp"]), env_of(&[])).unwrap_err();
+        let err = RuntimeConfig::resolve(&args(&["--trust-domain", "Corp"]), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--trust-domain"), "{err}");
-        let err = RuntimeConfig::resolve(&args(&["--namespace", "a/b"]), env_of(&[])).unwrap_err();
+        let err = RuntimeConfig::resolve(&args(&["--namespace", "a/b"]), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--namespace"), "{err}");
     }
 

@@ -23,29 +23,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_yaml::Value;
+pub use weft_blocks::ComponentSpec;
 
-/// A component definition read from a file (or a built-in default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComponentSpec {
-    /// `metadata.name`: the name apps use (`store_name`, `pubsub_name`).
-    pub name: String,
-    /// `spec.type`, e.g. `state.sqlite`.
-    pub kind: String,
-    /// `spec.version`, `v1` when absent.
-    pub version: String,
-    /// `spec.metadata` as name → value.
-    pub metadata: BTreeMap<String, String>,
-    /// Where it came from: a file path, or `<built-in default>`.
-    pub source: String,
-}
-
-impl ComponentSpec {
-    /// The building block this component belongs to (`state`, `configuration`, …).
-    pub fn block(&self) -> &str {
-        self.kind.split('.').next().unwrap_or_default()
-    }
-}
+use super::yaml::{from_value, ObjectMeta};
 
 /// A resource file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +105,6 @@ pub fn parse_file(
     text: &str,
     app_id: &str,
 ) -> Result<Vec<ComponentSpec>, ResourceError> {
-    use serde::Deserialize;
     let mut out = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc).map_err(|e| ResourceError {
@@ -140,6 +121,53 @@ pub fn parse_file(
         }
     }
     Ok(out)
+}
+
+/// A `Component` document as written (Dapr's shape). Every field is
+/// optional here so that a missing one is reported by name after reading.
+#[derive(Debug, Deserialize)]
+struct ComponentDoc {
+    /// `apiVersion`: `dapr.io/v1alpha1`.
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    /// `metadata`: its `name` is the name apps use.
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    /// `spec`: type, version and metadata fields.
+    #[serde(default)]
+    spec: Option<ComponentSpecDoc>,
+    /// `scopes`: the app ids that load it (all when absent or empty).
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+/// `spec` of a component.
+#[derive(Debug, Deserialize)]
+struct ComponentSpecDoc {
+    /// `type`: `<block>.<backend>`, e.g. `state.sqlite`.
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    /// `version`: `v1` (the default).
+    #[serde(default)]
+    version: Option<Value>,
+    /// `metadata`: the component's fields as `{name, value}` entries.
+    #[serde(default)]
+    metadata: Option<Vec<MetadataItem>>,
+    #[serde(flatten)]
+    _rest: BTreeMap<String, Value>,
+}
+
+/// One `spec.metadata` entry.
+#[derive(Debug, Deserialize)]
+struct MetadataItem {
+    #[serde(default)]
+    name: Option<String>,
+    /// A string, number or boolean.
+    #[serde(default)]
+    value: Option<Value>,
+    /// `secretKeyRef: {name, key}`: a value from a secret store.
+    #[serde(rename = "secretKeyRef", default)]
+    secret_key_ref: Option<Value>,
 }
 
 fn parse_document(
@@ -167,7 +195,10 @@ fn parse_document(
             "expected a mapping with apiVersion, kind, metadata and spec".into(),
         ));
     }
-    let kind = string_at(doc, &["kind"])
+    // Only `Component` documents are read; the others are someone else's.
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
         .ok_or_else(|| fail(&err, "kind", "missing or not a string".into()))?;
     if kind != "Component" {
         tracing::info!(
@@ -177,7 +208,16 @@ fn parse_document(
         );
         return Ok(None);
     }
-    let name = string_at(doc, &["metadata", "name"])
+    err.component = doc
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let parsed: ComponentDoc =
+        from_value(doc.clone()).map_err(|(field, reason)| fail(&err, &field, reason))?;
+    let name = parsed
+        .metadata
+        .and_then(|m| m.name)
         .ok_or_else(|| fail(&err, "metadata.name", "missing or not a string".into()))?;
     if !valid_name(&name) {
         return Err(fail(
@@ -187,8 +227,8 @@ fn parse_document(
         ));
     }
     err.component = Some(name.clone());
-    match string_at(doc, &["apiVersion"]) {
-        Some(v) if v == "dapr.io/v1alpha1" => {}
+    match parsed.api_version.as_deref() {
+        Some("dapr.io/v1alpha1") => {}
         Some(v) => {
             return Err(fail(
                 &err,
@@ -204,27 +244,17 @@ fn parse_document(
             ))
         }
     }
-    if let Some(scopes) = doc.get("scopes") {
-        let list = scopes
-            .as_sequence()
-            .ok_or_else(|| fail(&err, "scopes", "must be a list of app ids".into()))?;
-        let mut in_scope = list.is_empty();
-        for s in list {
-            let s = s
-                .as_str()
-                .ok_or_else(|| fail(&err, "scopes", "must be a list of app ids".into()))?;
-            in_scope |= s == app_id;
-        }
-        if !in_scope {
+    if let Some(scopes) = &parsed.scopes {
+        if !scopes.is_empty() && !scopes.iter().any(|s| s == app_id) {
             tracing::info!(file, component = %name, "component is not scoped to this app id; skipping");
             return Ok(None);
         }
     }
-    let spec = doc
-        .get("spec")
-        .filter(|s| s.is_mapping())
+    let spec = parsed
+        .spec
         .ok_or_else(|| fail(&err, "spec", "missing or not a mapping".into()))?;
-    let kind = string_at(spec, &["type"])
+    let kind = spec
+        .kind
         .ok_or_else(|| fail(&err, "spec.type", "missing or not a string".into()))?;
     if !kind.contains('.') || kind.starts_with('.') || kind.ends_with('.') {
         return Err(fail(
@@ -233,7 +263,7 @@ fn parse_document(
             format!("'{kind}' is not of the form <block>.<backend>, e.g. state.sqlite"),
         ));
     }
-    let version = match spec.get("version") {
+    let version = match &spec.version {
         None | Some(Value::Null) => "v1".to_string(),
         Some(v) => scalar_string(v)
             .ok_or_else(|| fail(&err, "spec.version", "must be a string such as v1".into()))?,
@@ -246,50 +276,37 @@ fn parse_document(
         ));
     }
     let mut metadata = BTreeMap::new();
-    match spec.get("metadata") {
-        None | Some(Value::Null) => {}
-        Some(Value::Sequence(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let at = format!("spec.metadata[{i}]");
-                let field_name = string_at(item, &["name"]).ok_or_else(|| {
-                    fail(
-                        &err,
-                        &format!("{at}.name"),
-                        "missing or not a string".into(),
-                    )
-                })?;
-                if item.get("secretKeyRef").is_some() {
-                    return Err(fail(
-                        &err,
-                        &format!("spec.metadata.{field_name}"),
-                        "secretKeyRef is not supported yet: give the value inline or through an environment-specific file".into(),
-                    ));
-                }
-                let value = match item.get("value") {
-                    None | Some(Value::Null) => String::new(),
-                    Some(v) => scalar_string(v).ok_or_else(|| {
-                        fail(
-                            &err,
-                            &format!("spec.metadata.{field_name}"),
-                            "value must be a string, number or boolean".into(),
-                        )
-                    })?,
-                };
-                if metadata.insert(field_name.clone(), value).is_some() {
-                    return Err(fail(
-                        &err,
-                        &format!("spec.metadata.{field_name}"),
-                        "given more than once".into(),
-                    ));
-                }
-            }
-        }
-        Some(_) => {
+    for (i, item) in spec.metadata.unwrap_or_default().into_iter().enumerate() {
+        let field_name = item.name.ok_or_else(|| {
+            fail(
+                &err,
+                &format!("spec.metadata[{i}].name"),
+                "missing or not a string".into(),
+            )
+        })?;
+        if item.secret_key_ref.is_some() {
             return Err(fail(
                 &err,
-                "spec.metadata",
-                "must be a list of {name, value} entries".into(),
-            ))
+                &format!("spec.metadata.{field_name}"),
+                "secretKeyRef is not supported yet: give the value inline or through an environment-specific file".into(),
+            ));
+        }
+        let value = match &item.value {
+            None | Some(Value::Null) => String::new(),
+            Some(v) => scalar_string(v).ok_or_else(|| {
+                fail(
+                    &err,
+                    &format!("spec.metadata.{field_name}"),
+                    "value must be a string, number or boolean".into(),
+                )
+            })?,
+        };
+        if metadata.insert(field_name.clone(), value).is_some() {
+            return Err(fail(
+                &err,
+                &format!("spec.metadata.{field_name}"),
+                "given more than once".into(),
+            ));
         }
     }
     Ok(Some(ComponentSpec {
@@ -299,14 +316,6 @@ fn parse_document(
         metadata,
         source: file.to_string(),
     }))
-}
-
-fn string_at(v: &Value, path: &[&str]) -> Option<String> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_str().map(str::to_string)
 }
 
 fn scalar_string(v: &Value) -> Option<String> {

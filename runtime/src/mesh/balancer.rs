@@ -9,38 +9,16 @@
 //! an ejection never makes an app unreachable by itself.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::config::LbPolicy;
 
 /// Consecutive transport failures that eject an instance.
 pub const EJECT_AFTER: u32 = 3;
 const EJECT_BASE: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(30);
-
-/// How the next instance is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    /// Each instance in turn.
-    RoundRobin,
-    /// Two instances at random; the one with fewer calls in flight.
-    PowerOfTwo,
-}
-
-impl FromStr for LbPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "round-robin" => Ok(Self::RoundRobin),
-            "p2c" | "least-loaded" => Ok(Self::PowerOfTwo),
-            other => Err(format!(
-                "unknown load-balancing policy '{other}' (use round-robin or p2c)"
-            )),
-        }
-    }
-}
 
 /// Health and load of one instance.
 #[derive(Debug)]
@@ -172,7 +150,7 @@ impl Balancer {
 }
 
 fn random_usize() -> usize {
-    crate::ids::random_u64() as usize
+    weft_blocks::ids::random_u64() as usize
 }
 
 #[cfg(test)]
@@ -243,6 +221,10 @@ mod tests {
     fn policy_names() {
         assert_eq!("p2c".parse::<LbPolicy>(), Ok(LbPolicy::PowerOfTwo));
         assert_eq!("round-robin".parse::<LbPolicy>(), Ok(LbPolicy::RoundRobin));
-        assert!("random".parse::<LbPolicy>().unwrap_err().contains("random"));
+        assert!("random"
+            .parse::<LbPolicy>()
+            .unwrap_err()
+            .0
+            .contains("random"));
     }
 }

@@ -21,16 +21,19 @@ use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+use weft_blocks::app::{Invoked, ERROR_ORIGIN_HEADER};
+use weft_blocks::context::{header, TRACEPARENT};
+use weft_blocks::invoke::RemoteInvoker;
+use weft_blocks::BlockError;
 use weft_components::nameresolution::{NameResolver, ResolveError};
 use weft_proto::mesh;
 use weft_proto::mesh::mesh_client::MeshClient as GrpcMeshClient;
 
-use super::balancer::{Balancer, InstanceStats, LbPolicy};
+use super::balancer::{Balancer, InstanceStats};
 use super::io::MaybeTls;
-use crate::blocks::invoke::{
-    caused_by, deadline_fired, header, trace_context, Invoked, RemoteInvoker, ERROR_ORIGIN_HEADER,
-};
+use crate::api::status::{caused_by, deadline_fired, from_status};
 use crate::coalesce::Coalesce;
+use crate::config::LbPolicy;
 use crate::security::tls::{peer_identity, MeshTls};
 
 /// How long establishing a connection (TCP + TLS) may take.
@@ -179,15 +182,19 @@ impl MeshClient {
             .clone()
     }
 
-    async fn call(&self, req: mesh::InvokeRequest, timeout: Duration) -> Result<Invoked, Status> {
+    async fn call(
+        &self,
+        req: mesh::InvokeRequest,
+        timeout: Duration,
+    ) -> Result<Invoked, BlockError> {
         let app_id = req.target_app_id.clone();
         let addrs = self
             .resolver
             .resolve(&app_id, &self.namespace)
             .await
             .map_err(|e| match e {
-                ResolveError::NotFound { .. } => Status::not_found(e.to_string()),
-                other => Status::unavailable(other.to_string()),
+                ResolveError::NotFound { .. } => BlockError::NotFound(e.to_string()),
+                other => BlockError::Unavailable(other.to_string()),
             })?;
         let mut candidates: Vec<Arc<Instance>> =
             addrs.iter().map(|a| self.instance(&app_id, *a)).collect();
@@ -205,9 +212,9 @@ impl MeshClient {
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(left);
             // The trace context also rides as gRPC metadata on the hop itself.
-            if let Some(tp) = header(&req.headers, trace_context::TRACEPARENT) {
+            if let Some(tp) = header(&req.headers, TRACEPARENT) {
                 if let Ok(v) = tp.parse() {
-                    request.metadata_mut().insert(trace_context::TRACEPARENT, v);
+                    request.metadata_mut().insert(TRACEPARENT, v);
                 }
             }
             let mut client = chosen.client.clone();
@@ -216,7 +223,7 @@ impl MeshClient {
                 tokio::time::timeout(left, client.invoke(request)).await
             };
             let out_of_time = || {
-                Status::deadline_exceeded(format!(
+                BlockError::DeadlineExceeded(format!(
                     "invocation of app '{app_id}' (instance {}) did not complete within {timeout:?}",
                     chosen.stats.addr
                 ))
@@ -234,7 +241,7 @@ impl MeshClient {
                     if let Some(t) = chosen.stats.record_failure(true, Instant::now()) {
                         tracing::warn!(app_id = %app_id, instance = %chosen.stats.addr, eject_for = ?t, error = %status.message(), "mesh: instance ejected; trying another");
                     }
-                    last_error = Some(Status::unavailable(format!(
+                    last_error = Some(BlockError::Unavailable(format!(
                         "app '{app_id}': {}",
                         describe(&status)
                     )));
@@ -246,12 +253,12 @@ impl MeshClient {
                     if !is_transport_failure(&status) {
                         // An answer of the called runtime or app.
                         chosen.stats.record_success();
-                        return Err(status);
+                        return Err(from_status(&status));
                     }
                     if let Some(t) = chosen.stats.record_failure(false, Instant::now()) {
                         tracing::warn!(app_id = %app_id, instance = %chosen.stats.addr, eject_for = ?t, "mesh: instance ejected after repeated failures");
                     }
-                    return Err(Status::unavailable(format!(
+                    return Err(BlockError::Unavailable(format!(
                         "app '{app_id}': the connection to instance {} failed during the call: {}",
                         chosen.stats.addr,
                         describe(&status)
@@ -261,7 +268,7 @@ impl MeshClient {
             }
         }
         Err(last_error.unwrap_or_else(|| {
-            Status::deadline_exceeded(format!(
+            BlockError::DeadlineExceeded(format!(
                 "invocation of app '{app_id}' did not start within {timeout:?}"
             ))
         }))
@@ -273,7 +280,7 @@ impl RemoteInvoker for MeshClient {
         &self,
         req: mesh::InvokeRequest,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Invoked, Status>> {
+    ) -> BoxFuture<'_, Result<Invoked, BlockError>> {
         Box::pin(self.call(req, timeout))
     }
 }

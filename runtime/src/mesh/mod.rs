@@ -14,30 +14,15 @@ pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use weft_components::nameresolution::{NameResolver, Registration};
 
-use crate::blocks::Blocks;
+use weft_blocks::{Blocks, Shutdown};
+
+use crate::config::MeshSettings;
 use crate::security::tls::MeshTls;
-use crate::shutdown::Shutdown;
-
-pub use balancer::LbPolicy;
-
-/// Settings of the mesh, from `weft run` flags.
-#[derive(Debug, Clone)]
-pub struct MeshSettings {
-    /// Where the mesh server listens (port 0: any free port).
-    pub listen: SocketAddr,
-    /// The host other runtimes should dial, when `listen` is a wildcard
-    /// address or not reachable as is.
-    pub advertise: Option<IpAddr>,
-    pub lb: LbPolicy,
-    /// Longest a call may take when the caller set no shorter deadline.
-    pub call_timeout: Duration,
-}
 
 /// A started mesh.
 pub struct MeshHandle {

@@ -14,13 +14,13 @@ use tonic::{Request, Response, Status};
 use weft_proto::mesh;
 use weft_proto::mesh::mesh_server::{Mesh, MeshServer};
 
+use weft_blocks::{Authentication, Blocks, CallContext, Caller, PeerIdentity, Shutdown};
+
 use super::io::MaybeTls;
 use crate::api::headers;
-use crate::blocks::invoke::PeerIdentity;
-use crate::blocks::Blocks;
+use crate::api::status::to_status;
 use crate::coalesce::Coalesce;
 use crate::security::tls::{peer_identity, MeshTls};
-use crate::shutdown::Shutdown;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -193,13 +193,19 @@ impl Mesh for MeshService {
             .get::<Arc<PeerIdentity>>()
             .cloned()
             .ok_or_else(|| Status::internal("mesh: connection without peer information"))?;
-        let deadline = headers::deadline(r.metadata());
+        let ctx = CallContext {
+            caller: Caller::Runtime(PeerIdentity::clone(&peer)),
+            authentication: Authentication::Mesh,
+            ..CallContext::default()
+        }
+        .with_timeout(headers::deadline(r.metadata()));
         let req = r.into_inner();
         let invoked = self
             .blocks
             .invoke
-            .handle_remote(&peer, req, deadline)
-            .await?;
+            .handle_remote(&ctx, req)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(mesh::InvokeResponse {
             message: Some(invoked.response),
             headers: invoked.headers,

@@ -1,8 +1,8 @@
 //! Mesh security: SPIFFE identities ([`spiffe`]), a certificate authority
-//! ([`ca`]), mutual TLS that follows certificate rotation ([`tls`]) and
-//! access policies ([`access`]).
+//! ([`ca`]) and mutual TLS that follows certificate rotation ([`tls`]).
+//! Access policies, which decide who may call an app, are the invocation
+//! block's (`weft_blocks::invoke::access`).
 
-pub mod access;
 pub mod ca;
 mod error;
 pub mod spiffe;

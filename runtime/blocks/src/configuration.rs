@@ -9,14 +9,16 @@ use weft_components::configuration::{ConfigurationStore, Items};
 use weft_proto::common;
 use weft_proto::runtime as pb;
 
-use crate::error::ApiError;
+use crate::context::CallContext;
+use crate::error::{BlockError, Code};
 
 /// Messages queued per subscription before the stream applies back-pressure
 /// to the store's channel.
 const SUBSCRIPTION_BUFFER: usize = 32;
 
 /// A live subscription: its stream of responses.
-pub type SubscriptionStream = mpsc::Receiver<Result<pb::SubscribeConfigurationResponse, ApiError>>;
+pub type SubscriptionStream =
+    mpsc::Receiver<Result<pb::SubscribeConfigurationResponse, BlockError>>;
 
 struct ActiveSubscription {
     store: String,
@@ -61,13 +63,13 @@ impl ConfigurationBlock {
         }
     }
 
-    fn store(&self, name: &str) -> Result<&Arc<dyn ConfigurationStore>, ApiError> {
+    fn store(&self, name: &str) -> Result<&Arc<dyn ConfigurationStore>, BlockError> {
         if name.is_empty() {
-            return Err(ApiError::missing_field("store_name"));
+            return Err(BlockError::missing_field("store_name"));
         }
         self.stores.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.store_names().collect();
-            ApiError::invalid_argument(if known.is_empty() {
+            BlockError::invalid_argument(if known.is_empty() {
                 format!("configuration store '{name}' is not found: no configuration stores are configured")
             } else {
                 format!(
@@ -80,14 +82,15 @@ impl ConfigurationBlock {
 
     pub async fn get_configuration(
         &self,
+        _ctx: &CallContext,
         req: pb::GetConfigurationRequest,
-    ) -> Result<pb::GetConfigurationResponse, ApiError> {
+    ) -> Result<pb::GetConfigurationResponse, BlockError> {
         let store = self.store(&req.store_name)?;
         check_keys(&req.keys)?;
         let items = store
             .get(&req.keys)
             .await
-            .map_err(|e| ApiError::from_configuration(&req.store_name, e))?;
+            .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
         Ok(pb::GetConfigurationResponse {
             items: to_proto(items),
         })
@@ -97,26 +100,27 @@ impl ConfigurationBlock {
     /// and the current values; each later one carries the items that changed.
     pub async fn subscribe_configuration(
         &self,
+        _ctx: &CallContext,
         req: pb::SubscribeConfigurationRequest,
-    ) -> Result<SubscriptionStream, ApiError> {
+    ) -> Result<SubscriptionStream, BlockError> {
         let store = self.store(&req.store_name)?.clone();
         check_keys(&req.keys)?;
         // Subscribe before reading so that no change between the two is missed.
         let mut updates = store
             .subscribe(&req.keys)
             .await
-            .map_err(|e| ApiError::from_configuration(&req.store_name, e))?;
+            .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
         let current = store
             .get(&req.keys)
             .await
-            .map_err(|e| ApiError::from_configuration(&req.store_name, e))?;
+            .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
 
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let (cancel_tx, mut cancel_rx) = oneshot::channel();
         self.subscriptions
             .lock()
-            .map_err(|_| ApiError::new(tonic::Code::Internal, "subscription registry is poisoned"))?
+            .map_err(|_| BlockError::new(Code::Internal, "subscription registry is poisoned"))?
             .insert(
                 id.clone(),
                 ActiveSubscription {
@@ -148,8 +152,8 @@ impl ConfigurationBlock {
                             }
                             None => {
                                 let _ = tx
-                                    .send(Err(ApiError::new(
-                                        tonic::Code::Unavailable,
+                                    .send(Err(BlockError::new(
+                                        Code::Unavailable,
                                         format!("configuration store '{store_name}' ended the subscription"),
                                     )))
                                     .await;
@@ -169,15 +173,17 @@ impl ConfigurationBlock {
 
     pub async fn unsubscribe_configuration(
         &self,
+        _ctx: &CallContext,
         req: pb::UnsubscribeConfigurationRequest,
-    ) -> Result<pb::UnsubscribeConfigurationResponse, ApiError> {
+    ) -> Result<pb::UnsubscribeConfigurationResponse, BlockError> {
         self.store(&req.store_name)?;
         if req.id.is_empty() {
-            return Err(ApiError::missing_field("id"));
+            return Err(BlockError::missing_field("id"));
         }
-        let mut subs = self.subscriptions.lock().map_err(|_| {
-            ApiError::new(tonic::Code::Internal, "subscription registry is poisoned")
-        })?;
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .map_err(|_| BlockError::new(Code::Internal, "subscription registry is poisoned"))?;
         match subs.get(&req.id) {
             Some(s) if s.store == req.store_name => {
                 if let Some(s) = subs.remove(&req.id) {
@@ -199,9 +205,9 @@ impl ConfigurationBlock {
     }
 }
 
-fn check_keys(keys: &[String]) -> Result<(), ApiError> {
+fn check_keys(keys: &[String]) -> Result<(), BlockError> {
     match keys.iter().position(|k| k.is_empty()) {
-        Some(i) => Err(ApiError::invalid_argument(format!("keys[{i}] is empty"))),
+        Some(i) => Err(BlockError::invalid_argument(format!("keys[{i}] is empty"))),
         None => Ok(()),
     }
 }

@@ -3,20 +3,28 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use serde::Serialize;
 use weft_proto::runtime as pb;
 
-use crate::config::RuntimeConfig;
-use crate::error::ApiError;
+use crate::error::BlockError;
 
 /// A loaded component, as reported by the metadata API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ComponentInfo {
     pub name: String,
-    #[serde(rename = "type")]
     pub kind: String,
     pub version: String,
     pub capabilities: Vec<String>,
+}
+
+/// How the runtime reaches the app's `AppCallback` service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConnection {
+    /// The app's port (`--app-port`); 0 for a Unix socket.
+    pub port: u16,
+    /// `grpc`.
+    pub protocol: String,
+    /// Where the runtime connects: `127.0.0.1` or the socket path.
+    pub channel_address: String,
 }
 
 /// Runtime version reported by the metadata API.
@@ -30,38 +38,22 @@ const MAX_EXTENDED_ENTRIES: usize = 256;
 /// Serves GetMetadata / SetMetadata and the HTTP metadata endpoint.
 pub struct MetadataBlock {
     app_id: String,
-    app_port: Option<u16>,
+    app_connection: Option<AppConnection>,
     components: Vec<ComponentInfo>,
     extended: Mutex<BTreeMap<String, String>>,
 }
 
-/// The JSON document of `GET /v1.0/metadata` (Dapr's field names).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MetadataJson {
-    pub id: String,
-    pub runtime_version: String,
-    pub enabled_features: Vec<String>,
-    pub components: Vec<ComponentInfo>,
-    pub extended: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_connection_properties: Option<AppConnectionJson>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppConnectionJson {
-    pub port: u16,
-    pub protocol: String,
-}
-
 impl MetadataBlock {
-    pub fn new(cfg: &RuntimeConfig, components: Vec<ComponentInfo>) -> Self {
+    pub fn new(
+        app_id: &str,
+        app_connection: Option<AppConnection>,
+        components: Vec<ComponentInfo>,
+    ) -> Self {
         let mut extended = BTreeMap::new();
         extended.insert("weft.runtime".to_string(), "weft".to_string());
         Self {
-            app_id: cfg.app_id.clone(),
-            app_port: cfg.app_port,
+            app_id: app_id.to_string(),
+            app_connection,
             components,
             extended: Mutex::new(extended),
         }
@@ -79,7 +71,9 @@ impl MetadataBlock {
         self.extended.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    pub fn get_metadata(&self) -> pb::GetMetadataResponse {
+    /// The runtime's description, without subscriptions (the pub/sub block
+    /// adds them: see `Blocks::metadata_view`).
+    pub fn view(&self) -> pb::GetMetadataResponse {
         pb::GetMetadataResponse {
             id: self.app_id.clone(),
             registered_components: self
@@ -94,47 +88,35 @@ impl MetadataBlock {
                 .collect(),
             extended_metadata: self.extended().into_iter().collect::<HashMap<_, _>>(),
             runtime_version: RUNTIME_VERSION.to_string(),
-            app_connection_properties: self.app_port.map(|port| pb::AppConnectionProperties {
-                port: i32::from(port),
-                protocol: "grpc".to_string(),
-                ..Default::default()
+            app_connection_properties: self.app_connection.as_ref().map(|c| {
+                pb::AppConnectionProperties {
+                    port: i32::from(c.port),
+                    protocol: c.protocol.clone(),
+                    channel_address: c.channel_address.clone(),
+                    ..Default::default()
+                }
             }),
             ..Default::default()
         }
     }
 
-    pub fn json(&self) -> MetadataJson {
-        MetadataJson {
-            id: self.app_id.clone(),
-            runtime_version: RUNTIME_VERSION.to_string(),
-            enabled_features: Vec::new(),
-            components: self.components.clone(),
-            extended: self.extended(),
-            app_connection_properties: self.app_port.map(|port| AppConnectionJson {
-                port,
-                protocol: "grpc".to_string(),
-            }),
-        }
-    }
-
-    pub fn set_metadata(&self, req: pb::SetMetadataRequest) -> Result<(), ApiError> {
+    pub fn set_metadata(&self, req: pb::SetMetadataRequest) -> Result<(), BlockError> {
         if req.key.is_empty() {
-            return Err(ApiError::missing_field("key"));
+            return Err(BlockError::missing_field("key"));
         }
         if req.key.len() > MAX_EXTENDED_LEN || req.value.len() > MAX_EXTENDED_LEN {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(BlockError::invalid_argument(format!(
                 "key and value must be at most {MAX_EXTENDED_LEN} bytes each"
             )));
         }
         let mut m = self
             .extended
             .lock()
-            .map_err(|_| ApiError::new(tonic::Code::Internal, "metadata registry is poisoned"))?;
+            .map_err(|_| BlockError::Internal("metadata registry is poisoned".into()))?;
         if !m.contains_key(&req.key) && m.len() >= MAX_EXTENDED_ENTRIES {
-            return Err(ApiError::new(
-                tonic::Code::ResourceExhausted,
-                format!("at most {MAX_EXTENDED_ENTRIES} extended metadata entries are kept"),
-            ));
+            return Err(BlockError::ResourceExhausted(format!(
+                "at most {MAX_EXTENDED_ENTRIES} extended metadata entries are kept"
+            )));
         }
         m.insert(req.key, req.value);
         Ok(())

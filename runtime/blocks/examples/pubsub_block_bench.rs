@@ -5,7 +5,7 @@
 //! that `pubsub_bench` measures through gRPC and shared memory (publish RPC
 //! and streaming delivery included there).
 //!
-//! `cargo run --release -p weft --example pubsub_block_bench -- [messages] [threads]`
+//! `cargo run --release -p weft-blocks --example pubsub_block_bench -- [messages] [threads]`
 //! (default 20 000 messages after 2 000 of warm-up, on a current-thread
 //! runtime as `weft` runs by default; `threads` > 1 uses a multi-thread
 //! runtime with that many workers).
@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use weft::blocks::pubsub::PubSubBlock;
+use weft_blocks::pubsub::PubSubBlock;
+use weft_blocks::CallContext;
 use weft_components::pubsub::embedded::EmbeddedBroker;
 use weft_components::pubsub::PubSub;
 use weft_proto::runtime as pb;
@@ -67,7 +68,8 @@ async fn ping_pong(messages: usize) -> Result<Vec<f64>, Box<dyn std::error::Erro
     );
     let block = PubSubBlock::new("bench", components, shutdown);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
-    let mut events = block.subscribe_topic_events(UnboundedReceiverStream::new(req_rx));
+    let mut events =
+        block.subscribe_topic_events(&CallContext::app(), UnboundedReceiverStream::new(req_rx));
     req_tx.send(Ok(pb::SubscribeTopicEventsRequestAlpha1 {
         subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
             pb::SubscribeTopicEventsRequestInitialAlpha1 {
@@ -83,13 +85,19 @@ async fn ping_pong(messages: usize) -> Result<Vec<f64>, Box<dyn std::error::Erro
     for i in 0..messages + warm_up {
         let t = Instant::now();
         block
-            .publish_event(pb::PublishEventRequest {
-                pubsub_name: "pubsub".into(),
-                topic: "bench".into(),
-                data: format!("{}:{i}:0", i % 8).into_bytes(),
-                data_content_type: "text/plain".into(),
-                metadata: HashMap::from([("partitionKey".to_string(), format!("key-{}", i % 8))]),
-            })
+            .publish_event(
+                &CallContext::app(),
+                pb::PublishEventRequest {
+                    pubsub_name: "pubsub".into(),
+                    topic: "bench".into(),
+                    data: format!("{}:{i}:0", i % 8).into_bytes(),
+                    data_content_type: "text/plain".into(),
+                    metadata: HashMap::from([(
+                        "partitionKey".to_string(),
+                        format!("key-{}", i % 8),
+                    )]),
+                },
+            )
             .await?;
         let msg = events.recv().await.ok_or("subscription ended")??;
         let us = t.elapsed().as_secs_f64() * 1e6;

@@ -61,6 +61,8 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::Deserialize;
+
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "public";
 /// The namespace a policy applies to when it names none.
@@ -127,42 +129,121 @@ impl fmt::Display for Action {
 
 // === spec: the configuration as written ===
 
-/// `spec.accessControl` as written in the file, before validation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `spec.accessControl` as written in the file, before validation (Dapr's
+/// field names; an unknown field is an error, since a misspelt field would
+/// silently change who may call the app).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessControlSpec {
     /// `defaultAction`: `allow` or `deny`; see the module docs for the default.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub default_action: Option<String>,
     /// `trustDomain`: this app's own trust domain, `public` when absent. It
     /// is also the default trust domain of the policies.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub trust_domain: Option<String>,
     /// `policies`: one per calling app.
+    #[serde(default, deserialize_with = "yaml::list")]
     pub policies: Vec<AppPolicySpec>,
 }
 
 /// One entry of `policies`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppPolicySpec {
     /// `appId` of the calling app (required).
+    #[serde(deserialize_with = "yaml::text")]
     pub app_id: String,
     /// `trustDomain` of the calling app; the global `trustDomain` when absent.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub trust_domain: Option<String>,
     /// `namespace` of the calling app; `default` when absent.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub namespace: Option<String>,
     /// `defaultAction` when no operation rule matches; the global one when absent.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub default_action: Option<String>,
     /// `operations`: rules for specific methods.
+    #[serde(default, deserialize_with = "yaml::list")]
     pub operations: Vec<OperationSpec>,
 }
 
 /// One entry of `operations`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OperationSpec {
     /// `name`: method path starting with `/`, with optional `*` / `**`.
+    #[serde(deserialize_with = "yaml::text")]
     pub name: String,
     /// `httpVerb`: verbs the rule applies to for HTTP calls (`*` = all).
+    #[serde(default, rename = "httpVerb", deserialize_with = "yaml::texts")]
     pub http_verbs: Vec<String>,
     /// `action`: `allow` (the default) or `deny`.
+    #[serde(default, deserialize_with = "yaml::opt_text")]
     pub action: Option<String>,
+}
+
+/// How the spec's scalars are read: YAML writes `appId: 42` for the string
+/// "42", and an empty list as nothing.
+mod yaml {
+    use serde::de::{Deserialize, Deserializer, Error, Visitor};
+    use std::fmt;
+
+    struct Text;
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Text)
+        }
+    }
+
+    /// A string (or a number, read as its text); nothing reads as `None`.
+    pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(Text)
+    }
+
+    /// A required string (or number); nothing reads as empty.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(opt_text(d)?.unwrap_or_default())
+    }
+
+    /// A list; nothing reads as an empty one.
+    pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// A list of strings (or numbers).
+    pub fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Item(#[serde(deserialize_with = "text")] String);
+        Ok(list::<D, Item>(d)?.into_iter().map(|i| i.0).collect())
+    }
 }
 
 /// A validation error; `field` is relative to `accessControl`, e.g.

@@ -1,5 +1,5 @@
 //! Invocations delivered over streams the app opens (`ServeInvocations`),
-//! for apps with no AppCallback port: the same calls [`super::invoke`]
+//! for apps with no AppCallback port: the same calls [`super`]
 //! hands to an [`AppInvoker`], written as stream messages, with the app's
 //! results matched back by id.
 //!
@@ -14,12 +14,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::{Code, Status};
 use weft_proto::appchannel as ac;
 use weft_proto::{common, mesh};
 
-use super::invoke::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
-use crate::error::ApiError;
+use crate::app::{AppInvoker, Invoked, ERROR_ORIGIN_HEADER};
+use crate::context::set_header;
+use crate::error::{BlockError, Code};
 use crate::shutdown::stopping;
 
 /// Messages written to one stream and not yet taken by its transport.
@@ -27,14 +27,14 @@ const STREAM_BUFFER: usize = 256;
 
 /// What a stream's reader gets: the runtime's messages, or the error that
 /// ends the stream.
-pub type InvocationStream = mpsc::Receiver<Result<ac::ServeInvocationsResponse, ApiError>>;
+pub type InvocationStream = mpsc::Receiver<Result<ac::ServeInvocationsResponse, BlockError>>;
 
-type Waiter = oneshot::Sender<Result<Invoked, Status>>;
+type Waiter = oneshot::Sender<Result<Invoked, BlockError>>;
 
 /// One open `ServeInvocations` stream.
 struct Attached {
     key: u64,
-    tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, ApiError>>,
+    tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, BlockError>>,
     /// Calls sent on this stream and not answered; `None` once the stream
     /// has ended (dropping the waiters fails their calls).
     pending: Mutex<Option<HashMap<u64, Waiter>>>,
@@ -42,7 +42,7 @@ struct Attached {
 
 impl Attached {
     /// Registers a call; `None` when the stream has ended meanwhile.
-    fn expect(&self, id: u64) -> Option<oneshot::Receiver<Result<Invoked, Status>>> {
+    fn expect(&self, id: u64) -> Option<oneshot::Receiver<Result<Invoked, BlockError>>> {
         let mut pending = self.pending.lock().ok()?;
         let map = pending.as_mut()?;
         let (done, answer) = oneshot::channel();
@@ -109,13 +109,13 @@ impl InvocationStreams {
     /// the stream takes calls from then on.
     pub fn serve<S>(self: &Arc<Self>, requests: S) -> InvocationStream
     where
-        S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<ac::ServeInvocationsRequest, BlockError>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let streams = self.clone();
         tokio::spawn(async move {
             if let Err(e) = streams.run(requests, tx.clone()).await {
-                tracing::debug!(error = %e.message, "invocation stream closed with an error");
+                tracing::debug!(error = %e.message(), "invocation stream closed with an error");
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -125,10 +125,10 @@ impl InvocationStreams {
     async fn run<S>(
         &self,
         mut requests: S,
-        tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, ApiError>>,
-    ) -> Result<(), ApiError>
+        tx: mpsc::Sender<Result<ac::ServeInvocationsResponse, BlockError>>,
+    ) -> Result<(), BlockError>
     where
-        S: Stream<Item = Result<ac::ServeInvocationsRequest, ApiError>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<ac::ServeInvocationsRequest, BlockError>> + Send + Unpin + 'static,
     {
         use ac::serve_invocations_request::Kind;
         let mut shutdown = self.shutdown.clone();
@@ -146,7 +146,7 @@ impl InvocationStreams {
                 kind: Some(Kind::Initial(_)),
             })) => {}
             Some(Ok(_)) => {
-                return Err(ApiError::invalid_argument(
+                return Err(BlockError::invalid_argument(
                     "the first ServeInvocationsRequest must be 'initial'",
                 ))
             }
@@ -169,7 +169,7 @@ impl InvocationStreams {
             let mut streams = self
                 .streams
                 .lock()
-                .map_err(|_| ApiError::new(Code::Internal, "invocation streams lock poisoned"))?;
+                .map_err(|_| BlockError::Internal("invocation streams lock poisoned".into()))?;
             let initial = ac::ServeInvocationsResponse {
                 kind: Some(ac::serve_invocations_response::Kind::InitialResponse(
                     ac::ServeInvocationsInitialResponse {},
@@ -211,12 +211,12 @@ impl InvocationStreams {
                     ),
                 },
                 Some(Kind::Initial(_)) => {
-                    return Err(ApiError::invalid_argument(
+                    return Err(BlockError::invalid_argument(
                         "ServeInvocationsRequest 'initial' was sent again; only the first message may be 'initial'",
                     ))
                 }
                 None => {
-                    return Err(ApiError::invalid_argument(
+                    return Err(BlockError::invalid_argument(
                         "ServeInvocationsRequest.kind is required and was empty",
                     ))
                 }
@@ -249,7 +249,7 @@ impl InvocationStreams {
         req: common::InvokeRequest,
         headers: Vec<mesh::Header>,
         timeout: Duration,
-    ) -> Result<Invoked, Status> {
+    ) -> Result<Invoked, BlockError> {
         let method = req.method.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // A stream picked just as it ends refuses the call before anything
@@ -263,7 +263,7 @@ impl InvocationStreams {
             }
         }
         let Some((stream, answer)) = registered else {
-            return Err(Status::unavailable(format!(
+            return Err(BlockError::Unavailable(format!(
                 "the app has no invocation stream open to deliver method '{method}' (ServeInvocations)"
             )));
         };
@@ -290,7 +290,7 @@ impl InvocationStreams {
             )),
         };
         let closed = || {
-            Status::unavailable(format!(
+            BlockError::Unavailable(format!(
                 "the app's invocation stream closed before it answered method '{method}'"
             ))
         };
@@ -302,7 +302,7 @@ impl InvocationStreams {
         })
         .await;
         outcome.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
+            Err(BlockError::DeadlineExceeded(format!(
                 "the app did not answer method '{method}' within {timeout:?}"
             )))
         })
@@ -315,13 +315,13 @@ impl AppInvoker for InvocationStreams {
         req: common::InvokeRequest,
         headers: Vec<mesh::Header>,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Invoked, Status>> {
+    ) -> BoxFuture<'_, Result<Invoked, BlockError>> {
         Box::pin(self.call(req, headers, timeout))
     }
 }
 
 /// The app's result as the caller sees it.
-fn answer(result: ac::InvocationResult) -> Result<Invoked, Status> {
+fn answer(result: ac::InvocationResult) -> Result<Invoked, BlockError> {
     let headers = result
         .metadata
         .into_iter()
@@ -336,16 +336,14 @@ fn answer(result: ac::InvocationResult) -> Result<Invoked, Status> {
             headers,
         });
     }
-    let mut status = Status::with_details(
+    let mut headers = headers;
+    set_header(&mut headers, ERROR_ORIGIN_HEADER, "app");
+    Err(BlockError::passthrough(
         Code::from_i32(result.code),
         result.message,
-        result.details.into(),
-    );
-    status.metadata_mut().insert(
-        ERROR_ORIGIN_HEADER,
-        tonic::metadata::MetadataValue::from_static("app"),
-    );
-    Err(status)
+        result.details,
+        headers,
+    ))
 }
 
 struct Detach<'a> {
@@ -377,7 +375,7 @@ mod tests {
     use ac::serve_invocations_request::Kind as In;
     use ac::serve_invocations_response::Kind as Out;
 
-    fn initial() -> Result<ac::ServeInvocationsRequest, ApiError> {
+    fn initial() -> Result<ac::ServeInvocationsRequest, BlockError> {
         Ok(ac::ServeInvocationsRequest {
             kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
         })
@@ -395,7 +393,7 @@ mod tests {
     async fn open(
         streams: &Arc<InvocationStreams>,
     ) -> (
-        mpsc::UnboundedSender<Result<ac::ServeInvocationsRequest, ApiError>>,
+        mpsc::UnboundedSender<Result<ac::ServeInvocationsRequest, BlockError>>,
         InvocationStream,
     ) {
         let (app, rx) = mpsc::unbounded_channel();
@@ -406,7 +404,7 @@ mod tests {
         (app, out)
     }
 
-    fn invocation(msg: Result<ac::ServeInvocationsResponse, ApiError>) -> ac::Invocation {
+    fn invocation(msg: Result<ac::ServeInvocationsResponse, BlockError>) -> ac::Invocation {
         match msg.unwrap().kind {
             Some(Out::Invocation(i)) => i,
             other => panic!("expected an invocation, got {other:?}"),
@@ -456,7 +454,10 @@ mod tests {
         let err = b.await.unwrap().unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
         assert_eq!(err.message(), "no b");
-        assert!(err.metadata().get(ERROR_ORIGIN_HEADER).is_some());
+        assert_eq!(
+            crate::context::header(err.metadata(), ERROR_ORIGIN_HEADER),
+            Some("app")
+        );
     }
 
     #[tokio::test]
@@ -558,20 +559,20 @@ mod tests {
             .unwrap();
         let mut out = streams.serve(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         let err = out.recv().await.unwrap().unwrap_err();
-        assert_eq!(err.code, Code::InvalidArgument);
-        assert!(err.message.contains("first"), "{err:?}");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("first"), "{err:?}");
         assert!(!streams.any());
 
         // 'initial' twice, then an empty message.
         let (app, mut out) = open(&streams).await;
         app.send(initial()).unwrap();
         let err = out.recv().await.unwrap().unwrap_err();
-        assert!(err.message.contains("again"), "{err:?}");
+        assert!(err.message().contains("again"), "{err:?}");
         assert!(!streams.any());
         let (app, mut out) = open(&streams).await;
         app.send(Ok(ac::ServeInvocationsRequest { kind: None }))
             .unwrap();
         let err = out.recv().await.unwrap().unwrap_err();
-        assert!(err.message.contains("kind"), "{err:?}");
+        assert!(err.message().contains("kind"), "{err:?}");
     }
 }

@@ -14,47 +14,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tonic::{Code, Status};
 use weft_proto::common;
 use weft_proto::mesh;
 use weft_proto::runtime as pb;
 
-use super::invoke_stream::{InvocationStream, InvocationStreams};
-use crate::error::ApiError;
-use crate::security::access::{AccessPolicy, Caller, Decision};
+pub mod access;
+pub mod stream;
+
+use self::access::{AccessPolicy, Caller as AccessCaller, Decision};
+use self::stream::{InvocationStream, InvocationStreams};
+use crate::app::{AppInvoker, Invoked};
+use crate::context::{set_header, CallContext, Caller, PeerIdentity};
+use crate::error::BlockError;
 
 /// Header with the calling app's id, as Dapr sets it for the called app.
 pub const CALLER_APP_ID_HEADER: &str = "dapr-caller-app-id";
 /// Header with the called app's id, as Dapr sets it for the called app.
 pub const CALLEE_APP_ID_HEADER: &str = "dapr-callee-app-id";
-/// Response header marking an error status as the called app's own.
-pub const ERROR_ORIGIN_HEADER: &str = "weft-error-origin";
-
-/// Whether `status` is tonic's own client-side deadline (`grpc-timeout`)
-/// firing — the call ran out of time, which is neither the peer's answer nor
-/// a broken connection.
-pub fn deadline_fired(status: &Status) -> bool {
-    caused_by::<tonic::TimeoutExpired>(status)
-}
-
-/// Whether an error of type `E` is in `status`'s source chain.
-pub fn caused_by<E: std::error::Error + 'static>(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<E>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Gives the answer of an invocation with the response headers to forward.
-#[derive(Debug)]
-pub struct Invoked {
-    pub response: common::InvokeResponse,
-    pub headers: Vec<mesh::Header>,
-}
 
 /// Reaches another app's runtime (implemented by the mesh client).
 pub trait RemoteInvoker: Send + Sync + 'static {
@@ -63,39 +39,26 @@ pub trait RemoteInvoker: Send + Sync + 'static {
         &self,
         req: mesh::InvokeRequest,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Invoked, Status>>;
+    ) -> BoxFuture<'_, Result<Invoked, BlockError>>;
 }
 
-/// Calls the local app's `OnInvoke` (implemented by the app channel).
-pub trait AppInvoker: Send + Sync + 'static {
-    fn on_invoke(
-        &self,
-        req: common::InvokeRequest,
-        headers: Vec<mesh::Header>,
-        timeout: Duration,
-    ) -> BoxFuture<'_, Result<Invoked, Status>>;
-}
-
-/// Who is calling, as the mesh transport established it.
+/// Settings of the invocation block.
 #[derive(Debug, Clone)]
-pub enum PeerIdentity {
-    /// Verified from the caller's certificate.
-    Verified {
-        trust_domain: String,
-        namespace: String,
-        app_id: String,
-    },
-    /// Plain-text development mesh: nothing is verified.
-    Unverified,
+pub struct InvokeConfig {
+    /// This app's namespace and trust domain: the identity callers in the
+    /// plain-text development mesh are assumed to share.
+    pub namespace: String,
+    pub trust_domain: String,
+    /// Longest a call may take when the caller set no shorter deadline.
+    pub default_timeout: Duration,
+    /// Who may call this app (Dapr's `accessControl`).
+    pub access: AccessPolicy,
 }
 
 /// The service invocation block of one runtime.
 pub struct InvokeBlock {
     app_id: String,
-    namespace: String,
-    trust_domain: String,
-    default_timeout: Duration,
-    access: AccessPolicy,
+    config: InvokeConfig,
     remote: OnceLock<Arc<dyn RemoteInvoker>>,
     app: OnceLock<Arc<dyn AppInvoker>>,
     /// Streams the app opened to receive invocations (`ServeInvocations`),
@@ -106,18 +69,12 @@ pub struct InvokeBlock {
 impl InvokeBlock {
     pub fn new(
         app_id: &str,
-        namespace: &str,
-        trust_domain: &str,
-        default_timeout: Duration,
-        access: AccessPolicy,
+        config: InvokeConfig,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             app_id: app_id.to_string(),
-            namespace: namespace.to_string(),
-            trust_domain: trust_domain.to_string(),
-            default_timeout,
-            access,
+            config,
             remote: OnceLock::new(),
             app: OnceLock::new(),
             streams: Arc::new(InvocationStreams::new(shutdown)),
@@ -126,7 +83,7 @@ impl InvokeBlock {
 
     /// The trust domain this runtime's identity belongs to.
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.config.trust_domain
     }
 
     /// Connects the mesh client, once the mesh is up.
@@ -142,50 +99,59 @@ impl InvokeBlock {
     /// `ServeInvocations`: the app receives this runtime's invocations over
     /// a stream it opened. Refused when the app has an AppCallback port,
     /// which is where invocations go then.
-    pub fn serve_invocations<S>(&self, requests: S) -> Result<InvocationStream, ApiError>
+    pub fn serve_invocations<S>(
+        &self,
+        _ctx: &CallContext,
+        requests: S,
+    ) -> Result<InvocationStream, BlockError>
     where
         S: futures::Stream<
-                Item = Result<weft_proto::appchannel::ServeInvocationsRequest, ApiError>,
+                Item = Result<weft_proto::appchannel::ServeInvocationsRequest, BlockError>,
             > + Send
             + Unpin
             + 'static,
     {
         if self.app.get().is_some() {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "app '{}' receives invocations on its AppCallback port (--app-port/--app-socket); ServeInvocations is for apps without one",
-                    self.app_id
-                ),
-            ));
+            return Err(BlockError::FailedPrecondition(format!(
+                "app '{}' receives invocations on its AppCallback port (--app-port/--app-socket); ServeInvocations is for apps without one",
+                self.app_id
+            )));
         }
         Ok(self.streams.serve(requests))
     }
 
-    /// `InvokeService` from the local app. `deadline` is what is left of the
-    /// caller's gRPC deadline, if it set one.
+    /// The time a call may take: the caller's deadline, capped by the
+    /// runtime's timeout.
+    fn timeout(&self, ctx: &CallContext) -> Duration {
+        ctx.remaining().map_or(self.config.default_timeout, |d| {
+            d.min(self.config.default_timeout)
+        })
+    }
+
+    /// `InvokeService` from the local app: the call's metadata travels to
+    /// the called app, with a new trace hop.
     pub async fn invoke_service(
         &self,
+        ctx: &CallContext,
         req: pb::InvokeServiceRequest,
-        mut headers: Vec<mesh::Header>,
-        deadline: Option<Duration>,
-    ) -> Result<Invoked, Status> {
+    ) -> Result<Invoked, BlockError> {
         if req.id.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(BlockError::invalid_argument(
                 "InvokeServiceRequest.id (the target app id) is required and was empty",
             ));
         }
         let Some(message) = req.message else {
-            return Err(Status::invalid_argument(
+            return Err(BlockError::invalid_argument(
                 "InvokeServiceRequest.message is required and was missing",
             ));
         };
         if message.method.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(BlockError::invalid_argument(
                 "InvokeServiceRequest.message.method is required and was empty",
             ));
         }
-        let timeout = deadline.map_or(self.default_timeout, |d| d.min(self.default_timeout));
+        let timeout = self.timeout(ctx);
+        let mut headers = ctx.metadata.clone();
         trace_context::start_hop(&mut headers);
         if req.id == self.app_id {
             // Calling itself: no network hop, same headers as a remote call.
@@ -194,7 +160,9 @@ impl InvokeBlock {
             return self.app()?.on_invoke(message, headers, timeout).await;
         }
         let remote = self.remote.get().ok_or_else(|| {
-            Status::unavailable("service invocation: the mesh is not started on this runtime")
+            BlockError::Unavailable(
+                "service invocation: the mesh is not started on this runtime".into(),
+            )
         })?;
         let call = mesh::InvokeRequest {
             target_app_id: req.id,
@@ -205,20 +173,24 @@ impl InvokeBlock {
         remote.invoke(call, timeout).await
     }
 
-    /// A call from another runtime. `peer` is the caller's identity as the
-    /// transport verified it.
+    /// A call from another runtime; `ctx.caller` is its identity as the
+    /// mesh transport verified it.
     pub async fn handle_remote(
         &self,
-        peer: &PeerIdentity,
+        ctx: &CallContext,
         req: mesh::InvokeRequest,
-        deadline: Option<Duration>,
-    ) -> Result<Invoked, Status> {
+    ) -> Result<Invoked, BlockError> {
         if req.target_app_id != self.app_id {
-            return Err(Status::not_found(format!(
+            return Err(BlockError::NotFound(format!(
                 "this runtime serves app '{}', not '{}' (stale name resolution?)",
                 self.app_id, req.target_app_id
             )));
         }
+        let unverified = PeerIdentity::Unverified;
+        let peer = match &ctx.caller {
+            Caller::Runtime(peer) => peer,
+            Caller::App => &unverified,
+        };
         let (trust_domain, namespace, caller_app) = match peer {
             PeerIdentity::Verified {
                 trust_domain,
@@ -226,7 +198,7 @@ impl InvokeBlock {
                 app_id,
             } => {
                 if req.caller_app_id != *app_id {
-                    return Err(Status::permission_denied(format!(
+                    return Err(BlockError::PermissionDenied(format!(
                         "caller claims app id '{}' but its certificate is for app '{app_id}'",
                         req.caller_app_id
                     )));
@@ -234,18 +206,18 @@ impl InvokeBlock {
                 (trust_domain.as_str(), namespace.as_str(), app_id.as_str())
             }
             PeerIdentity::Unverified => (
-                self.trust_domain.as_str(),
-                self.namespace.as_str(),
+                self.config.trust_domain.as_str(),
+                self.config.namespace.as_str(),
                 req.caller_app_id.as_str(),
             ),
         };
         if caller_app.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(BlockError::invalid_argument(
                 "InvokeRequest.caller_app_id is required and was empty",
             ));
         }
         let Some(message) = req.message else {
-            return Err(Status::invalid_argument(
+            return Err(BlockError::invalid_argument(
                 "InvokeRequest.message is required and was missing",
             ));
         };
@@ -255,25 +227,25 @@ impl InvokeBlock {
             .and_then(|h| common::http_extension::Verb::try_from(h.verb).ok())
             .filter(|v| *v != common::http_extension::Verb::None)
             .map(|v| v.as_str_name());
-        let caller = Caller {
+        let caller = AccessCaller {
             trust_domain,
             namespace,
             app_id: caller_app,
         };
-        if let Decision::Deny(why) = self.access.check(&caller, &message.method, verb) {
+        if let Decision::Deny(why) = self.config.access.check(&caller, &message.method, verb) {
             tracing::info!(caller = caller_app, method = %message.method, "invocation denied: {why}");
-            return Err(Status::permission_denied(why));
+            return Err(BlockError::PermissionDenied(why));
         }
         let mut headers = req.headers;
         set_header(&mut headers, CALLER_APP_ID_HEADER, caller_app);
         set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
-        let timeout = deadline.map_or(self.default_timeout, |d| d.min(self.default_timeout));
+        let timeout = self.timeout(ctx);
         self.app()?.on_invoke(message, headers, timeout).await
     }
 
     /// Where the app receives invocations: its AppCallback port, else the
     /// streams it opened.
-    fn app(&self) -> Result<&dyn AppInvoker, Status> {
+    fn app(&self) -> Result<&dyn AppInvoker, BlockError> {
         if let Some(app) = self.app.get() {
             return Ok(app.as_ref());
         }
@@ -282,45 +254,24 @@ impl InvokeBlock {
         }
         if self.streams.ever_opened() {
             // Between two streams (the app restarting): worth a retry.
-            return Err(Status::unavailable(format!(
+            return Err(BlockError::Unavailable(format!(
                 "app '{}' receives invocations over ServeInvocations and has no stream open right now",
                 self.app_id
             )));
         }
-        Err(Status::new(
-            Code::Unimplemented,
-            format!(
-                "app '{}' has no app channel: start its runtime with --app-port or --app-socket, or open AppChannel.ServeInvocations from the app, to receive invocations",
-                self.app_id
-            ),
-        ))
+        Err(BlockError::Unimplemented(format!(
+            "app '{}' has no app channel: start its runtime with --app-port or --app-socket, or open AppChannel.ServeInvocations from the app, to receive invocations",
+            self.app_id
+        )))
     }
-}
-
-/// Replaces every value of `key` with `value`.
-pub fn set_header(headers: &mut Vec<mesh::Header>, key: &str, value: &str) {
-    headers.retain(|h| h.key != key);
-    headers.push(mesh::Header {
-        key: key.to_string(),
-        values: vec![value.to_string()],
-    });
-}
-
-/// The first value of `key`, if any.
-pub fn header<'a>(headers: &'a [mesh::Header], key: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.values.first())
-        .map(String::as_str)
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) across invocations.
 pub mod trace_context {
-    use super::{header, set_header};
+    use crate::context::{header, set_header};
     use weft_proto::mesh;
 
-    pub const TRACEPARENT: &str = "traceparent";
+    pub use crate::context::TRACEPARENT;
 
     /// Makes the outgoing hop a child of the caller's span: keeps the trace
     /// id and flags of a valid `traceparent` with a new parent id, or starts

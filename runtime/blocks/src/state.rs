@@ -13,7 +13,8 @@ use weft_proto::common::{self, state_options::StateConcurrency, state_options::S
 use weft_proto::runtime as pb;
 
 use super::time::rfc3339;
-use crate::error::ApiError;
+use crate::context::CallContext;
+use crate::error::BlockError;
 
 /// Separator between a key prefix and the app's key, as in Dapr.
 pub const KEY_SEPARATOR: &str = "||";
@@ -83,13 +84,13 @@ impl StateBlock {
         }
     }
 
-    fn store(&self, name: &str) -> Result<&StoreHandle, ApiError> {
+    fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
         if name.is_empty() {
-            return Err(ApiError::missing_field("store_name"));
+            return Err(BlockError::missing_field("store_name"));
         }
         self.stores.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.store_names().collect();
-            ApiError::invalid_argument(if known.is_empty() {
+            BlockError::invalid_argument(if known.is_empty() {
                 format!("state store '{name}' is not found: no state stores are configured")
             } else {
                 format!(
@@ -102,8 +103,9 @@ impl StateBlock {
 
     pub async fn get_state(
         &self,
+        _ctx: &CallContext,
         req: pb::GetStateRequest,
-    ) -> Result<pb::GetStateResponse, ApiError> {
+    ) -> Result<pb::GetStateResponse, BlockError> {
         let h = self.store(&req.store_name)?;
         let key = storage_key(h, &req.key, "key")?;
         let consistency = consistency(req.consistency);
@@ -124,11 +126,12 @@ impl StateBlock {
 
     pub async fn get_bulk_state(
         &self,
+        _ctx: &CallContext,
         req: pb::GetBulkStateRequest,
-    ) -> Result<pb::GetBulkStateResponse, ApiError> {
+    ) -> Result<pb::GetBulkStateResponse, BlockError> {
         let h = self.store(&req.store_name)?;
         if req.parallelism < 0 {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(BlockError::invalid_argument(format!(
                 "parallelism must not be negative, got {}",
                 req.parallelism
             )));
@@ -163,7 +166,11 @@ impl StateBlock {
         Ok(pb::GetBulkStateResponse { items })
     }
 
-    pub async fn save_state(&self, req: pb::SaveStateRequest) -> Result<(), ApiError> {
+    pub async fn save_state(
+        &self,
+        _ctx: &CallContext,
+        req: pb::SaveStateRequest,
+    ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
         let mut sets = Vec::with_capacity(req.states.len());
         for (i, item) in req.states.into_iter().enumerate() {
@@ -178,7 +185,11 @@ impl StateBlock {
         Ok(())
     }
 
-    pub async fn delete_state(&self, req: pb::DeleteStateRequest) -> Result<(), ApiError> {
+    pub async fn delete_state(
+        &self,
+        _ctx: &CallContext,
+        req: pb::DeleteStateRequest,
+    ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
         let del = DeleteRequest {
             key: storage_key(h, &req.key, "key")?,
@@ -192,7 +203,11 @@ impl StateBlock {
             .map_err(|e| state_error(h, &req.store_name, e))
     }
 
-    pub async fn delete_bulk_state(&self, req: pb::DeleteBulkStateRequest) -> Result<(), ApiError> {
+    pub async fn delete_bulk_state(
+        &self,
+        _ctx: &CallContext,
+        req: pb::DeleteBulkStateRequest,
+    ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
         let mut dels = Vec::with_capacity(req.states.len());
         for (i, item) in req.states.into_iter().enumerate() {
@@ -209,11 +224,12 @@ impl StateBlock {
 
     pub async fn execute_state_transaction(
         &self,
+        _ctx: &CallContext,
         req: pb::ExecuteStateTransactionRequest,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
         if !h.store.features().contains(&Feature::Transactional) {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(BlockError::invalid_argument(format!(
                 "state store '{}' does not support transactions",
                 req.store_name
             )));
@@ -223,12 +239,12 @@ impl StateBlock {
             let at = format!("operations[{i}]");
             let item = op
                 .request
-                .ok_or_else(|| ApiError::missing_field(&format!("{at}.request")))?;
+                .ok_or_else(|| BlockError::missing_field(&format!("{at}.request")))?;
             ops.push(match op.operation_type.as_str() {
                 "upsert" => Operation::Set(set_request(h, item, &format!("{at}.request"))?),
                 "delete" => Operation::Delete(delete_request(h, item, &format!("{at}.request"))?),
                 other => {
-                    return Err(ApiError::invalid_argument(format!(
+                    return Err(BlockError::invalid_argument(format!(
                         "{at}.operationType '{other}' is not supported; use 'upsert' or 'delete'"
                     )))
                 }
@@ -245,7 +261,7 @@ impl StateBlock {
 }
 
 /// Converts a store error, showing the app's key rather than the stored one.
-fn state_error(h: &StoreHandle, store: &str, err: StateError) -> ApiError {
+fn state_error(h: &StoreHandle, store: &str, err: StateError) -> BlockError {
     let unprefix = |key: String| match &h.prefix {
         KeyPrefix::Fixed(p) => key
             .strip_prefix(p.as_str())
@@ -262,18 +278,18 @@ fn state_error(h: &StoreHandle, store: &str, err: StateError) -> ApiError {
         },
         other => other,
     };
-    ApiError::from_state(store, err)
+    BlockError::from_state(store, err)
 }
 
-fn storage_key(h: &StoreHandle, key: &str, field: &str) -> Result<String, ApiError> {
+fn storage_key(h: &StoreHandle, key: &str, field: &str) -> Result<String, BlockError> {
     if key.is_empty() {
-        return Err(ApiError::missing_field(field));
+        return Err(BlockError::missing_field(field));
     }
     match &h.prefix {
         KeyPrefix::None => Ok(key.to_string()),
         KeyPrefix::Fixed(prefix) => {
             if key.contains(KEY_SEPARATOR) {
-                return Err(ApiError::invalid_argument(format!(
+                return Err(BlockError::invalid_argument(format!(
                     "{field} '{key}' must not contain '{KEY_SEPARATOR}'"
                 )));
             }
@@ -302,24 +318,28 @@ fn consistency(raw: i32) -> Consistency {
     }
 }
 
-fn ttl_of(metadata: &HashMap<String, String>, field: &str) -> Result<Option<Duration>, ApiError> {
+fn ttl_of(metadata: &HashMap<String, String>, field: &str) -> Result<Option<Duration>, BlockError> {
     let Some(raw) = metadata.get(TTL_METADATA) else {
         return Ok(None);
     };
     match raw.trim().parse::<i64>() {
         Ok(-1) => Ok(None),
         Ok(n) if n > 0 => Ok(Some(Duration::from_secs(n as u64))),
-        _ => Err(ApiError::invalid_argument(format!(
+        _ => Err(BlockError::invalid_argument(format!(
             "{field}.metadata.{TTL_METADATA} '{raw}' must be -1 (no expiry) or a positive number of seconds"
         ))),
     }
 }
 
-fn set_request(h: &StoreHandle, item: common::StateItem, at: &str) -> Result<SetRequest, ApiError> {
+fn set_request(
+    h: &StoreHandle,
+    item: common::StateItem,
+    at: &str,
+) -> Result<SetRequest, BlockError> {
     let key = storage_key(h, &item.key, &format!("{at}.key"))?;
     let ttl = ttl_of(&item.metadata, at)?;
     if ttl.is_some() && !h.store.features().contains(&Feature::Ttl) {
-        return Err(ApiError::invalid_argument(format!(
+        return Err(BlockError::invalid_argument(format!(
             "{at}.metadata.{TTL_METADATA}: this state store does not support TTL"
         )));
     }
@@ -337,7 +357,7 @@ fn delete_request(
     h: &StoreHandle,
     item: common::StateItem,
     at: &str,
-) -> Result<DeleteRequest, ApiError> {
+) -> Result<DeleteRequest, BlockError> {
     Ok(DeleteRequest {
         key: storage_key(h, &item.key, &format!("{at}.key"))?,
         concurrency: concurrency(item.options.as_ref()),
@@ -359,7 +379,7 @@ fn entry_metadata(e: &StateEntry) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
+    use crate::error::Code;
     use weft_components::state::memory::MemoryStore;
 
     fn block() -> StateBlock {
@@ -385,35 +405,45 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_unknown_store() {
         let b = block();
-        b.save_state(pb::SaveStateRequest {
-            store_name: "s".into(),
-            states: vec![item("k", b"v")],
-        })
+        b.save_state(
+            &CallContext::app(),
+            pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![item("k", b"v")],
+            },
+        )
         .await
         .unwrap();
         let got = b
-            .get_state(pb::GetStateRequest {
-                store_name: "s".into(),
-                key: "k".into(),
-                ..Default::default()
-            })
+            .get_state(
+                &CallContext::app(),
+                pb::GetStateRequest {
+                    store_name: "s".into(),
+                    key: "k".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(got.data, b"v");
         assert!(!got.etag.is_empty());
         let err = b
-            .get_state(pb::GetStateRequest {
-                store_name: "nope".into(),
-                key: "k".into(),
-                ..Default::default()
-            })
+            .get_state(
+                &CallContext::app(),
+                pb::GetStateRequest {
+                    store_name: "nope".into(),
+                    key: "k".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
-        assert_eq!(err.code, Code::InvalidArgument);
+        assert_eq!(err.code(), Code::InvalidArgument);
         assert!(
-            err.message.contains("'nope'") && err.message.contains("configured state stores: s"),
+            err.message().contains("'nope'")
+                && err.message().contains("configured state stores: s"),
             "{}",
-            err.message
+            err.message()
         );
     }
 
@@ -421,61 +451,76 @@ mod tests {
     async fn bad_fields_are_named() {
         let b = block();
         let e = b
-            .get_state(pb::GetStateRequest {
-                store_name: "s".into(),
-                ..Default::default()
-            })
+            .get_state(
+                &CallContext::app(),
+                pb::GetStateRequest {
+                    store_name: "s".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(
-            (e.code, e.message.as_str()),
+            (e.code(), e.message()),
             (Code::InvalidArgument, "key is required and was empty")
         );
         let e = b
-            .save_state(pb::SaveStateRequest {
-                store_name: "s".into(),
-                states: vec![item("ok", b""), item("a||b", b"")],
-            })
+            .save_state(
+                &CallContext::app(),
+                pb::SaveStateRequest {
+                    store_name: "s".into(),
+                    states: vec![item("ok", b""), item("a||b", b"")],
+                },
+            )
             .await
             .unwrap_err();
-        assert!(e.message.contains("states[1].key"), "{}", e.message);
+        assert!(e.message().contains("states[1].key"), "{}", e.message());
         let mut ttl = item("t", b"");
         ttl.metadata.insert(TTL_METADATA.into(), "soon".into());
         let e = b
-            .save_state(pb::SaveStateRequest {
-                store_name: "s".into(),
-                states: vec![ttl],
-            })
+            .save_state(
+                &CallContext::app(),
+                pb::SaveStateRequest {
+                    store_name: "s".into(),
+                    states: vec![ttl],
+                },
+            )
             .await
             .unwrap_err();
         assert!(
-            e.message.contains("states[0].metadata.ttlInSeconds"),
+            e.message().contains("states[0].metadata.ttlInSeconds"),
             "{}",
-            e.message
+            e.message()
         );
         let e = b
-            .execute_state_transaction(pb::ExecuteStateTransactionRequest {
-                store_name: "s".into(),
-                operations: vec![pb::TransactionalStateOperation {
-                    operation_type: "merge".into(),
-                    request: Some(item("k", b"")),
-                }],
-                ..Default::default()
-            })
+            .execute_state_transaction(
+                &CallContext::app(),
+                pb::ExecuteStateTransactionRequest {
+                    store_name: "s".into(),
+                    operations: vec![pb::TransactionalStateOperation {
+                        operation_type: "merge".into(),
+                        request: Some(item("k", b"")),
+                    }],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert!(
-            e.message.contains("operations[0].operationType 'merge'"),
+            e.message().contains("operations[0].operationType 'merge'"),
             "{}",
-            e.message
+            e.message()
         );
         // Nothing from the rejected batch was written.
         let got = b
-            .get_state(pb::GetStateRequest {
-                store_name: "s".into(),
-                key: "ok".into(),
-                ..Default::default()
-            })
+            .get_state(
+                &CallContext::app(),
+                pb::GetStateRequest {
+                    store_name: "s".into(),
+                    key: "ok".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert!(got.etag.is_empty());
@@ -484,10 +529,13 @@ mod tests {
     #[tokio::test]
     async fn stale_etag_with_first_write_is_aborted() {
         let b = block();
-        b.save_state(pb::SaveStateRequest {
-            store_name: "s".into(),
-            states: vec![item("k", b"1")],
-        })
+        b.save_state(
+            &CallContext::app(),
+            pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![item("k", b"1")],
+            },
+        )
         .await
         .unwrap();
         let mut stale = item("k", b"2");
@@ -499,28 +547,34 @@ mod tests {
             consistency: 0,
         });
         let e = b
-            .save_state(pb::SaveStateRequest {
-                store_name: "s".into(),
-                states: vec![stale.clone()],
-            })
+            .save_state(
+                &CallContext::app(),
+                pb::SaveStateRequest {
+                    store_name: "s".into(),
+                    states: vec![stale.clone()],
+                },
+            )
             .await
             .unwrap_err();
-        assert_eq!(e.code, Code::Aborted);
+        assert_eq!(e.code(), Code::Aborted);
         assert!(
-            e.message.contains("etag mismatch") && e.message.contains("'s'"),
+            e.message().contains("etag mismatch") && e.message().contains("'s'"),
             "{}",
-            e.message
+            e.message()
         );
         assert!(
-            e.message.contains("key 'k'"),
+            e.message().contains("key 'k'"),
             "the app's key, not the stored one: {}",
-            e.message
+            e.message()
         );
         stale.options.as_mut().unwrap().concurrency = StateConcurrency::ConcurrencyLastWrite as i32;
-        b.save_state(pb::SaveStateRequest {
-            store_name: "s".into(),
-            states: vec![stale],
-        })
+        b.save_state(
+            &CallContext::app(),
+            pb::SaveStateRequest {
+                store_name: "s".into(),
+                states: vec![stale],
+            },
+        )
         .await
         .unwrap();
     }

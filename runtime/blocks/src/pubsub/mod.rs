@@ -1,0 +1,206 @@
+//! Pub/sub building block: Dapr's publish semantics (CloudEvents envelope,
+//! raw payloads, bulk publish) and the runtime side of every subscription
+//! path — the streaming `SubscribeTopicEventsAlpha1`, the app-callback model
+//! (through an [`AppChannel`]) and, later, shared memory — all built on
+//! [`PubSubBlock::subscribe`].
+//!
+//! Publishing:
+//!
+//! * by default the data is wrapped in a CloudEvents 1.0 JSON envelope (id,
+//!   source = app id, type `com.dapr.event.sent`, specversion, datacontenttype
+//!   — `text/plain` when the request gives none, as in Dapr —, topic,
+//!   pubsubname, time); JSON data is embedded as JSON, text as a string,
+//!   anything else (or data that is not UTF-8) as `data_base64`;
+//! * `data_content_type: application/cloudevents+json` passes the app's own
+//!   envelope through, filling missing id/source/type/specversion and setting
+//!   topic and pubsubname;
+//! * request metadata `rawPayload=true` publishes the data as is;
+//!   `partitionKey` becomes the message key; `cloudevent.id`,
+//!   `cloudevent.source`, `cloudevent.type` and `cloudevent.subject`
+//!   override envelope fields; every other entry travels as a message header.
+//!
+//! Subscribing: the consumer group is the app id unless the subscription's
+//! metadata says `consumerGroup`; `groupInstanceId` (static membership),
+//! `maxInFlightPartitions`, `maxInFlightPerPartition`, `retryBackoff` and
+//! `revokeTimeout` tune it. Every delivered event carries `partition`,
+//! `offset`, `partitionKey`, `attempt` and the message headers in its
+//! extensions. SUCCESS acks, RETRY redelivers after the backoff, DROP
+//! publishes the original message to the dead-letter topic (when one is set;
+//! if that fails the message is retried) and moves on.
+//!
+//! `maxInFlightPerPartition` (default 1) is the pipelining option: with N > 1
+//! up to N events of a partition are out to the app at once, in order, and
+//! commits advance only over the acked prefix; a RETRY of event n delivers n
+//! again and then everything after it again, in order (see
+//! `weft_components::pubsub` for the contract). Every subscription path —
+//! streaming over gRPC and shared memory, and the callback model — is this
+//! one block code path. In the callback model the N events of a window are N
+//! concurrent `OnTopicEvent` calls, started in order; an app server that
+//! runs calls concurrently may process them concurrently.
+
+mod callback;
+mod envelope;
+mod publish;
+mod streaming;
+mod subscription;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use weft_components::pubsub::PubSub;
+use weft_proto::runtime as pb;
+
+use crate::error::BlockError;
+
+pub use subscription::{PendingEvent, TopicSubscription};
+
+/// Request metadata: publish the data without a CloudEvents envelope.
+pub const RAW_PAYLOAD: &str = "rawPayload";
+/// Request metadata: the message key (Kafka key; selects the partition).
+pub const PARTITION_KEY: &str = "partitionKey";
+/// Subscription metadata: consumer group (default: the app id).
+pub const CONSUMER_GROUP: &str = "consumerGroup";
+/// Subscription metadata: static membership id.
+pub const GROUP_INSTANCE_ID: &str = "groupInstanceId";
+/// Subscription metadata: most partitions with a message in flight.
+pub const MAX_IN_FLIGHT: &str = "maxInFlightPartitions";
+/// Subscription metadata: most events of one partition out to the app at
+/// once (1, the default: strict; more: pipelined).
+pub const MAX_IN_FLIGHT_PER_PARTITION: &str = "maxInFlightPerPartition";
+/// Subscription metadata: wait before redelivering after RETRY.
+pub const RETRY_BACKOFF: &str = "retryBackoff";
+/// Subscription metadata: how long a revoked partition waits for acks.
+pub const REVOKE_TIMEOUT: &str = "revokeTimeout";
+
+/// CloudEvents `type` of published events, as in Dapr.
+pub const EVENT_TYPE: &str = "com.dapr.event.sent";
+/// Content type of a CloudEvents JSON envelope.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+
+/// Responses of a streaming subscription.
+pub type EventStream = mpsc::Receiver<Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>;
+
+/// How a subscription was made (reported by GetMetadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    Streaming,
+    Programmatic,
+}
+
+/// A subscription as the transports ask for it.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionRequest {
+    pub pubsub_name: String,
+    pub topic: String,
+    pub metadata: HashMap<String, String>,
+    pub dead_letter_topic: Option<String>,
+    /// Route (`TopicEventRequest.path`) of the callback model.
+    pub path: String,
+}
+
+/// The pub/sub building block. Cheap to clone.
+#[derive(Clone)]
+pub struct PubSubBlock {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    app_id: String,
+    components: BTreeMap<String, Arc<dyn PubSub>>,
+    active: Mutex<HashMap<u64, pb::PubsubSubscription>>,
+    next_id: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl PubSubBlock {
+    pub fn new(
+        app_id: &str,
+        components: BTreeMap<String, Arc<dyn PubSub>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                app_id: app_id.to_string(),
+                components,
+                active: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Names of the configured pub/sub components.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.inner.components.keys().map(String::as_str)
+    }
+
+    /// Active subscriptions, for GetMetadata.
+    pub fn subscriptions(&self) -> Vec<pb::PubsubSubscription> {
+        let mut subs: Vec<_> = self
+            .inner
+            .active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
+        subs.sort_by(|a: &pb::PubsubSubscription, b| {
+            (&a.pubsub_name, &a.topic).cmp(&(&b.pubsub_name, &b.topic))
+        });
+        subs
+    }
+
+    /// Closes every component (ending their subscriptions).
+    pub async fn close(&self) {
+        for (name, ps) in &self.inner.components {
+            tracing::debug!(component = %name, "closing pub/sub");
+            ps.close().await;
+        }
+    }
+
+    fn component(&self, name: &str) -> Result<&Arc<dyn PubSub>, BlockError> {
+        self.inner.component(name)
+    }
+
+    // === subscribing ===
+
+    /// Joins the subscription's consumer group. Shared by every subscription
+    /// path; the returned subscription leaves the group when dropped.
+    pub async fn subscribe(
+        &self,
+        req: SubscriptionRequest,
+        kind: SubscriptionKind,
+    ) -> Result<TopicSubscription, BlockError> {
+        self.inner.clone().subscribe(req, kind).await
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn component(&self, name: &str) -> Result<&Arc<dyn PubSub>, BlockError> {
+        if name.is_empty() {
+            return Err(BlockError::missing_field("pubsub_name"));
+        }
+        self.components.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.components.keys().map(String::as_str).collect();
+            BlockError::invalid_argument(if known.is_empty() {
+                format!("pub/sub '{name}' is not found: no pub/sub components are configured")
+            } else {
+                format!(
+                    "pub/sub '{name}' is not found; configured pub/subs: {}",
+                    known.join(", ")
+                )
+            })
+        })
+    }
+}
+
+fn check_topic(topic: &str) -> Result<(), BlockError> {
+    if topic.is_empty() {
+        return Err(BlockError::missing_field("topic"));
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The one place where building-block errors become transport statuses,
+//! and statuses from other apps and runtimes become block errors. Code,
+//! message, details (`grpc-status-details-bin`) and metadata survive both
+//! ways.
+
+use tonic::metadata::MetadataMap;
+use weft_blocks::{BlockError, Code};
+
+use crate::api::headers;
+
+/// The gRPC code of a block code (the numbers are the same).
+pub fn grpc_code(code: Code) -> tonic::Code {
+    tonic::Code::from_i32(code.as_i32())
+}
+
+/// The block code of a gRPC code.
+pub fn block_code(code: tonic::Code) -> Code {
+    Code::from_i32(code as i32)
+}
+
+/// The gRPC status a caller gets for `e`.
+pub fn to_status(e: BlockError) -> tonic::Status {
+    let code = grpc_code(e.code());
+    match e {
+        BlockError::Passthrough(p) => {
+            let mut md = MetadataMap::new();
+            headers::extend_metadata(&mut md, &p.metadata);
+            tonic::Status::with_details_and_metadata(code, p.message, p.details.into(), md)
+        }
+        other => tonic::Status::new(code, other.message().to_string()),
+    }
+}
+
+/// A status another app or runtime answered, kept whole (its metadata
+/// without the hop's own headers).
+pub fn from_status(status: &tonic::Status) -> BlockError {
+    BlockError::passthrough(
+        block_code(status.code()),
+        status.message(),
+        status.details().to_vec(),
+        headers::from_metadata(status.metadata()),
+    )
+}
+
+/// Whether an error of type `E` is in `status`'s source chain.
+pub fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether `status` is tonic's own client-side deadline (`grpc-timeout`)
+/// firing — the call ran out of time, which is neither the peer's answer
+/// nor a broken connection.
+pub fn deadline_fired(status: &tonic::Status) -> bool {
+    caused_by::<tonic::TimeoutExpired>(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::mesh::Header;
+
+    #[test]
+    fn passthrough_keeps_code_message_details_and_metadata() {
+        let e = BlockError::passthrough(
+            Code::NotFound,
+            "no order 7",
+            vec![8, 5, 18, 3, 1, 2, 3],
+            vec![Header {
+                key: "x-why".into(),
+                values: vec!["gone".into()],
+            }],
+        );
+        let s = to_status(e.clone());
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert_eq!(s.message(), "no order 7");
+        assert_eq!(s.details(), &[8, 5, 18, 3, 1, 2, 3]);
+        assert_eq!(s.metadata().get("x-why").unwrap(), "gone");
+        assert_eq!(from_status(&s), e);
+    }
+
+    #[test]
+    fn block_errors_keep_code_and_message() {
+        let s = to_status(BlockError::Aborted("etag mismatch".into()));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Aborted, "etag mismatch")
+        );
+        assert!(s.details().is_empty());
+    }
+}
