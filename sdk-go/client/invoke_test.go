@@ -163,6 +163,9 @@ func checkInvocations(t *testing.T, c *client.Client, tr client.Transport) {
 		out, err = c.InvokeMethodWithContent(ctx, "go-callee", "place?fast=1", "post", &client.DataContent{Data: []byte("o-1"), ContentType: "text/plain"})
 		return err == nil
 	})
+	if tr == client.TransportShm {
+		t.Logf("the runtime serves shared-memory call contexts: %v", client.ShmContextServed(c))
+	}
 	custom := "yes"
 	if tr == client.TransportShm && !client.ShmContextServed(c) {
 		// Without the CONTEXT feature shared memory carries no metadata.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 
 	weftv1 "weft.dev/sdk-go/proto/weft/runtime/v1"
@@ -83,6 +84,9 @@ func TestVectors(t *testing.T) {
 				if err != nil || env != v.Envelope || !bytes.Equal(b, body) {
 					t.Fatalf("decoded %+v %x (%v)", env, b, err)
 				}
+				if env.Flags&FlagContext != 0 {
+					checkContextVector(t, v.Name, env, b)
+				}
 			case "padding":
 				got = EncodePadding(v.Length)
 			case "hello":
@@ -121,6 +125,9 @@ func TestVectors(t *testing.T) {
 			}
 		})
 		kinds[v.Kind]++
+	}
+	if contexts := countContextRecords(file.Vectors); contexts < 2 {
+		t.Errorf("expected the context_request and context_error_response vectors, found %d records with CONTEXT", contexts)
 	}
 	for _, k := range []string{"segment_header", "record", "padding", "hello", "welcome", "mapped", "goodbye"} {
 		if kinds[k] == 0 {
@@ -320,4 +327,53 @@ func appendBytes(b []byte, field int, v []byte) []byte {
 	b = appendVarint(b, uint64(field<<3|2))
 	b = appendVarint(b, uint64(len(v)))
 	return append(b, v...)
+}
+
+// checkContextVector checks a record with flag CONTEXT (§5.1): its context
+// block decodes, a request's block is what this client would encode for the
+// same deadline and metadata, and an error answer yields its code, message
+// and details.
+func checkContextVector(t *testing.T, name string, env Envelope, body []byte) {
+	t.Helper()
+	cb, rest, err := SplitContextBlock(body)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	cc, err := DecodeCallContext(cb)
+	if err != nil {
+		t.Fatalf("%s: CallContext: %v", name, err)
+	}
+	if env.Flags&FlagEnd == 0 {
+		md := map[string][]string{}
+		for _, m := range cc.GetMetadata() {
+			md[m.GetKey()] = m.GetValues()
+		}
+		mine := EncodeCallContext(time.Duration(cc.GetTimeoutMicros())*time.Microsecond, md)
+		if !bytes.Equal(mine, cb) {
+			t.Fatalf("%s: this client encodes the context as\n%x\nthe spec says\n%x", name, mine, cb)
+		}
+		if len(rest) == 0 {
+			t.Fatalf("%s: no request after the context", name)
+		}
+		return
+	}
+	_, err = decodeReply(env, body, nil)
+	st, ok := err.(*Status)
+	if !ok || st.Code != env.Status || st.Message != string(rest) || len(st.Details) == 0 {
+		t.Fatalf("%s: decoded %#v", name, err)
+	}
+	p := &spb.Status{}
+	if err := proto.Unmarshal(st.Details, p); err != nil || p.GetCode() != int32(env.Status) {
+		t.Fatalf("%s: details %v (%v)", name, p, err)
+	}
+}
+
+func countContextRecords(vs []vector) int {
+	n := 0
+	for _, v := range vs {
+		if v.Kind == "record" && v.Envelope.Flags&FlagContext != 0 {
+			n++
+		}
+	}
+	return n
 }
