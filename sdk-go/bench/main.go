@@ -111,11 +111,13 @@ func main() {
 		conc int
 	}
 	results := map[cell][]lat.Result{}
+	disturbed := map[cell][]int{}
 	for r := 1; r <= *rounds; r++ {
 		fmt.Printf("\nround %d\n", r)
 		for _, n := range cs {
 			for _, leg := range legList {
 				var res lat.Result
+				cpu0 := sampleCPU(w.cmd.Process.Pid)
 				switch leg {
 				case "shm", "grpc":
 					c := shmC
@@ -137,23 +139,35 @@ func main() {
 				default:
 					log.Fatalf("-legs: unknown leg %q", leg)
 				}
+				others := sampleCPU(w.cmd.Process.Pid).othersSince(cpu0, res.ChildCPU)
+				mark := ""
+				if others > 20 {
+					mark = "†"
+					disturbed[cell{leg, n}] = append(disturbed[cell{leg, n}], len(results[cell{leg, n}]))
+				}
 				results[cell{leg, n}] = append(results[cell{leg, n}], res)
-				fmt.Printf("  %-22s %d goroutine(s): %s\n", legName(leg), n, res)
+				fmt.Printf("  %-22s %d goroutine(s): %s  others %.0f%%%s\n", legName(leg), n, res, others, mark)
 			}
 		}
 	}
 
+	fmt.Printf("\n† = other processes used more than 20 %% of a core during the cell (disturbed)\n")
 	fmt.Printf("\n| client | goroutines | p50 µs | p99 µs | ops/s |\n|---|---:|---:|---:|---:|\n")
+	var cur []int
 	join := func(rs []lat.Result, f func(lat.Result) float64, prec int) string {
 		parts := make([]string, len(rs))
 		for i, r := range rs {
 			parts[i] = strconv.FormatFloat(f(r), 'f', prec, 64)
+			if slices.Contains(cur, i) {
+				parts[i] += "†"
+			}
 		}
 		return strings.Join(parts, " / ")
 	}
 	for _, n := range cs {
 		for _, leg := range legList {
 			rs := results[cell{leg, n}]
+			cur = disturbed[cell{leg, n}]
 			fmt.Printf("| %s | %d | %s | %s | %s |\n", legName(leg), n,
 				join(rs, func(r lat.Result) float64 { return r.P50us }, 2),
 				join(rs, func(r lat.Result) float64 { return r.P99us }, 2),
@@ -215,6 +229,9 @@ func runDapr(bin, uds string, n int, warm, dur time.Duration) (lat.Result, error
 	var r lat.Result
 	if err := json.Unmarshal(out, &r); err != nil {
 		return r, fmt.Errorf("daprleg printed %q: %v", out, err)
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		r.ChildCPU = ps.UserTime() + ps.SystemTime()
 	}
 	return r, nil
 }
@@ -302,4 +319,49 @@ func (w *weft) stop() {
 		_ = w.cmd.Process.Kill()
 		<-w.done
 	}
+}
+
+// cpuSample: busy jiffies of the host, and of this process and the runtime.
+type cpuSample struct {
+	at         time.Time
+	host, mine int64
+}
+
+func procTicks(pid string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+func sampleCPU(weftPid int) cpuSample {
+	c := cpuSample{at: time.Now()}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		for i, v := range f[1:] {
+			if i == 3 || i == 4 { // idle, iowait
+				continue
+			}
+			n, _ := strconv.ParseInt(v, 10, 64)
+			c.host += n
+		}
+	}
+	c.mine = procTicks("self") + procTicks(strconv.Itoa(weftPid))
+	return c
+}
+
+// othersSince: CPU used by everything but this process, the runtime and
+// the child leg, in % of one core (100 ticks per second).
+func (c cpuSample) othersSince(old cpuSample, child time.Duration) float64 {
+	el := c.at.Sub(old.at).Seconds()
+	if el <= 0 {
+		return 0
+	}
+	ticks := float64((c.host-old.host)-(c.mine-old.mine)) - child.Seconds()*100
+	return max(0, ticks/el)
 }

@@ -19,6 +19,8 @@ type Result struct {
 	OpsPerS float64 `json:"ops_per_s"`
 	Errors  int     `json:"errors"`
 	FirstEr string  `json:"first_error,omitempty"`
+	// ChildCPU: CPU time of the process that measured (for child legs).
+	ChildCPU time.Duration `json:"-"`
 }
 
 func (r Result) String() string {
