@@ -9,6 +9,7 @@
 # PostgreSQL, ZooKeeper, Kafka),
 # then runs, stopping at the first failure:
 #   cargo fmt --check · cargo clippy -D warnings · cargo build ·
+#   go SDK tests (gofmt -l, go vet, go test in sdk-go against target/debug/weft) ·
 #   mvn -B verify in sdk-java (the Java SDK against target/debug/weft; Maven's
 #   local repository cached in .services/m2) · cargo test ·
 #   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
@@ -142,23 +143,45 @@ cargo_test() {
     fi
 }
 
-python_sdk_tests() {
+# Exports WEFT_BIN, the runtime the SDK and Python tests start (the one
+# `cargo build` just made unless WEFT_BIN says otherwise).
+use_weft_bin() {
     export WEFT_BIN=${WEFT_BIN:-$TARGET_DIR/debug/weft}
     if [ ! -x "$WEFT_BIN" ]; then
         echo "error: $WEFT_BIN not found (cargo build should have produced it)" >&2
         return 1
     fi
     echo "WEFT_BIN=$WEFT_BIN"
+}
+
+python_sdk_tests() {
+    use_weft_bin || return 1
     "$VENV/bin/python" -m pytest "$REPO_ROOT/tests/python" -q -ra -p no:cacheprovider
 }
 
-java_sdk_tests() {
-    export WEFT_BIN=${WEFT_BIN:-$TARGET_DIR/debug/weft}
-    if [ ! -x "$WEFT_BIN" ]; then
-        echo "error: $WEFT_BIN not found (cargo build should have produced it)" >&2
+# The Go SDK: formatting, vet (the SDK, its benchmark module and the Go
+# examples) and its tests against the weft just built (both transports,
+# the shared-memory test vectors, generated code freshness).
+go_sdk_tests() {
+    use_weft_bin || return 1
+    go version
+    local unformatted
+    unformatted=$(gofmt -l "$REPO_ROOT/sdk-go" "$REPO_ROOT/examples/go")
+    if [ -n "$unformatted" ]; then
+        echo "gofmt -l: these files need gofmt:" >&2
+        echo "$unformatted" >&2
         return 1
     fi
-    echo "WEFT_BIN=$WEFT_BIN"
+    local m
+    for m in sdk-go sdk-go/bench examples/go; do
+        echo "go vet ./... in $m"
+        (cd "$REPO_ROOT/$m" && go vet ./...)
+    done
+    (cd "$REPO_ROOT/sdk-go" && go test -count=1 ./...)
+}
+
+java_sdk_tests() {
+    use_weft_bin || return 1
     (cd "$REPO_ROOT/sdk-java" && mvn -B -ntp -Dmaven.repo.local="$WEFT_SERVICES_DIR/m2" verify)
 }
 
@@ -168,6 +191,7 @@ step "services: start"             start_services
 step "cargo fmt --check"           cargo fmt --all --check
 step "cargo clippy -D warnings"    cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build"                 cargo build --workspace --bins
+step "go SDK tests"                go_sdk_tests
 step "java SDK tests (mvn verify)" java_sdk_tests
 step "cargo test"                  cargo_test
 step "python SDK tests (pytest)"   python_sdk_tests

@@ -1,3 +1,0 @@
-module weft.dev/tests/go-shm
-
-go 1.21
