@@ -31,6 +31,9 @@ use crate::api::common::TokenCheck;
 use crate::config::resources;
 use crate::config::RuntimeConfig;
 
+/// Extended metadata key with the shared-memory transport's socket.
+pub const SHM_SOCKET_METADATA: &str = "weft.shm.socket";
+
 /// A started runtime: its bound addresses and its server tasks.
 pub struct Runtime {
     pub blocks: Arc<Blocks>,
@@ -116,6 +119,11 @@ impl Runtime {
                     shutdown.clone(),
                 )?;
                 servers.push(("shm", task));
+                // Apps that learn the runtime over gRPC find the fast path
+                // here (GetMetadata's extended metadata).
+                blocks
+                    .metadata
+                    .set_extended(SHM_SOCKET_METADATA, &path.display().to_string());
                 Some(path)
             }
             None => None,

@@ -634,3 +634,24 @@ fn hostile_input_closes_only_that_session() {
     );
     let _ = &env.dir;
 }
+
+/// GetMetadata over gRPC names the shared-memory socket, so an app that
+/// knows only the gRPC address finds the fast path.
+#[test]
+fn grpc_metadata_names_the_shm_socket() {
+    let env = start("shm-meta");
+    let md = env.rt.block_on(async {
+        let mut c = env.weft.client().await;
+        c.get_metadata(pb::GetMetadataRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(
+        md.extended_metadata
+            .get("weft.shm.socket")
+            .map(String::as_str),
+        Some(env.socket.to_str().unwrap()),
+        "{md:?}"
+    );
+}

@@ -100,6 +100,14 @@ impl MetadataBlock {
         }
     }
 
+    /// Sets an extended metadata entry of the runtime's own (e.g. where its
+    /// shared-memory socket is).
+    pub fn set_extended(&self, key: &str, value: &str) {
+        if let Ok(mut m) = self.extended.lock() {
+            m.insert(key.to_string(), value.to_string());
+        }
+    }
+
     pub fn set_metadata(&self, req: pb::SetMetadataRequest) -> Result<(), BlockError> {
         if req.key.is_empty() {
             return Err(BlockError::missing_field("key"));

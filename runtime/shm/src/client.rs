@@ -113,8 +113,20 @@ impl Frame {
 
     /// The body (without a call context), or the error this record carries.
     pub fn into_result(self) -> Result<Vec<u8>, Status> {
+        let ok = self.envelope.status == code::OK;
+        if self.envelope.flags & flags::CONTEXT == 0 {
+            // The common case: the body as it came, no copy.
+            return if ok {
+                Ok(self.body)
+            } else {
+                Err(Status::new(
+                    self.envelope.status,
+                    String::from_utf8_lossy(&self.body),
+                ))
+            };
+        }
         let (_, body) = self.context()?;
-        if self.envelope.status == code::OK {
+        if ok {
             Ok(body.to_vec())
         } else {
             Err(Status::new(
