@@ -37,6 +37,7 @@ import org.apache.dubbo.rpc.RpcException;
 public final class Consumer {
     public static void main(String[] argv) throws Exception {
         Args args = new Args(argv);
+        Loopback.pin();
         Logger.getLogger("").setLevel(Level.WARNING);
         String migration = args.get("migration", "");
         if (!migration.isEmpty()) {

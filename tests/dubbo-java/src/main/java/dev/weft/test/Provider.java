@@ -23,6 +23,7 @@ import org.apache.dubbo.config.bootstrap.DubboBootstrap;
 public final class Provider {
     public static void main(String[] argv) throws Exception {
         Args args = new Args(argv);
+        Loopback.pin();
         int port = Integer.parseInt(args.required("port"));
         String name = args.get("name", "provider");
         Logger.getLogger("").setLevel(Level.WARNING);
