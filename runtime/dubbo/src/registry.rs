@@ -1339,7 +1339,7 @@ async fn supervise(inner: Arc<Inner>) {
                 };
                 failures += 1;
                 let msg = format!("cannot open a session with {}: {why}", inner.cfg.servers);
-                if failures == 1 || failures % 30 == 0 {
+                if failures == 1 || failures.is_multiple_of(30) {
                     tracing::warn!(servers = %inner.cfg.servers, attempts = failures, error = %msg,
                         "Dubbo registry unreachable; retrying");
                 }
@@ -1730,10 +1730,12 @@ mod tests {
         assert_eq!((url.group(), url.version()), ("g", "1.0"));
     }
 
+    type Change = Box<dyn Fn(&mut ProviderSpec)>;
+
     #[test]
     fn bad_specs_name_the_field() {
         let good = ProviderSpec::new("a.B", &["m"], "127.0.0.1", 1);
-        let cases: Vec<(Box<dyn Fn(&mut ProviderSpec)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.interface.clear()), "interface"),
             (Box::new(|s| s.interface = "a/b".into()), "interface"),
             (Box::new(|s| s.methods.clear()), "methods"),

@@ -345,7 +345,11 @@ async fn session_expiry_recreates_nodes_and_rearms_watches() {
         .expect("cannot take the session over");
     drop(taken);
     wait_for("the provider node to go with the session", || async {
-        (!zk.check_stat(&provider_node).await.unwrap().is_some()).then_some(())
+        zk.check_stat(&provider_node)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(children(&zk, &format!("{iface_path}/consumers"))
