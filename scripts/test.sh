@@ -8,7 +8,8 @@
 # .services/venv), starts the private test services (scripts/services.sh:
 # PostgreSQL, ZooKeeper, Kafka),
 # then runs, stopping at the first failure:
-#   cargo fmt --check · cargo clippy -D warnings · cargo build · cargo test ·
+#   cargo fmt --check · cargo clippy -D warnings · cargo build ·
+#   mvn package tests/dubbo-java (Apache Dubbo test programs) · cargo test ·
 #   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
 # Services are stopped on exit, whatever happened.
 #
@@ -135,6 +136,14 @@ cargo_test() {
     fi
 }
 
+# The Apache Dubbo programs runtime/dubbo's tests run (their helper builds
+# them again, incrementally); built here first so that a Maven failure shows
+# as its own step. Dependencies are cached in $WEFT_SERVICES_DIR/m2.
+dubbo_java() {
+    mvn -q -B -f "$REPO_ROOT/tests/dubbo-java/pom.xml" \
+        -Dmaven.repo.local="$WEFT_SERVICES_DIR/m2" package
+}
+
 python_sdk_tests() {
     export WEFT_BIN=${WEFT_BIN:-$TARGET_DIR/debug/weft}
     if [ ! -x "$WEFT_BIN" ]; then
@@ -151,5 +160,6 @@ step "services: start"             start_services
 step "cargo fmt --check"           cargo fmt --all --check
 step "cargo clippy -D warnings"    cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build"                 cargo build --workspace --bins
+step "Dubbo test programs (mvn)"   dubbo_java
 step "cargo test"                  cargo_test
 step "python SDK tests (pytest)"   python_sdk_tests

@@ -10,10 +10,13 @@
 //! timeout) and forward the bodies untouched.
 //!
 //! What is understood on the wire, and its limits, is written at the top
-//! of each module.
+//! of each module. The `registry` feature (on by default) brings the
+//! ZooKeeper client; without it the crate is the codec alone (bytes,
+//! thiserror).
 
 pub mod frame;
 pub mod hessian;
+#[cfg(feature = "registry")]
 pub mod registry;
 pub mod url;
 
