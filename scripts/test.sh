@@ -11,7 +11,8 @@
 #   cargo fmt --check · cargo clippy -D warnings · cargo build ·
 #   go SDK tests (gofmt -l, go vet, go test in sdk-go against target/debug/weft) ·
 #   mvn -B verify in sdk-java (the Java SDK against target/debug/weft; Maven's
-#   local repository cached in .services/m2) · cargo test ·
+#   local repository cached in .services/m2) ·
+#   mvn package tests/dubbo-java (Apache Dubbo test programs) · cargo test ·
 #   pytest tests/python (the official Dapr Python SDK against target/debug/weft)
 # Services are stopped on exit, whatever happened.
 #
@@ -143,6 +144,14 @@ cargo_test() {
     fi
 }
 
+# The Apache Dubbo programs runtime/dubbo's tests run (their helper builds
+# them again, incrementally); built here first so that a Maven failure shows
+# as its own step. Dependencies are cached in $WEFT_SERVICES_DIR/m2.
+dubbo_java() {
+    mvn -q -B -f "$REPO_ROOT/tests/dubbo-java/pom.xml" \
+        -Dmaven.repo.local="$WEFT_SERVICES_DIR/m2" package
+}
+
 # Exports WEFT_BIN, the runtime the SDK and Python tests start (the one
 # `cargo build` just made unless WEFT_BIN says otherwise).
 use_weft_bin() {
@@ -193,5 +202,6 @@ step "cargo clippy -D warnings"    cargo clippy --workspace --all-targets -- -D 
 step "cargo build"                 cargo build --workspace --bins
 step "go SDK tests"                go_sdk_tests
 step "java SDK tests (mvn verify)" java_sdk_tests
+step "Dubbo test programs (mvn)"   dubbo_java
 step "cargo test"                  cargo_test
 step "python SDK tests (pytest)"   python_sdk_tests
