@@ -97,14 +97,24 @@ impl Runtime {
             .map(|conn| conn.map(coalesce::Coalesce::new));
         servers.push((
             "grpc-tcp",
-            tokio::spawn(serve_grpc(routes.clone(), incoming, shutdown.clone())),
+            tokio::spawn(api::serve::serve(
+                routes.clone(),
+                incoming,
+                shutdown.clone(),
+                |_| (),
+            )),
         ));
         if let Some(l) = uds_listener {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(l)
                 .map(|conn| conn.map(coalesce::Coalesce::new));
             servers.push((
                 "grpc-uds",
-                tokio::spawn(serve_grpc(routes, incoming, shutdown.clone())),
+                tokio::spawn(api::serve::serve(
+                    routes,
+                    incoming,
+                    shutdown.clone(),
+                    |_| (),
+                )),
             ));
         }
         // === shared-memory transport ===
@@ -260,29 +270,6 @@ fn load_mesh_tls(
     config.mesh_identity.namespace = id.namespace.clone();
     tls.spawn_reloader(std::time::Duration::from_secs(1));
     Ok(Some(tls))
-}
-
-async fn serve_grpc<I, IO, IE>(
-    routes: tonic::service::Routes,
-    incoming: I,
-    shutdown: Shutdown,
-) -> anyhow::Result<()>
-where
-    I: futures::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
-        .await
-        .context("gRPC server failed")
 }
 
 async fn bind_tcp(

@@ -71,7 +71,12 @@ pub fn extend_metadata(md: &mut MetadataMap, headers: &[Header]) {
 
 /// The caller's deadline from `grpc-timeout` (`<1-8 digits><H|M|S|m|u|n>`).
 pub fn deadline(md: &MetadataMap) -> Option<Duration> {
-    let raw = md.get("grpc-timeout")?.to_str().ok()?;
+    timeout_header(md.as_ref())
+}
+
+/// `grpc-timeout` of raw HTTP/2 headers.
+pub fn timeout_header(h: &HeaderMap) -> Option<Duration> {
+    let raw = h.get("grpc-timeout")?.to_str().ok()?;
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }

@@ -7,12 +7,14 @@
 //! * [`app_channel`]: the runtime as a client of the app's `AppCallback`;
 //! * [`common`]: token check, unimplemented operations, metadata view;
 //! * [`status`]: block errors ↔ transport statuses;
-//! * [`headers`]: gRPC metadata ↔ forwarded headers, deadlines.
+//! * [`headers`]: gRPC metadata ↔ forwarded headers, deadlines;
+//! * [`serve`]: HTTP/2 serving of gRPC routes with DEADLINE_EXCEEDED at the deadline.
 
 pub mod app_channel;
 pub mod common;
 pub mod grpc;
 pub mod headers;
 pub mod http;
+pub mod serve;
 pub mod shm;
 pub mod status;

@@ -60,14 +60,12 @@ pub async fn start(
         shutdown.clone(),
     ));
     let service = server::MeshService::new(blocks.clone(), max_body_size);
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move { server_shutdown.wait().await })
-            .await
-            .context("mesh server failed")
-    });
+    let server = tokio::spawn(crate::api::serve::serve(
+        tonic::service::Routes::new(service),
+        incoming,
+        shutdown.clone(),
+        server::Inbound::peer,
+    ));
 
     let client = client::MeshClient::new(
         resolver.clone(),

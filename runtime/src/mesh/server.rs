@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use weft_proto::mesh;
 use weft_proto::mesh::mesh_server::{Mesh, MeshServer};
@@ -31,10 +30,9 @@ pub struct Inbound {
     peer: Arc<PeerIdentity>,
 }
 
-impl Connected for Inbound {
-    type ConnectInfo = Arc<PeerIdentity>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
+impl Inbound {
+    /// Who is on the other end (every request of the connection carries it).
+    pub fn peer(&self) -> Arc<PeerIdentity> {
         self.peer.clone()
     }
 }
