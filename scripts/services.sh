@@ -6,15 +6,16 @@
 #   scripts/services.sh status [SERVICE...]   print state; exit 3 if one is not running
 #   scripts/services.sh env    [SERVICE...]   print `export NAME=value` lines for tests
 #
-# Services: postgres, zookeeper, kafka. (Further ones go in as `svc_<name>_*`
-# function sets; see "Adding a service" at the end of this file.)
+# Services: postgres, zookeeper, kafka, prometheus. (Further ones go in as
+# `svc_<name>_*` function sets; see "Adding a service" at the end of this file.)
 #
 # Settings (environment):
-#   WEFT_SERVICES_DIR   state dir for every service   (default: <repo>/.services)
-#   WEFT_PG_PORT        PostgreSQL port               (default: 55432)
-#   WEFT_KAFKA_PORT     Kafka broker port; the KRaft controller uses +1 (default: 59092)
-#   WEFT_KAFKA_VERSION  Apache Kafka version fetched with Maven (default: 4.1.1)
-#   WEFT_ZK_PORT        ZooKeeper client port          (default: 52181)
+#   WEFT_SERVICES_DIR     state dir for every service   (default: <repo>/.services)
+#   WEFT_PG_PORT          PostgreSQL port               (default: 55432)
+#   WEFT_KAFKA_PORT       Kafka broker port; the KRaft controller uses +1 (default: 59092)
+#   WEFT_KAFKA_VERSION    Apache Kafka version fetched with Maven (default: 4.1.1)
+#   WEFT_ZK_PORT          ZooKeeper client port         (default: 52181)
+#   WEFT_PROMETHEUS_PORT  Prometheus HTTP port          (default: 59090)
 #
 # The PostgreSQL cluster is a private one (its own initdb'd data dir, port and
 # socket dir); the system cluster is never touched. When run as root, the
@@ -27,7 +28,7 @@ SERVICES_DIR=${WEFT_SERVICES_DIR:-$REPO_ROOT/.services}
 case "$SERVICES_DIR" in /*) ;; *) SERVICES_DIR="$PWD/$SERVICES_DIR" ;; esac
 
 # Known services, in start order.
-SERVICES=(postgres zookeeper kafka)
+SERVICES=(postgres zookeeper kafka prometheus)
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -755,6 +756,188 @@ svc_kafka_status() {
 svc_kafka_env() {
     printf "export WEFT_KAFKA_PORT=%q\n" "$KAFKA_PORT"
     printf "export WEFT_TEST_KAFKA_BROKERS=%q\n" "127.0.0.1:$KAFKA_PORT"
+}
+
+# ============================================================================
+# Prometheus (scrapes the runtimes under test)
+# ============================================================================
+#
+# From Debian's `prometheus` package (installed when missing and we are root;
+# the package also ships `promtool`). The server runs with a private config,
+# TSDB, pid file and log under $SERVICES_DIR/prometheus; /etc/prometheus and
+# any system service are never touched. It scrapes one job, `weft`
+# (metrics_path /metrics, every 1 s), whose targets come from file_sd files:
+# a test writes $SERVICES_DIR/prometheus/targets/<name>.json (atomically:
+# temp file + rename) listing the 127.0.0.1 addresses of the runtimes it
+# started, and removes it when done (tests/src/prometheus.rs). The TSDB and
+# any leftover target files are cleared at every fresh start, so series from
+# an earlier run never show up in a test's queries; retention is 1 h.
+
+PROM_PORT=${WEFT_PROMETHEUS_PORT:-59090}
+PROM_DIR=$SERVICES_DIR/prometheus
+PROM_DATA=$PROM_DIR/data
+PROM_TARGETS=$PROM_DIR/targets
+PROM_CONF=$PROM_DIR/prometheus.yml
+PROM_LOG=$PROM_DIR/prometheus.log
+PROM_PID=$PROM_DIR/prometheus.pid
+
+prom_log_tail() {
+    if [ -f "$PROM_LOG" ]; then
+        echo "----- last lines of $PROM_LOG -----" >&2
+        tail -n 40 "$PROM_LOG" >&2 || true
+        echo "----------------------------------" >&2
+    else
+        echo "(no server log at $PROM_LOG)" >&2
+    fi
+}
+
+prom_ensure_installed() {
+    command -v prometheus >/dev/null 2>&1 && return 0
+    log "prometheus not found; installing Debian package 'prometheus'"
+    apt_install prometheus
+    command -v prometheus >/dev/null 2>&1 || die "prometheus still not on PATH after installing the Debian package 'prometheus'"
+}
+
+prom_version() {
+    prometheus --version 2>&1 | awk 'NR == 1 { print $3 }'
+}
+
+prom_write_conf() {
+    mkdir -p "$PROM_DATA" "$PROM_TARGETS"
+    cat >"$PROM_CONF" <<CONF
+# Written by scripts/services.sh on every start; edits are lost.
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: weft
+    metrics_path: /metrics
+    file_sd_configs:
+      - files:
+          - '$PROM_TARGETS/*.json'
+        refresh_interval: 1s
+CONF
+}
+
+# The server's pid, if the pid file names a live server of this services dir.
+prom_pid() {
+    local pid
+    [ -f "$PROM_PID" ] || return 1
+    pid=$(cat "$PROM_PID" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$PROM_CONF" || return 1
+    echo "$pid"
+}
+
+prom_port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$PROM_PORT") 2>/dev/null
+}
+
+# GET $1 over HTTP/1.0 and print the raw response (bounded by `timeout`).
+prom_http_get() {
+    timeout 3 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n" "$2" "$1" >&3
+        cat <&3' _ "$PROM_PORT" "$1" 2>/dev/null
+}
+
+# True once /-/ready answers 200 (it answers 503 while the TSDB opens).
+prom_ready() {
+    local out
+    out=$(prom_http_get /-/ready) || return 1
+    [[ $out == HTTP/1.?" 200"* ]]
+}
+
+svc_prometheus_start() {
+    take_lock
+    prom_ensure_installed
+    mkdir -p "$PROM_DIR"
+    local pid i
+    if pid=$(prom_pid); then
+        log "prometheus already running (pid $pid, 127.0.0.1:$PROM_PORT)"
+    else
+        if prom_port_open; then
+            die "127.0.0.1:$PROM_PORT is already in use by another process (set WEFT_PROMETHEUS_PORT)"
+        fi
+        # A fresh TSDB and no stale targets: nothing from an earlier run.
+        rm -rf "$PROM_DATA" "$PROM_TARGETS"
+        prom_write_conf
+        if command -v promtool >/dev/null 2>&1; then
+            if ! promtool check config "$PROM_CONF" >"$PROM_DIR/check.log" 2>&1; then
+                cat "$PROM_DIR/check.log" >&2
+                die "promtool rejects the generated $PROM_CONF"
+            fi
+        fi
+        log "starting prometheus $(prom_version) on 127.0.0.1:$PROM_PORT (targets $PROM_TARGETS/*.json)"
+        : >"$PROM_LOG"
+        # New session, no stdin, lock fd closed: the server outlives this script.
+        (cd "$PROM_DIR" && exec setsid prometheus \
+            --config.file="$PROM_CONF" \
+            --storage.tsdb.path="$PROM_DATA" \
+            --storage.tsdb.retention.time=1h \
+            --web.listen-address="127.0.0.1:$PROM_PORT" \
+            --log.level=info \
+            </dev/null >>"$PROM_LOG" 2>&1 9>&-) &
+        pid=$!
+        echo "$pid" >"$PROM_PID"
+        for i in $(seq 1 120); do
+            kill -0 "$pid" 2>/dev/null || { prom_log_tail; die "prometheus exited during start-up (log: $PROM_LOG)"; }
+            prom_ready && break
+            sleep 0.5
+        done
+    fi
+    if ! prom_ready; then
+        prom_log_tail
+        die "prometheus on 127.0.0.1:$PROM_PORT did not answer /-/ready within 60 s"
+    fi
+    log "prometheus ready: http://127.0.0.1:$PROM_PORT"
+}
+
+svc_prometheus_stop() {
+    take_lock
+    local pid i
+    if ! pid=$(prom_pid); then
+        log "prometheus not running"
+        rm -f "$PROM_PID"
+        return 0
+    fi
+    log "stopping prometheus (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "prometheus did not stop within 15 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    fi
+    rm -f "$PROM_PID"
+}
+
+svc_prometheus_status() {
+    local pid
+    if ! command -v prometheus >/dev/null 2>&1; then
+        echo "prometheus: not installed (Debian package 'prometheus')"
+        return 3
+    fi
+    if pid=$(prom_pid) && prom_ready; then
+        echo "prometheus: running on 127.0.0.1:$PROM_PORT (pid $pid, version $(prom_version), targets $PROM_TARGETS/*.json)"
+    elif pid=$(prom_pid); then
+        echo "prometheus: process $pid running but not ready on 127.0.0.1:$PROM_PORT"
+        return 3
+    else
+        echo "prometheus: stopped"
+        return 3
+    fi
+}
+
+svc_prometheus_env() {
+    printf "export WEFT_PROMETHEUS_PORT=%q\n" "$PROM_PORT"
+    printf "export WEFT_PROMETHEUS_URL=%q\n" "http://127.0.0.1:$PROM_PORT"
+    printf "export WEFT_PROMETHEUS_TARGETS_DIR=%q\n" "$PROM_TARGETS"
+    printf "export WEFT_PROMTOOL=%q\n" "$(command -v promtool 2>/dev/null || true)"
 }
 
 # ============================================================================

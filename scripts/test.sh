@@ -3,10 +3,10 @@
 #
 #   scripts/test.sh
 #
-# Installs what is missing (Debian postgresql and zookeeper; Apache Kafka's
-# jars via Maven; a Python venv with the Dapr SDK and pytest under
-# .services/venv), starts the private test services (scripts/services.sh:
-# PostgreSQL, ZooKeeper, Kafka),
+# Installs what is missing (Debian postgresql, zookeeper and prometheus;
+# Apache Kafka's jars via Maven; a Python venv with the Dapr SDK and pytest
+# under .services/venv), starts the private test services
+# (scripts/services.sh: PostgreSQL, ZooKeeper, Kafka, Prometheus),
 # then runs, stopping at the first failure:
 #   cargo fmt --check · cargo clippy -D warnings · cargo build ·
 #   go SDK tests (gofmt -l, go vet, go test in sdk-go against target/debug/weft) ·
@@ -17,12 +17,13 @@
 # Services are stopped on exit, whatever happened.
 #
 # Environment:
-#   CARGO_TARGET_DIR    honoured (default <repo>/target)
-#   WEFT_SERVICES_DIR   services state and the venv (default <repo>/.services)
-#   WEFT_PG_PORT        private PostgreSQL port (default 55432)
-#   WEFT_KAFKA_PORT     private Kafka broker port, controller on +1 (default 59092)
-#   WEFT_ZK_PORT        private ZooKeeper client port (default 52181)
-#   WEFT_TEST_THREADS   if set, passed to cargo test as --test-threads
+#   CARGO_TARGET_DIR     honoured (default <repo>/target)
+#   WEFT_SERVICES_DIR    services state and the venv (default <repo>/.services)
+#   WEFT_PG_PORT         private PostgreSQL port (default 55432)
+#   WEFT_KAFKA_PORT      private Kafka broker port, controller on +1 (default 59092)
+#   WEFT_ZK_PORT         private ZooKeeper client port (default 52181)
+#   WEFT_PROMETHEUS_PORT private Prometheus HTTP port (default 59090)
+#   WEFT_TEST_THREADS    if set, passed to cargo test as --test-threads
 # WEFT_REQUIRE_SERVICES=1 is exported: tests needing a service never skip.
 set -euo pipefail
 
@@ -38,7 +39,7 @@ PY_REQS=$REPO_ROOT/tests/python/requirements.txt
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # This run starts every service, so no test may skip one: tests that need
-# PostgreSQL, Kafka or ZooKeeper run and fail without it
+# PostgreSQL, Kafka, ZooKeeper or Prometheus run and fail without it
 # (components/build/services.rs).
 export WEFT_REQUIRE_SERVICES=1
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}

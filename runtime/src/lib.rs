@@ -14,6 +14,7 @@ pub mod coalesce;
 pub mod config;
 pub mod mesh;
 pub mod security;
+pub mod telemetry;
 
 pub use weft_blocks::shutdown;
 
@@ -45,6 +46,7 @@ pub struct Runtime {
     /// The address other runtimes reach this one's mesh server at.
     pub mesh_addr: SocketAddr,
     config: RuntimeConfig,
+    tracing: Option<telemetry::Tracing>,
     servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -64,7 +66,21 @@ impl Runtime {
                 resources::embedded_defaults()
             }
         };
-        let blocks = Blocks::build(config.blocks_config()?, specs, shutdown.clone()).await?;
+        let app_configuration = config.app_configuration()?;
+        let tracing_settings = telemetry::tracing_settings(
+            app_configuration.as_ref().and_then(|a| a.tracing.as_ref()),
+            |k| std::env::var(k).ok(),
+        )?;
+        let (telemetry, tracing) = telemetry::telemetry(tracing_settings.as_ref(), &config.app_id)?;
+        if tracing.is_none() {
+            tracing::info!("tracing: off (no OTLP endpoint in --config or OTEL_EXPORTER_OTLP_*, sampling rate 0, or OTEL_SDK_DISABLED); trace context is still forwarded");
+        }
+        let blocks = Blocks::build(
+            config.blocks_config(app_configuration.as_ref(), telemetry)?,
+            specs,
+            shutdown.clone(),
+        )
+        .await?;
         let tokens = TokenCheck::new(config.api_token.clone());
 
         // The app's AppCallback service (the callback model), known to the
@@ -192,6 +208,7 @@ impl Runtime {
             shm_socket,
             mesh_addr: mesh.addr,
             config,
+            tracing,
             servers,
         })
     }
@@ -230,6 +247,11 @@ impl Runtime {
             );
         }
         self.blocks.close().await;
+        if let Some(t) = self.tracing {
+            // The exporter's thread flushes (bounded) while this runtime
+            // keeps driving the exporter's connection.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         if let Some(p) = &self.uds_path {
             let _ = std::fs::remove_file(p);
         }

@@ -1,6 +1,6 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use weft::config::{CaCommand, Cli, Command, RunArgs, RuntimeConfig};
+use weft::config::{CaCommand, Cli, Command, LogFormat, RunArgs, RuntimeConfig};
 use weft::shutdown::Shutdown;
 use weft::Runtime;
 
@@ -47,11 +47,13 @@ fn run(args: RunArgs) -> std::process::ExitCode {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 
     let config = match RuntimeConfig::resolve(&args, |k| std::env::var(k).ok()) {
         Ok(c) => c,

@@ -16,6 +16,8 @@ use weft_proto::runtime::dapr_client::DaprClient;
 
 pub mod invoke_app;
 pub mod mesh;
+pub mod otlp;
+pub mod prometheus;
 
 /// `impl AppCallback for $app { ... }` with the methods given, plus those
 /// no test app serves: input bindings (none listed, events UNIMPLEMENTED),

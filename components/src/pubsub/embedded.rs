@@ -47,8 +47,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::window::{Settled, Window};
 use super::{
-    Ack, AckSink, AckToken, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest,
-    SubscribeOptions,
+    Ack, AckSink, AckToken, Delivery, Feature, Message, PartitionLag, PubSub, PubSubError,
+    PublishRequest, SubscribeOptions,
 };
 use crate::metadata::{ComponentError, InitContext, Metadata};
 
@@ -519,6 +519,27 @@ impl PubSub for EmbeddedBroker {
             tracing::debug!(component = %name, topic = %topic.name, group = %group_name, member = id, "member left");
         });
         Ok(rx)
+    }
+
+    fn lag(&self) -> Vec<PartitionLag> {
+        let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
+        let mut out = Vec::new();
+        for topic in topics {
+            let st = lock(&topic.state);
+            for g in st.groups.iter().filter(|g| !g.members.is_empty()) {
+                for (p, log) in st.logs.iter().enumerate() {
+                    let end = log.base + log.entries.len() as i64;
+                    let committed = g.committed.get(p).copied().unwrap_or(log.base);
+                    out.push(PartitionLag {
+                        topic: topic.name.clone(),
+                        group: g.name.clone(),
+                        partition: p as i32,
+                        lag: (end - committed).max(0),
+                    });
+                }
+            }
+        }
+        out
     }
 
     async fn close(&self) {

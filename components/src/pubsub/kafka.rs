@@ -55,8 +55,8 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::window::{Settled, Window};
 use super::{
-    Ack, AckSink, AckToken, Delivery, Feature, Message, PubSub, PubSubError, PublishRequest,
-    SubscribeOptions,
+    Ack, AckSink, AckToken, Delivery, Feature, Message, PartitionLag, PubSub, PubSubError,
+    PublishRequest, SubscribeOptions,
 };
 use crate::metadata::{ComponentError, InitContext, Metadata};
 
@@ -199,6 +199,7 @@ pub struct KafkaPubSub {
 struct SubscriptionHandle {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    shared: Arc<SubShared>,
 }
 
 impl std::fmt::Debug for KafkaPubSub {
@@ -438,7 +439,9 @@ impl KafkaPubSub {
             .set("queued.min.messages", PREFETCH.to_string())
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+            // Consumer lag for monitoring (PubSub::lag).
+            .set("statistics.interval.ms", "5000");
         if let Some(id) = options
             .instance_id
             .as_deref()
@@ -530,6 +533,7 @@ impl PubSub for KafkaPubSub {
             state: Mutex::default(),
             acked: Condvar::new(),
             me: me.clone(),
+            lag: Mutex::default(),
         });
         let context = SubContext {
             log: LogContext {
@@ -557,9 +561,10 @@ impl PubSub for KafkaPubSub {
 
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
+        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("weft-kafka-sub".into())
-            .spawn(move || run_consumer(consumer, shared, thread_stop))
+            .spawn(move || run_consumer(consumer, thread_shared, thread_stop))
             .map_err(|e| {
                 PubSubError::Internal(format!(
                     "pubsub '{}': starting a consumer thread: {e}",
@@ -568,9 +573,30 @@ impl PubSub for KafkaPubSub {
             })?;
         let mut subs = lock(&self.subscriptions);
         subs.retain(|s| !s.thread.is_finished());
-        subs.push(SubscriptionHandle { stop, thread });
+        subs.push(SubscriptionHandle {
+            stop,
+            thread,
+            shared,
+        });
         tracing::debug!(component = %self.name, topic = %options.topic, group = %group, "kafka subscription started");
         Ok(rx)
+    }
+
+    fn lag(&self) -> Vec<PartitionLag> {
+        let subs = lock(&self.subscriptions);
+        let mut out = Vec::new();
+        for sub in subs.iter().filter(|s| !s.thread.is_finished()) {
+            let sh = &sub.shared;
+            for (p, lag) in lock(&sh.lag).iter() {
+                out.push(PartitionLag {
+                    topic: sh.topic.clone(),
+                    group: sh.group.clone(),
+                    partition: *p,
+                    lag: *lag,
+                });
+            }
+        }
+        out
     }
 
     async fn close(&self) {
@@ -691,6 +717,8 @@ struct SubShared {
     acked: Condvar,
     /// This subscription as the deliveries' ack sink.
     me: Weak<SubShared>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    lag: Mutex<HashMap<i32, i64>>,
 }
 
 #[derive(Default)]
@@ -1095,6 +1123,21 @@ struct SubContext {
 impl ClientContext for SubContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.log.log(level, fac, log_message)
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): keeps the
+    /// consumer lag of the partitions it reports for this topic.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else {
+            return;
+        };
+        let mut lag = lock(&self.shared.lag);
+        lag.clear();
+        for (p, part) in &topic.partitions {
+            if *p >= 0 && part.consumer_lag >= 0 {
+                lag.insert(*p, part.consumer_lag);
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

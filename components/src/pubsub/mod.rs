@@ -75,6 +75,16 @@ impl Feature {
     }
 }
 
+/// A consumer group's lag on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub group: String,
+    pub partition: i32,
+    /// Messages after the group's committed position.
+    pub lag: i64,
+}
+
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishRequest {
@@ -300,6 +310,14 @@ pub trait PubSub: Send + Sync + 'static {
         &self,
         options: SubscribeOptions,
     ) -> Result<mpsc::Receiver<Delivery>, PubSubError>;
+
+    /// How far each consumer group of this component is behind: per topic
+    /// and partition, the messages published after the group's committed
+    /// position (what monitoring shows as consumer lag). Backends that
+    /// cannot tell answer nothing.
+    fn lag(&self) -> Vec<PartitionLag> {
+        Vec::new()
+    }
 
     /// Leaves every group and releases connections.
     async fn close(&self) {}

@@ -11,6 +11,7 @@ use weft_proto::runtime as pb;
 
 use crate::context::CallContext;
 use crate::error::{BlockError, Code};
+use crate::telemetry::{OpMetrics, Telemetry};
 
 /// Messages queued per subscription before the stream applies back-pressure
 /// to the store's channel.
@@ -25,22 +26,50 @@ struct ActiveSubscription {
     cancel: oneshot::Sender<()>,
 }
 
+/// A configuration store with its type and the metric handles of its
+/// operations.
+pub struct StoreHandle {
+    pub store: Arc<dyn ConfigurationStore>,
+    kind: String,
+    get: OpMetrics,
+    subscribe: OpMetrics,
+}
+
+impl StoreHandle {
+    pub fn new(
+        name: &str,
+        kind: &str,
+        store: Arc<dyn ConfigurationStore>,
+        telemetry: &Telemetry,
+    ) -> Self {
+        Self {
+            store,
+            kind: kind.to_string(),
+            get: telemetry.metrics.op(name, kind, "get"),
+            subscribe: telemetry.metrics.op(name, kind, "subscribe"),
+        }
+    }
+}
+
 /// The configuration building block.
 pub struct ConfigurationBlock {
-    stores: BTreeMap<String, Arc<dyn ConfigurationStore>>,
+    stores: BTreeMap<String, StoreHandle>,
     subscriptions: Arc<Mutex<HashMap<String, ActiveSubscription>>>,
     shutdown: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ConfigurationBlock {
     pub fn new(
-        stores: BTreeMap<String, Arc<dyn ConfigurationStore>>,
+        stores: BTreeMap<String, StoreHandle>,
         shutdown: watch::Receiver<bool>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
             stores,
             subscriptions: Arc::default(),
             shutdown,
+            telemetry,
         }
     }
 
@@ -57,13 +86,13 @@ impl ConfigurationBlock {
         if let Ok(mut subs) = self.subscriptions.lock() {
             subs.clear(); // dropping the senders ends every stream
         }
-        for (name, store) in &self.stores {
+        for (name, h) in &self.stores {
             tracing::debug!(component = %name, "closing configuration store");
-            store.close().await;
+            h.store.close().await;
         }
     }
 
-    fn store(&self, name: &str) -> Result<&Arc<dyn ConfigurationStore>, BlockError> {
+    fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
         if name.is_empty() {
             return Err(BlockError::missing_field("store_name"));
         }
@@ -80,17 +109,28 @@ impl ConfigurationBlock {
         })
     }
 
+    /// Reads `keys` (all when empty) from the store `h` named `name`.
+    async fn read(
+        &self,
+        ctx: &CallContext,
+        h: &StoreHandle,
+        name: &str,
+        keys: &[String],
+    ) -> Result<Items, BlockError> {
+        self.telemetry
+            .component_call(ctx, "configuration get", &h.kind, &h.get, h.store.get(keys))
+            .await
+            .map_err(|e| BlockError::from_configuration(name, e))
+    }
+
     pub async fn get_configuration(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::GetConfigurationRequest,
     ) -> Result<pb::GetConfigurationResponse, BlockError> {
-        let store = self.store(&req.store_name)?;
+        let h = self.store(&req.store_name)?;
         check_keys(&req.keys)?;
-        let items = store
-            .get(&req.keys)
-            .await
-            .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
+        let items = self.read(ctx, h, &req.store_name, &req.keys).await?;
         Ok(pb::GetConfigurationResponse {
             items: to_proto(items),
         })
@@ -100,20 +140,24 @@ impl ConfigurationBlock {
     /// and the current values; each later one carries the items that changed.
     pub async fn subscribe_configuration(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::SubscribeConfigurationRequest,
     ) -> Result<SubscriptionStream, BlockError> {
-        let store = self.store(&req.store_name)?.clone();
+        let h = self.store(&req.store_name)?;
         check_keys(&req.keys)?;
         // Subscribe before reading so that no change between the two is missed.
-        let mut updates = store
-            .subscribe(&req.keys)
+        let mut updates = self
+            .telemetry
+            .component_call(
+                ctx,
+                "configuration subscribe",
+                &h.kind,
+                &h.subscribe,
+                h.store.subscribe(&req.keys),
+            )
             .await
             .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
-        let current = store
-            .get(&req.keys)
-            .await
-            .map_err(|e| BlockError::from_configuration(&req.store_name, e))?;
+        let current = self.read(ctx, h, &req.store_name, &req.keys).await?;
 
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);

@@ -60,6 +60,12 @@ pub struct CallContext {
     /// W3C trace context (`traceparent`, `tracestate`) when the caller sent
     /// one.
     pub metadata: Vec<Header>,
+    /// The call's current span when it is traced (`telemetry`); `None`
+    /// with tracing off.
+    pub trace: Option<opentelemetry::Context>,
+    /// Whether the call's latencies are measured (always over gRPC; one in
+    /// a few over shared memory).
+    pub timed: bool,
 }
 
 impl CallContext {

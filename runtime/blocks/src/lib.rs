@@ -26,6 +26,7 @@ pub mod metadata;
 pub mod pubsub;
 pub mod shutdown;
 pub mod state;
+pub mod telemetry;
 mod time;
 
 use std::collections::BTreeMap;
@@ -80,6 +81,8 @@ pub struct BlocksConfig {
     /// How the runtime reaches the app's `AppCallback` service, if it
     /// serves one (reported by the metadata API).
     pub app_connection: Option<metadata::AppConnection>,
+    /// Traces and metrics (the runtime sets up the exporter).
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// A component that cannot be built, with the file and component named.
@@ -102,6 +105,7 @@ pub struct Blocks {
     /// component file names another).
     pub name_resolver: Arc<dyn NameResolver>,
     pub shutdown: Shutdown,
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 impl Blocks {
@@ -157,13 +161,30 @@ impl Blocks {
             match component {
                 Component::State(store) => {
                     let prefix = prefix.unwrap_or(state::KeyPrefix::None);
-                    state_stores.insert(spec.name.clone(), state::StoreHandle { store, prefix });
+                    state_stores.insert(
+                        spec.name.clone(),
+                        state::StoreHandle::new(
+                            &spec.name,
+                            &spec.kind,
+                            store,
+                            prefix,
+                            &cfg.telemetry,
+                        ),
+                    );
                 }
                 Component::Configuration(store) => {
-                    config_stores.insert(spec.name.clone(), store);
+                    config_stores.insert(
+                        spec.name.clone(),
+                        configuration::StoreHandle::new(
+                            &spec.name,
+                            &spec.kind,
+                            store,
+                            &cfg.telemetry,
+                        ),
+                    );
                 }
                 Component::PubSub(ps) => {
-                    pubsubs.insert(spec.name.clone(), ps);
+                    pubsubs.insert(spec.name.clone(), (spec.kind.clone(), ps));
                 }
                 Component::NameResolution(r) => resolver = Some((spec.name.clone(), r)),
             }
@@ -186,13 +207,28 @@ impl Blocks {
             }
         };
         let blocks = Arc::new(Self {
-            state: StateBlock::new(state_stores),
-            configuration: ConfigurationBlock::new(config_stores, shutdown.subscribe()),
-            pubsub: PubSubBlock::new(&cfg.app_id, pubsubs, shutdown.subscribe()),
-            invoke: InvokeBlock::new(&cfg.app_id, cfg.invoke, shutdown.subscribe()),
+            state: StateBlock::new(state_stores, cfg.telemetry.clone()),
+            configuration: ConfigurationBlock::new(
+                config_stores,
+                shutdown.subscribe(),
+                cfg.telemetry.clone(),
+            ),
+            pubsub: PubSubBlock::with_telemetry(
+                &cfg.app_id,
+                pubsubs,
+                shutdown.subscribe(),
+                cfg.telemetry.clone(),
+            ),
+            invoke: InvokeBlock::new(
+                &cfg.app_id,
+                cfg.invoke,
+                shutdown.subscribe(),
+                cfg.telemetry.clone(),
+            ),
             metadata: MetadataBlock::new(&cfg.app_id, cfg.app_connection, infos),
             name_resolver,
             shutdown,
+            telemetry: cfg.telemetry,
         });
         Ok(blocks)
     }

@@ -15,6 +15,7 @@ use weft_proto::runtime as pb;
 use super::time::rfc3339;
 use crate::context::CallContext;
 use crate::error::BlockError;
+use crate::telemetry::{OpMetrics, Telemetry};
 
 /// Separator between a key prefix and the app's key, as in Dapr.
 pub const KEY_SEPARATOR: &str = "||";
@@ -62,16 +63,54 @@ impl KeyPrefix {
 pub struct StoreHandle {
     pub store: Arc<dyn StateStore>,
     pub prefix: KeyPrefix,
+    /// The store's component type (span and metric labels).
+    kind: String,
+    ops: StoreOps,
+}
+
+/// Metric handles of a store's operations.
+#[derive(Clone)]
+struct StoreOps {
+    get: OpMetrics,
+    bulk_get: OpMetrics,
+    set: OpMetrics,
+    delete: OpMetrics,
+    transact: OpMetrics,
+}
+
+impl StoreHandle {
+    pub fn new(
+        name: &str,
+        kind: &str,
+        store: Arc<dyn StateStore>,
+        prefix: KeyPrefix,
+        telemetry: &Telemetry,
+    ) -> Self {
+        let op = |o| telemetry.metrics.op(name, kind, o);
+        Self {
+            store,
+            prefix,
+            kind: kind.to_string(),
+            ops: StoreOps {
+                get: op("get"),
+                bulk_get: op("bulk_get"),
+                set: op("set"),
+                delete: op("delete"),
+                transact: op("transact"),
+            },
+        }
+    }
 }
 
 /// The state building block.
 pub struct StateBlock {
     stores: BTreeMap<String, StoreHandle>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl StateBlock {
-    pub fn new(stores: BTreeMap<String, StoreHandle>) -> Self {
-        Self { stores }
+    pub fn new(stores: BTreeMap<String, StoreHandle>, telemetry: Arc<Telemetry>) -> Self {
+        Self { stores, telemetry }
     }
 
     /// Names of the configured stores.
@@ -106,15 +145,21 @@ impl StateBlock {
 
     pub async fn get_state(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::GetStateRequest,
     ) -> Result<pb::GetStateResponse, BlockError> {
         let h = self.store(&req.store_name)?;
         let key = storage_key(h, &req.key, "key")?;
         let consistency = consistency(req.consistency);
-        let entry = h
-            .store
-            .get(&key, consistency)
+        let entry = self
+            .telemetry
+            .component_call(
+                ctx,
+                "state get",
+                &h.kind,
+                &h.ops.get,
+                h.store.get(&key, consistency),
+            )
             .await
             .map_err(|e| state_error(h, &req.store_name, e))?;
         Ok(match entry {
@@ -129,7 +174,7 @@ impl StateBlock {
 
     pub async fn get_bulk_state(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::GetBulkStateRequest,
     ) -> Result<pb::GetBulkStateResponse, BlockError> {
         let h = self.store(&req.store_name)?;
@@ -143,9 +188,15 @@ impl StateBlock {
         for (i, k) in req.keys.iter().enumerate() {
             keys.push(storage_key(h, k, &format!("keys[{i}]"))?);
         }
-        let entries = h
-            .store
-            .bulk_get(&keys)
+        let entries = self
+            .telemetry
+            .component_call(
+                ctx,
+                "state bulk_get",
+                &h.kind,
+                &h.ops.bulk_get,
+                h.store.bulk_get(&keys),
+            )
             .await
             .map_err(|e| state_error(h, &req.store_name, e))?;
         let items = req
@@ -171,7 +222,7 @@ impl StateBlock {
 
     pub async fn save_state(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::SaveStateRequest,
     ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
@@ -180,8 +231,8 @@ impl StateBlock {
             sets.push(set_request(h, item, &format!("states[{i}]"))?);
         }
         for set in sets {
-            h.store
-                .set(set)
+            self.telemetry
+                .component_call(ctx, "state set", &h.kind, &h.ops.set, h.store.set(set))
                 .await
                 .map_err(|e| state_error(h, &req.store_name, e))?;
         }
@@ -190,7 +241,7 @@ impl StateBlock {
 
     pub async fn delete_state(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::DeleteStateRequest,
     ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
@@ -200,15 +251,21 @@ impl StateBlock {
             concurrency: concurrency(req.options.as_ref()),
             consistency: consistency(req.options.as_ref().map_or(0, |o| o.consistency)),
         };
-        h.store
-            .delete(del)
+        self.telemetry
+            .component_call(
+                ctx,
+                "state delete",
+                &h.kind,
+                &h.ops.delete,
+                h.store.delete(del),
+            )
             .await
             .map_err(|e| state_error(h, &req.store_name, e))
     }
 
     pub async fn delete_bulk_state(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::DeleteBulkStateRequest,
     ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
@@ -217,8 +274,14 @@ impl StateBlock {
             dels.push(delete_request(h, item, &format!("states[{i}]"))?);
         }
         for del in dels {
-            h.store
-                .delete(del)
+            self.telemetry
+                .component_call(
+                    ctx,
+                    "state delete",
+                    &h.kind,
+                    &h.ops.delete,
+                    h.store.delete(del),
+                )
                 .await
                 .map_err(|e| state_error(h, &req.store_name, e))?;
         }
@@ -227,7 +290,7 @@ impl StateBlock {
 
     pub async fn execute_state_transaction(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::ExecuteStateTransactionRequest,
     ) -> Result<(), BlockError> {
         let h = self.store(&req.store_name)?;
@@ -256,8 +319,14 @@ impl StateBlock {
         if ops.is_empty() {
             return Ok(());
         }
-        h.store
-            .transact(ops)
+        self.telemetry
+            .component_call(
+                ctx,
+                "state transact",
+                &h.kind,
+                &h.ops.transact,
+                h.store.transact(ops),
+            )
             .await
             .map_err(|e| state_error(h, &req.store_name, e))
     }
@@ -386,15 +455,19 @@ mod tests {
     use weft_components::state::memory::MemoryStore;
 
     fn block() -> StateBlock {
+        let telemetry = Telemetry::disabled("app");
         let mut stores = BTreeMap::new();
         stores.insert(
             "s".to_string(),
-            StoreHandle {
-                store: Arc::new(MemoryStore::new()),
-                prefix: KeyPrefix::Fixed("app".into()),
-            },
+            StoreHandle::new(
+                "s",
+                "state.in-memory",
+                Arc::new(MemoryStore::new()),
+                KeyPrefix::Fixed("app".into()),
+                &telemetry,
+            ),
         );
-        StateBlock::new(stores)
+        StateBlock::new(stores, telemetry)
     }
 
     fn item(key: &str, value: &[u8]) -> common::StateItem {

@@ -65,7 +65,12 @@ methods! {
 
 /// Looks a method up by id.
 pub fn by_id(id: u32) -> Option<&'static Method> {
-    ALL.iter().find(|m| m.id == id)
+    index_of(id).map(|i| &ALL[i])
+}
+
+/// A method's position in [`ALL`] (for tables indexed like it).
+pub fn index_of(id: u32) -> Option<usize> {
+    ALL.iter().position(|m| m.id == id)
 }
 
 #[cfg(test)]

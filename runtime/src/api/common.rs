@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use weft_blocks::{Authentication, BlockError};
+use weft_blocks::{Authentication, BlockError, Code};
 use weft_proto::runtime as pb;
 
 /// Header (gRPC metadata, HTTP header) carrying the API token, as in Dapr.
@@ -71,6 +71,47 @@ pub fn missing_block(rpc: &str) -> Option<&'static str> {
 /// The answer to an RPC of [`UNIMPLEMENTED`].
 pub fn unimplemented(rpc: &str) -> BlockError {
     BlockError::unimplemented_block(missing_block(rpc).unwrap_or(rpc))
+}
+
+/// The Dapr service's name in spans.
+pub const DAPR_SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
+/// Weft's app-facing service's name in spans.
+pub const APP_CHANNEL_SERVICE: &str = "weft.runtime.v1.AppChannel";
+
+/// The service and method of a shared-memory method table entry as the
+/// gRPC API names them (`weft.ServeInvocations` is AppChannel's
+/// `ServeInvocations`), so that metrics and spans of both transports match.
+pub fn rpc_of(method: &'static str) -> (&'static str, &'static str) {
+    match method.strip_prefix("weft.") {
+        Some(m) => (APP_CHANNEL_SERVICE, m),
+        None => (DAPR_SERVICE, method),
+    }
+}
+
+/// One log line for a failed API call: a warning when the runtime or a
+/// component failed (the operator should look), debug when the caller's
+/// request was at fault (the caller has the answer already). The line
+/// carries the call's trace id when it has one, so logs and traces join.
+pub fn log_failure(transport: &str, method: &str, trace_id: Option<&str>, e: &BlockError) {
+    let trace_id = trace_id.unwrap_or("");
+    match e.code() {
+        Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown => tracing::warn!(
+            transport,
+            method,
+            code = weft_blocks::telemetry::code_name(e.code()),
+            trace_id,
+            "{}",
+            e.message()
+        ),
+        _ => tracing::debug!(
+            transport,
+            method,
+            code = weft_blocks::telemetry::code_name(e.code()),
+            trace_id,
+            "{}",
+            e.message()
+        ),
+    }
 }
 
 /// The metadata view (`Blocks::metadata_view`) as Dapr's `GET

@@ -2,14 +2,17 @@
 //! call's context from the request metadata, hands the request to its
 //! building block and converts the result.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use weft_blocks::{Authentication, BlockError, Blocks, CallContext};
+use weft_blocks::telemetry::ApiMetrics;
+use weft_blocks::{Authentication, BlockError, Blocks, CallContext, Code};
 use weft_proto::appchannel as ac;
 use weft_proto::appchannel::app_channel_server::{AppChannel, AppChannelServer};
 use weft_proto::common as dapr_common;
@@ -29,11 +32,51 @@ type TopicStream =
 #[derive(Clone)]
 pub struct DaprApi {
     blocks: Arc<Blocks>,
+    /// Metric handles by RPC name.
+    metrics: Arc<HashMap<&'static str, ApiMetrics>>,
 }
+
+const DAPR: &str = common::DAPR_SERVICE;
+const APP_CHANNEL: &str = common::APP_CHANNEL_SERVICE;
 
 impl DaprApi {
     pub fn new(blocks: Arc<Blocks>) -> Self {
-        Self { blocks }
+        let m = &blocks.telemetry.metrics;
+        let metrics = weft_shm::method::ALL
+            .iter()
+            .map(|x| common::rpc_of(x.name).1)
+            .map(|name| (name, m.api("grpc", name)))
+            .collect();
+        Self {
+            blocks,
+            metrics: Arc::new(metrics),
+        }
+    }
+
+    /// Runs one call of `method` through `f` with the call's context:
+    /// its span (when traced), its metrics, and one log line when it fails.
+    async fn call<Req, Resp>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        r: Request<Req>,
+        f: impl AsyncFnOnce(&CallContext, Req) -> Result<Resp, BlockError>,
+    ) -> Result<Resp, Status> {
+        let started = Instant::now();
+        let (mut ctx, req) = split(r);
+        let telemetry = &self.blocks.telemetry;
+        telemetry.start_call(&mut ctx, "grpc", service, method);
+        let out = f(&ctx, req).await;
+        let code = out.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
+        if let Some(m) = self.metrics.get(method) {
+            m.record(code, Some(started));
+        }
+        telemetry.end_call(&ctx, out.as_ref().map(|_| ()));
+        if let Err(e) = &out {
+            let trace_id = weft_blocks::telemetry::trace_id_of(&ctx);
+            common::log_failure("grpc", method, trace_id.as_deref(), e);
+        }
+        out.map_err(to_status)
     }
 
     /// The app-facing gRPC services — the Dapr API and Weft's own
@@ -50,17 +93,30 @@ impl DaprApi {
             .add_service(TokenInterceptor::wrap(weft, tokens))
     }
 
+    /// An RPC of a block this runtime lacks (api::common::UNIMPLEMENTED).
+    async fn unimplemented<Req, T>(
+        &self,
+        rpc: &'static str,
+        r: Request<Req>,
+    ) -> Result<Response<T>, Status> {
+        self.call(DAPR, rpc, r, async |_, _| Err(common::unimplemented(rpc)))
+            .await
+            .map(Response::new)
+    }
+
     async fn subscribe_config(
         &self,
-        ctx: CallContext,
-        req: pb::SubscribeConfigurationRequest,
+        method: &'static str,
+        r: Request<pb::SubscribeConfigurationRequest>,
     ) -> Result<Response<ConfigStream>, Status> {
         let rx = self
-            .blocks
-            .configuration
-            .subscribe_configuration(&ctx, req)
-            .await
-            .map_err(to_status)?;
+            .call(DAPR, method, r, async |ctx, req| {
+                self.blocks
+                    .configuration
+                    .subscribe_configuration(ctx, req)
+                    .await
+            })
+            .await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -69,8 +125,9 @@ impl DaprApi {
 /// The call context of a gRPC request: its deadline (`grpc-timeout`), its
 /// forwardable metadata, and how it passed the token check.
 fn context<T>(r: &Request<T>) -> CallContext {
-    CallContext::app()
-        .with_timeout(headers::deadline(r.metadata()))
+    let mut ctx = CallContext::app();
+    ctx.timed = true;
+    ctx.with_timeout(headers::deadline(r.metadata()))
         .with_metadata(headers::from_metadata(r.metadata()))
         .with_authentication(
             r.extensions()
@@ -84,11 +141,6 @@ fn context<T>(r: &Request<T>) -> CallContext {
 fn split<T>(r: Request<T>) -> (CallContext, T) {
     let ctx = context(&r);
     (ctx, r.into_inner())
-}
-
-/// A block's answer as a gRPC response.
-fn answer<T>(r: Result<T, BlockError>) -> Result<Response<T>, Status> {
-    r.map(Response::new).map_err(to_status)
 }
 
 /// Rejects calls without the configured API token; records the outcome in
@@ -119,10 +171,6 @@ impl tonic::service::Interceptor for TokenInterceptor {
     }
 }
 
-fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
-    Err(to_status(common::unimplemented(rpc)))
-}
-
 #[tonic::async_trait]
 impl Dapr for DaprApi {
     // === invocation ===
@@ -131,13 +179,11 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::InvokeServiceRequest>,
     ) -> Result<Response<dapr_common::InvokeResponse>, Status> {
-        let (ctx, req) = split(r);
         let invoked = self
-            .blocks
-            .invoke
-            .invoke_service(&ctx, req)
-            .await
-            .map_err(to_status)?;
+            .call(DAPR, "InvokeService", r, async |ctx, req| {
+                self.blocks.invoke.invoke_service(ctx, req).await
+            })
+            .await?;
         let mut resp = Response::new(invoked.response);
         headers::extend_metadata(resp.metadata_mut(), &invoked.headers);
         Ok(resp)
@@ -149,52 +195,70 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateResponse>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.get_state(&ctx, req).await)
+        self.call(DAPR, "GetState", r, async |ctx, req| {
+            self.blocks.state.get_state(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_bulk_state(
         &self,
         r: Request<pb::GetBulkStateRequest>,
     ) -> Result<Response<pb::GetBulkStateResponse>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.get_bulk_state(&ctx, req).await)
+        self.call(DAPR, "GetBulkState", r, async |ctx, req| {
+            self.blocks.state.get_bulk_state(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn save_state(&self, r: Request<pb::SaveStateRequest>) -> Result<Response<()>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.save_state(&ctx, req).await)
+        self.call(DAPR, "SaveState", r, async |ctx, req| {
+            self.blocks.state.save_state(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn query_state_alpha1(
         &self,
-        _: Request<pb::QueryStateRequest>,
+        r: Request<pb::QueryStateRequest>,
     ) -> Result<Response<pb::QueryStateResponse>, Status> {
-        unimplemented("QueryStateAlpha1")
+        self.unimplemented("QueryStateAlpha1", r).await
     }
 
     async fn delete_state(
         &self,
         r: Request<pb::DeleteStateRequest>,
     ) -> Result<Response<()>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.delete_state(&ctx, req).await)
+        self.call(DAPR, "DeleteState", r, async |ctx, req| {
+            self.blocks.state.delete_state(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn delete_bulk_state(
         &self,
         r: Request<pb::DeleteBulkStateRequest>,
     ) -> Result<Response<()>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.delete_bulk_state(&ctx, req).await)
+        self.call(DAPR, "DeleteBulkState", r, async |ctx, req| {
+            self.blocks.state.delete_bulk_state(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn execute_state_transaction(
         &self,
         r: Request<pb::ExecuteStateTransactionRequest>,
     ) -> Result<Response<()>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.state.execute_state_transaction(&ctx, req).await)
+        self.call(DAPR, "ExecuteStateTransaction", r, async |ctx, req| {
+            self.blocks.state.execute_state_transaction(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     // === pub/sub ===
@@ -203,8 +267,11 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::PublishEventRequest>,
     ) -> Result<Response<()>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.pubsub.publish_event(&ctx, req).await)
+        self.call(DAPR, "PublishEvent", r, async |ctx, req| {
+            self.blocks.pubsub.publish_event(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn bulk_publish_event_alpha1(
@@ -218,8 +285,11 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::BulkPublishRequest>,
     ) -> Result<Response<pb::BulkPublishResponse>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.pubsub.bulk_publish_event(&ctx, req).await)
+        self.call(DAPR, "BulkPublishEvent", r, async |ctx, req| {
+            self.blocks.pubsub.bulk_publish_event(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     type SubscribeTopicEventsAlpha1Stream = TopicStream;
@@ -228,9 +298,17 @@ impl Dapr for DaprApi {
         &self,
         r: Request<Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Result<Response<Self::SubscribeTopicEventsAlpha1Stream>, Status> {
-        let (ctx, requests) = split(r);
-        let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
-        let rx = self.blocks.pubsub.subscribe_topic_events(&ctx, requests);
+        let rx = self
+            .call(
+                DAPR,
+                "SubscribeTopicEventsAlpha1",
+                r,
+                async |ctx, requests| {
+                    let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
+                    Ok(self.blocks.pubsub.subscribe_topic_events(ctx, requests))
+                },
+            )
+            .await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -239,23 +317,23 @@ impl Dapr for DaprApi {
 
     async fn invoke_binding(
         &self,
-        _: Request<pb::InvokeBindingRequest>,
+        r: Request<pb::InvokeBindingRequest>,
     ) -> Result<Response<pb::InvokeBindingResponse>, Status> {
-        unimplemented("InvokeBinding")
+        self.unimplemented("InvokeBinding", r).await
     }
 
     async fn get_secret(
         &self,
-        _: Request<pb::GetSecretRequest>,
+        r: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        unimplemented("GetSecret")
+        self.unimplemented("GetSecret", r).await
     }
 
     async fn get_bulk_secret(
         &self,
-        _: Request<pb::GetBulkSecretRequest>,
+        r: Request<pb::GetBulkSecretRequest>,
     ) -> Result<Response<pb::GetBulkSecretResponse>, Status> {
-        unimplemented("GetBulkSecret")
+        self.unimplemented("GetBulkSecret", r).await
     }
 
     // === configuration ===
@@ -271,8 +349,11 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::GetConfigurationRequest>,
     ) -> Result<Response<pb::GetConfigurationResponse>, Status> {
-        let (ctx, req) = split(r);
-        answer(self.blocks.configuration.get_configuration(&ctx, req).await)
+        self.call(DAPR, "GetConfiguration", r, async |ctx, req| {
+            self.blocks.configuration.get_configuration(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     type SubscribeConfigurationAlpha1Stream = ConfigStream;
@@ -281,8 +362,8 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::SubscribeConfigurationRequest>,
     ) -> Result<Response<Self::SubscribeConfigurationAlpha1Stream>, Status> {
-        let (ctx, req) = split(r);
-        self.subscribe_config(ctx, req).await
+        self.subscribe_config("SubscribeConfigurationAlpha1", r)
+            .await
     }
 
     type SubscribeConfigurationStream = ConfigStream;
@@ -291,8 +372,7 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::SubscribeConfigurationRequest>,
     ) -> Result<Response<Self::SubscribeConfigurationStream>, Status> {
-        let (ctx, req) = split(r);
-        self.subscribe_config(ctx, req).await
+        self.subscribe_config("SubscribeConfiguration", r).await
     }
 
     async fn unsubscribe_configuration_alpha1(
@@ -306,45 +386,54 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::UnsubscribeConfigurationRequest>,
     ) -> Result<Response<pb::UnsubscribeConfigurationResponse>, Status> {
-        let (ctx, req) = split(r);
-        answer(
+        self.call(DAPR, "UnsubscribeConfiguration", r, async |ctx, req| {
             self.blocks
                 .configuration
-                .unsubscribe_configuration(&ctx, req)
-                .await,
-        )
+                .unsubscribe_configuration(ctx, req)
+                .await
+        })
+        .await
+        .map(Response::new)
     }
 
     // === lock ===
 
     async fn try_lock_alpha1(
         &self,
-        _: Request<pb::TryLockRequest>,
+        r: Request<pb::TryLockRequest>,
     ) -> Result<Response<pb::TryLockResponse>, Status> {
-        unimplemented("TryLockAlpha1")
+        self.unimplemented("TryLockAlpha1", r).await
     }
 
     async fn unlock_alpha1(
         &self,
-        _: Request<pb::UnlockRequest>,
+        r: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        unimplemented("UnlockAlpha1")
+        self.unimplemented("UnlockAlpha1", r).await
     }
 
     // === metadata and lifecycle ===
 
     async fn get_metadata(
         &self,
-        _: Request<pb::GetMetadataRequest>,
+        r: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        Ok(Response::new(self.blocks.metadata_view()))
+        self.call(DAPR, "GetMetadata", r, async |_, _| {
+            Ok(self.blocks.metadata_view())
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn set_metadata(
         &self,
         r: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<()>, Status> {
-        answer(self.blocks.metadata.set_metadata(r.into_inner()))
+        self.call(DAPR, "SetMetadata", r, async |_, req| {
+            self.blocks.metadata.set_metadata(req)
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<()>, Status> {
@@ -365,13 +454,12 @@ impl AppChannel for DaprApi {
         &self,
         r: Request<Streaming<ac::ServeInvocationsRequest>>,
     ) -> Result<Response<Self::ServeInvocationsStream>, Status> {
-        let (ctx, requests) = split(r);
-        let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
         let rx = self
-            .blocks
-            .invoke
-            .serve_invocations(&ctx, requests)
-            .map_err(to_status)?;
+            .call(APP_CHANNEL, "ServeInvocations", r, async |ctx, requests| {
+                let requests = requests.map(|m| m.map_err(|s| from_status(&s)));
+                self.blocks.invoke.serve_invocations(ctx, requests)
+            })
+            .await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }

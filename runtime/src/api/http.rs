@@ -1,5 +1,5 @@
 //! HTTP endpoints: health (the Dapr SDKs wait on /v1.0/healthz/outbound),
-//! metadata and shutdown.
+//! metadata, shutdown and Prometheus metrics (`/metrics`).
 
 use std::sync::Arc;
 
@@ -20,7 +20,8 @@ struct HttpState {
     tokens: TokenCheck,
 }
 
-/// The HTTP router. Health endpoints never need the API token.
+/// The HTTP router. Health endpoints and `/metrics` never need the API
+/// token (as Dapr's metrics port: a scraper sends none).
 pub fn router(blocks: Arc<Blocks>, tokens: TokenCheck, max_body_size: usize) -> Router {
     let state = HttpState { blocks, tokens };
     Router::new()
@@ -29,6 +30,7 @@ pub fn router(blocks: Arc<Blocks>, tokens: TokenCheck, max_body_size: usize) -> 
         .route("/v1.0/metadata", get(metadata))
         .route("/v1.0/metadata/{key}", put(set_metadata))
         .route("/v1.0/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_size))
         .with_state(state)
@@ -102,10 +104,20 @@ async fn shutdown(State(state): State<HttpState>, headers: HeaderMap) -> Respons
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// OpenMetrics text (what prometheus-client writes: counters' TYPE lines
+/// name the family, samples end in `_total`, the body ends in `# EOF`);
+/// Prometheus reads it natively.
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let body = state.blocks.telemetry.metrics.encode();
+    ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_TEXT)], body).into_response()
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "ERR_NOT_FOUND",
-        format!("no HTTP route for {}: this runtime serves the Dapr API over gRPC; HTTP has health, metadata and shutdown", uri.path()),
+        format!("no HTTP route for {}: this runtime serves the Dapr API over gRPC; HTTP has health, metadata, shutdown and /metrics", uri.path()),
     )
 }

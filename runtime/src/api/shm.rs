@@ -13,6 +13,7 @@
 //! Anything that breaks the protocol ends only that session, with a
 //! goodbye frame (status code and message) on its socket.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -25,9 +26,11 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
+use weft_blocks::telemetry::{trace_id_of, ApiMetrics, Telemetry, SHM_TIMING_EVERY};
 use weft_blocks::{Authentication, BlockError, Blocks, CallContext, Code, Shutdown};
 use weft_proto::appchannel as ac;
 use weft_proto::mesh::Header as MetadataEntry;
@@ -62,6 +65,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// Settings shared by every session.
 struct ServerCtx {
     blocks: Arc<Blocks>,
+    /// Metric handles per method, indexed like `method::ALL`.
+    api: Vec<Arc<ApiMetrics>>,
     handle: tokio::runtime::Handle,
     app_id: String,
     tokens: TokenCheck,
@@ -95,7 +100,13 @@ pub fn start(
         }
     }
     let listener = bind(&settings.socket)?;
+    let metrics = &blocks.telemetry.metrics;
+    let api = method::ALL
+        .iter()
+        .map(|m| Arc::new(metrics.api("shm", common::rpc_of(m.name).1)))
+        .collect();
     let ctx = Arc::new(ServerCtx {
+        api,
         blocks,
         handle: tokio::runtime::Handle::current(),
         app_id: app_id.to_string(),
@@ -185,7 +196,10 @@ async fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name(format!("weft-shm-{id}"))
             .spawn(move || {
+                let open = &ctx2.blocks.telemetry.metrics.shm_sessions;
+                open.inc();
                 run_session(&ctx2, sock, id, peer_pid, allowed);
+                open.dec();
                 ctx2.sessions.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
@@ -238,6 +252,9 @@ struct Shared {
     /// Open bidirectional calls: correlation id → where their MORE records
     /// go. Dropping a sender ends the call's client stream.
     client_streams: Mutex<HashMap<u64, ClientStream>>,
+    /// `weft_shm_ring_full_total` and `weft_shm_wakeups_total`.
+    ring_full: Counter,
+    wakeups: Counter,
 }
 
 /// The app's side of an open bidirectional call: its method id (MORE
@@ -441,11 +458,15 @@ impl Shared {
         match written {
             Ok(true) => {
                 if tx.consumer_needs_wakeup() {
+                    self.wakeups.inc();
                     let _ = control::send_wake(&self.wake);
                 }
                 Ok(TryRespond::Written)
             }
-            Ok(false) => Ok(TryRespond::Full),
+            Ok(false) => {
+                self.ring_full.inc();
+                Ok(TryRespond::Full)
+            }
             Err(e) => Err(RespondError::Ring(e)),
         }
     }
@@ -670,6 +691,8 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         fatal: Mutex::new(None),
         in_flight: Mutex::new(HashMap::new()),
         client_streams: Mutex::new(HashMap::new()),
+        ring_full: ctx.blocks.telemetry.metrics.shm_ring_full.clone(),
+        wakeups: ctx.blocks.telemetry.metrics.shm_wakeups.clone(),
     });
     tracing::info!(
         session = id,
@@ -684,6 +707,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         sock,
         id,
         authentication,
+        sample: Cell::new(0),
     };
     let mut rx = rx;
     let end = session.serve(&mut rx);
@@ -697,6 +721,8 @@ struct Session<'a> {
     id: u64,
     /// How the session's hello passed the token check.
     authentication: Authentication,
+    /// Calls seen, for the timed sample (one in `SHM_TIMING_EVERY`).
+    sample: Cell<u64>,
 }
 
 impl Session<'_> {
@@ -779,6 +805,28 @@ impl Session<'_> {
         }
     }
 
+    /// Starts measuring a call of `method::ALL[index]`: its counter by
+    /// code always, its latency in the timed sample, its server span when
+    /// tracing is on (made the context's current span).
+    fn measure(&self, index: usize, ctx: &mut CallContext) -> Measure {
+        let n = self.sample.get();
+        self.sample.set(n.wrapping_add(1));
+        let timed = n.is_multiple_of(SHM_TIMING_EVERY);
+        ctx.timed = timed;
+        let telemetry = &self.ctx.blocks.telemetry;
+        let (service, name) = common::rpc_of(method::ALL[index].name);
+        if telemetry.tracing() {
+            telemetry.start_call(ctx, "weft-shm", service, name);
+        }
+        Measure {
+            api: self.ctx.api[index].clone(),
+            started: timed.then(Instant::now),
+            trace: ctx.trace.clone(),
+            trace_id: trace_id_of(ctx),
+            name,
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -844,12 +892,13 @@ impl Session<'_> {
         if env.flags & flags::MORE != 0 {
             return self.more(env.method, corr, body);
         }
-        let Some(m) = method::by_id(env.method) else {
+        let Some(index) = method::index_of(env.method) else {
             return Err(End::protocol(
                 Code::Unimplemented,
                 format!("unknown method id {} (request {corr})", env.method),
             ));
         };
+        let m = &method::ALL[index];
         let reply = env.flags & flags::NO_REPLY == 0;
         if !reply && m.kind == method::Kind::Bidi {
             return Err(End::protocol(
@@ -879,6 +928,7 @@ impl Session<'_> {
             status: 0,
         };
         if body.len() > self.ctx.max_body_size {
+            self.ctx.api[index].record(Code::ResourceExhausted, None);
             let msg = format!(
                 "{} request of {} bytes is larger than the runtime's --max-body-size ({} bytes)",
                 m.name,
@@ -905,7 +955,8 @@ impl Session<'_> {
                 format!("correlation id {corr} reused while its call is in flight"),
             ));
         }
-        let ctx = self.call_context(block, corr)?;
+        let mut ctx = self.call_context(block, corr)?;
+        let measure = self.measure(index, &mut ctx);
         let deadline = ctx.deadline;
         let call = dispatch(&self.ctx.blocks, ctx, m.id, body).map_err(|e| {
             End::protocol(
@@ -927,10 +978,14 @@ impl Session<'_> {
                         .poll(&mut TaskContext::from_waker(Waker::noop()))
                 };
                 match polled {
-                    Poll::Ready(r) => self.answer(reply, answer, r, with_context),
+                    Poll::Ready(r) => {
+                        measure.done(&r);
+                        self.answer(reply, answer, r, with_context)
+                    }
                     Poll::Pending => {
                         self.spawn(corr, reply, async move {
                             let r = fut.await;
+                            measure.done(&r);
                             move |shared: Arc<Shared>| async move {
                                 if shared.finish(corr) {
                                     shared
@@ -947,6 +1002,7 @@ impl Session<'_> {
                 let stream_env = Envelope { flags: 0, ..answer };
                 self.spawn(corr, reply, async move {
                     let r = fut.await;
+                    measure.done(&r);
                     move |shared: Arc<Shared>| async move {
                         let out = stream_out(&shared, stream_env, r, with_context);
                         until_deadline(out, &shared, stream_env, deadline, m.name, with_context)
@@ -964,6 +1020,7 @@ impl Session<'_> {
                     deadline,
                     name: m.name,
                     with_context,
+                    measure,
                 };
                 match first {
                     m @ BidiMessage::Topics(_) => {
@@ -1012,15 +1069,17 @@ impl Session<'_> {
             let _rt = self.ctx.handle.enter();
             start(Requests { rx, pick })
         };
+        let Opened {
+            env,
+            deadline,
+            name,
+            with_context,
+            measure,
+            ..
+        } = opened;
+        measure.done(&out);
         self.spawn(corr, true, async move {
             move |shared: Arc<Shared>| async move {
-                let Opened {
-                    env,
-                    deadline,
-                    name,
-                    with_context,
-                    ..
-                } = opened;
                 let sent = stream_out(&shared, env, out, with_context);
                 until_deadline(sent, &shared, env, deadline, name, with_context).await;
                 shared.end_client_stream_of(corr, &ours);
@@ -1194,6 +1253,27 @@ struct Opened {
     deadline: Option<Instant>,
     name: &'static str,
     with_context: bool,
+    measure: Measure,
+}
+
+/// What a call records when it is answered (or, for a stream, opened).
+struct Measure {
+    api: Arc<ApiMetrics>,
+    started: Option<Instant>,
+    trace: Option<opentelemetry::Context>,
+    trace_id: Option<String>,
+    name: &'static str,
+}
+
+impl Measure {
+    fn done<T>(self, r: &Result<T, BlockError>) {
+        let code = r.as_ref().err().map_or(Code::Ok, BlockError::code);
+        self.api.record(code, self.started);
+        Telemetry::end(self.trace, r.as_ref().map(|_| ()));
+        if let Err(e) = r {
+            common::log_failure("shm", self.name, self.trace_id.as_deref(), e);
+        }
+    }
 }
 
 /// The error a call gets when its deadline passes.
@@ -1480,9 +1560,14 @@ mod tests {
                 |_| None,
             )
             .unwrap();
-            let blocks = Blocks::build(cfg.blocks_config().unwrap(), vec![], Shutdown::new())
-                .await
-                .unwrap();
+            let blocks = Blocks::build(
+                cfg.blocks_config(None, weft_blocks::telemetry::Telemetry::disabled("t"))
+                    .unwrap(),
+                vec![],
+                Shutdown::new(),
+            )
+            .await
+            .unwrap();
             let mut answered = Vec::new();
             for m in method::ALL {
                 if let Ok(Call::Unary(f)) = dispatch(&blocks, CallContext::app(), m.id, &[]) {
@@ -1526,9 +1611,14 @@ mod tests {
                 unreachable!("argv is `weft run`")
             };
             let cfg = crate::config::RuntimeConfig::resolve(&args, |_| None).unwrap();
-            let blocks = Blocks::build(cfg.blocks_config().unwrap(), vec![], Shutdown::new())
-                .await
-                .unwrap();
+            let blocks = Blocks::build(
+                cfg.blocks_config(None, weft_blocks::telemetry::Telemetry::disabled("t"))
+                    .unwrap(),
+                vec![],
+                Shutdown::new(),
+            )
+            .await
+            .unwrap();
             for m in method::ALL {
                 let call = dispatch(&blocks, CallContext::app(), m.id, &[]).unwrap();
                 let streaming = matches!(call, Call::Stream(_));

@@ -19,8 +19,8 @@
 //!             action: allow
 //! ```
 //!
-//! Only `spec.accessControl` is implemented; other sections of Dapr's
-//! Configuration (`tracing`, `metric`, `features`, …) are accepted and
+//! `spec.accessControl` and `spec.tracing` are implemented; other sections
+//! of Dapr's Configuration (`metric`, `features`, …) are accepted and
 //! ignored with a debug log. Inside `accessControl` an unknown field is an
 //! error, since a misspelt field would silently change who may call the app.
 //! Every error names the file and the field, e.g.
@@ -43,6 +43,49 @@ pub struct AppConfiguration {
     pub name: String,
     /// `spec.accessControl`; [`AccessPolicy::allow_all`] when absent.
     pub access_control: AccessPolicy,
+    /// `spec.tracing`, if given (see `crate::telemetry` for its meaning).
+    pub tracing: Option<TracingSpec>,
+}
+
+/// `spec.tracing` of a Configuration, as Dapr spells it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// `samplingRate`: "0" (off) to "1" (every trace); a string in Dapr.
+    #[serde(default, deserialize_with = "text")]
+    pub sampling_rate: Option<String>,
+    /// `otel`: the OTLP collector.
+    #[serde(default)]
+    pub otel: Option<OtelSpec>,
+}
+
+/// `spec.tracing.otel`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtelSpec {
+    /// `endpointAddress`: `host:port` of the collector (or a URL).
+    #[serde(default)]
+    pub endpoint_address: Option<String>,
+    /// `isSecure`: TLS to the collector.
+    #[serde(default)]
+    pub is_secure: Option<bool>,
+    /// `protocol`: `grpc` or `http`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A string, or a number read as its text (`samplingRate: 1`).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(serde::de::Error::custom(
+                "invalid type: sequence or mapping, expected a string",
+            ))
+        }
+    })
 }
 
 /// A `Configuration` document as written. Every field is optional here so
@@ -71,8 +114,11 @@ struct ConfigurationSpec {
     /// `weft_blocks::invoke::access` for the semantics).
     #[serde(rename = "accessControl", default)]
     access_control: Option<AccessControlSpec>,
+    /// `tracing`: sampling and the OTLP collector.
+    #[serde(default)]
+    tracing: Option<TracingSpec>,
     /// Sections of Dapr's Configuration this runtime does not implement
-    /// (`tracing`, `metric`, `features`, …): accepted and ignored.
+    /// (`metric`, `features`, …): accepted and ignored.
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -142,7 +188,9 @@ pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, ConfigError> {
         .ok_or_else(|| err("metadata.name", "missing".into()))?;
 
     let mut access_control = AccessPolicy::allow_all();
+    let mut tracing_spec = None;
     if let Some(spec) = doc.spec {
+        tracing_spec = spec.tracing;
         for section in spec.other.keys() {
             tracing::debug!(
                 file,
@@ -164,6 +212,7 @@ pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, ConfigError> {
     Ok(AppConfiguration {
         name,
         access_control,
+        tracing: tracing_spec,
     })
 }
 

@@ -94,6 +94,13 @@ pub struct CaIssueArgs {
     pub out: PathBuf,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Flags of `weft run`. Every flag has a `WEFT_*` environment fallback; the
 /// ports also honour Dapr's `DAPR_GRPC_PORT` and `DAPR_HTTP_PORT`.
 #[derive(Debug, Clone, Args)]
@@ -114,7 +121,8 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_GRPC_PORT")]
     pub grpc_port: Option<u16>,
 
-    /// HTTP port: health, metadata. Also read from DAPR_HTTP_PORT.
+    /// HTTP port: health, metadata, shutdown and Prometheus `/metrics`.
+    /// Also read from DAPR_HTTP_PORT.
     #[arg(long, env = "WEFT_HTTP_PORT")]
     pub http_port: Option<u16>,
 
@@ -167,6 +175,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log line format: `text` (for people) or `json` (one JSON object a
+    /// line, for log collectors; fields as key/value pairs).
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     // === shared-memory transport (docs/shm-protocol.md) ===
     /// Unix socket of the shared-memory transport. Defaults to
     /// `<data-dir>/shm.sock`.
@@ -217,8 +230,9 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_INVOKE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub invoke_timeout_seconds: u64,
 
-    /// Dapr Configuration resource (YAML) with `spec.accessControl`
-    /// policies for calls into this app.
+    /// Dapr Configuration resource (YAML): `spec.accessControl` policies
+    /// for calls into this app, `spec.tracing` (sampling rate, OTLP
+    /// collector; docs/operations.md).
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -542,14 +556,20 @@ impl RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// The `--config` file, if given.
+    pub fn app_configuration(&self) -> Result<Option<app_config::AppConfiguration>, ConfigError> {
+        self.app_config.as_deref().map(app_config::load).transpose()
+    }
+
     /// The settings the building blocks take: this app's identity, the
-    /// invocation timeout and access policy (read from `--config`), and how
-    /// the app is reached.
-    pub fn blocks_config(&self) -> Result<BlocksConfig, ConfigError> {
-        let access = match &self.app_config {
-            Some(path) => app_config::load(path)?.access_control,
-            None => AccessPolicy::allow_all(),
-        };
+    /// invocation timeout and access policy (from the `--config` file
+    /// `app`), how the app is reached, and the telemetry.
+    pub fn blocks_config(
+        &self,
+        app: Option<&app_config::AppConfiguration>,
+        telemetry: std::sync::Arc<weft_blocks::telemetry::Telemetry>,
+    ) -> Result<BlocksConfig, ConfigError> {
+        let access = app.map_or_else(AccessPolicy::allow_all, |a| a.access_control.clone());
         Ok(BlocksConfig {
             app_id: self.app_id.clone(),
             data_dir: self.data_dir.clone(),
@@ -564,6 +584,7 @@ impl RuntimeConfig {
                 protocol: "grpc".to_string(),
                 channel_address: "127.0.0.1".to_string(),
             }),
+            telemetry,
         })
     }
 }

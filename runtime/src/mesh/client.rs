@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
@@ -24,6 +27,7 @@ use tonic::Status;
 use weft_blocks::app::{Invoked, ERROR_ORIGIN_HEADER};
 use weft_blocks::context::{header, TRACEPARENT};
 use weft_blocks::invoke::RemoteInvoker;
+use weft_blocks::telemetry::{Labels, Telemetry};
 use weft_blocks::BlockError;
 use weft_components::nameresolution::{NameResolver, ResolveError};
 use weft_proto::mesh;
@@ -55,6 +59,8 @@ pub struct ConnectError {
 struct Connector {
     addr: SocketAddr,
     tls: Option<Arc<MeshTls>>,
+    /// `weft_mesh_tls_handshakes_total`.
+    handshakes: Family<Labels, Counter>,
     app_id: String,
     namespace: String,
     trust_domain: String,
@@ -89,21 +95,34 @@ impl tower_service::Service<Uri> for Connector {
                 let connector = tokio_rustls::TlsConnector::from(tls.client_config());
                 let name = rustls::pki_types::ServerName::try_from("weft.mesh")
                     .expect("static server name is valid");
-                let stream = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| fail(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
+                let handshake = |result: &str| {
+                    this.handshakes
+                        .get_or_create(&vec![
+                            ("side", "client".to_string()),
+                            ("result", result.to_string()),
+                        ])
+                        .inc();
+                };
+                let stream = connector.connect(name, tcp).await.map_err(|e| {
+                    handshake("failed");
+                    fail(format!("TLS handshake failed: {e}{}", trust_hint(&e)))
+                })?;
                 let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
-                let id = peer_identity(certs).map_err(|e| fail(e.to_string()))?;
+                let id = peer_identity(certs).map_err(|e| {
+                    handshake("failed");
+                    fail(e.to_string())
+                })?;
                 if id.app_id != this.app_id
                     || id.namespace != this.namespace
                     || id.trust_domain != this.trust_domain
                 {
+                    handshake("failed");
                     return Err(fail(format!(
                         "the instance presented identity {id}, expected app '{}' in namespace '{}' of trust domain '{}'",
                         this.app_id, this.namespace, this.trust_domain
                     )));
                 }
+                handshake("ok");
                 Ok(TokioIo::new(Coalesce::new(MaybeTls::Tls(Box::new(stream)))))
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -135,6 +154,9 @@ pub struct MeshClient {
     max_body_size: usize,
     balancer: Balancer,
     instances: Mutex<HashMap<(String, SocketAddr), Arc<Instance>>>,
+    telemetry: Arc<Telemetry>,
+    /// Call latency histograms by called app id.
+    latency: Mutex<HashMap<String, Histogram>>,
 }
 
 impl MeshClient {
@@ -145,6 +167,7 @@ impl MeshClient {
         trust_domain: &str,
         policy: LbPolicy,
         max_body_size: usize,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
             resolver,
@@ -154,7 +177,26 @@ impl MeshClient {
             max_body_size,
             balancer: Balancer::new(policy),
             instances: Mutex::new(HashMap::new()),
+            telemetry,
+            latency: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The latency histogram of calls to `app_id`.
+    fn latency(&self, app_id: &str) -> Histogram {
+        let mut map = self.latency.lock().expect("mesh latency map poisoned");
+        if let Some(h) = map.get(app_id) {
+            return h.clone();
+        }
+        let h = self.telemetry.metrics.mesh_call(app_id);
+        map.insert(app_id.to_string(), h.clone());
+        h
+    }
+
+    /// Counts and logs an ejection.
+    fn ejected(&self, app_id: &str, addr: SocketAddr, t: Duration, why: &str) {
+        self.telemetry.metrics.mesh_ejections.inc();
+        tracing::warn!(app_id = %app_id, instance = %addr, eject_for = ?t, "mesh: instance ejected: {why}");
     }
 
     fn instance(&self, app_id: &str, addr: SocketAddr) -> Arc<Instance> {
@@ -164,6 +206,7 @@ impl MeshClient {
                 let connector = Connector {
                     addr,
                     tls: self.tls.clone(),
+                    handshakes: self.telemetry.metrics.mesh_handshakes.clone(),
                     app_id: app_id.to_string(),
                     namespace: self.namespace.clone(),
                     trust_domain: self.trust_domain.clone(),
@@ -183,6 +226,25 @@ impl MeshClient {
     }
 
     async fn call(
+        &self,
+        req: mesh::InvokeRequest,
+        timeout: Duration,
+    ) -> Result<Invoked, BlockError> {
+        let started = Instant::now();
+        let app_id = req.target_app_id.clone();
+        let r = self.attempt(req, timeout).await;
+        // Only apps that exist get a series (a mistyped id must not add
+        // one per typo).
+        if !matches!(r, Err(BlockError::NotFound(_))) {
+            self.latency(&app_id)
+                .observe(started.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    /// Resolves, picks and calls instances until one answers, the deadline
+    /// passes or [`MAX_ATTEMPTS`] are used.
+    async fn attempt(
         &self,
         req: mesh::InvokeRequest,
         timeout: Duration,
@@ -239,7 +301,8 @@ impl MeshClient {
                 }
                 Ok(Err(status)) if never_sent(&status) => {
                     if let Some(t) = chosen.stats.record_failure(true, Instant::now()) {
-                        tracing::warn!(app_id = %app_id, instance = %chosen.stats.addr, eject_for = ?t, error = %status.message(), "mesh: instance ejected; trying another");
+                        let why = format!("{}; trying another", status.message());
+                        self.ejected(&app_id, chosen.stats.addr, t, &why);
                     }
                     last_error = Some(BlockError::Unavailable(format!(
                         "app '{app_id}': {}",
@@ -256,7 +319,7 @@ impl MeshClient {
                         return Err(from_status(&status));
                     }
                     if let Some(t) = chosen.stats.record_failure(false, Instant::now()) {
-                        tracing::warn!(app_id = %app_id, instance = %chosen.stats.addr, eject_for = ?t, "mesh: instance ejected after repeated failures");
+                        self.ejected(&app_id, chosen.stats.addr, t, "repeated failures");
                     }
                     return Err(BlockError::Unavailable(format!(
                         "app '{app_id}': the connection to instance {} failed during the call: {}",

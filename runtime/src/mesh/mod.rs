@@ -57,6 +57,7 @@ pub async fn start(
     let incoming = tokio_stream::wrappers::ReceiverStream::new(server::incoming(
         listener,
         tls.clone(),
+        &blocks.telemetry.metrics,
         shutdown.clone(),
     ));
     let service = server::MeshService::new(blocks.clone(), max_body_size);
@@ -74,6 +75,7 @@ pub async fn start(
         blocks.invoke.trust_domain(),
         settings.lb,
         max_body_size,
+        blocks.telemetry.clone(),
     );
     blocks.invoke.set_remote(Arc::new(client));
     let registration = Registration {

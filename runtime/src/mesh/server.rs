@@ -13,6 +13,11 @@ use tonic::{Request, Response, Status};
 use weft_proto::mesh;
 use weft_proto::mesh::mesh_server::{Mesh, MeshServer};
 
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+use prometheus_client::metrics::gauge::Gauge;
+use weft_blocks::context::{header, TRACEPARENT, TRACESTATE};
+use weft_blocks::telemetry::{Metrics, Telemetry};
 use weft_blocks::{Authentication, Blocks, CallContext, Caller, PeerIdentity, Shutdown};
 
 use super::io::MaybeTls;
@@ -28,6 +33,25 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Inbound {
     io: Coalesce<MaybeTls<TlsStream<TcpStream>>>,
     peer: Arc<PeerIdentity>,
+    /// `weft_mesh_connections`, decremented when the connection closes.
+    open: Gauge,
+}
+
+impl Inbound {
+    fn new(io: MaybeTls<TlsStream<TcpStream>>, peer: PeerIdentity, open: &Gauge) -> Self {
+        open.inc();
+        Self {
+            io: Coalesce::new(io),
+            peer: Arc::new(peer),
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl Inbound {
@@ -89,8 +113,11 @@ impl tokio::io::AsyncWrite for Inbound {
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<MeshTls>>,
+    metrics: &Metrics,
     shutdown: Shutdown,
 ) -> mpsc::Receiver<Result<Inbound, std::io::Error>> {
+    let open = metrics.mesh_connections.clone();
+    let handshakes = metrics.mesh_handshakes.clone();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let acceptor = tls
@@ -112,18 +139,24 @@ pub fn incoming(
             let tx = tx.clone();
             match &acceptor {
                 None => {
-                    let conn = Inbound {
-                        io: Coalesce::new(MaybeTls::Plain(tcp)),
-                        peer: Arc::new(PeerIdentity::Unverified),
-                    };
+                    let conn = Inbound::new(MaybeTls::Plain(tcp), PeerIdentity::Unverified, &open);
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
+                    let (open, handshakes) = (open.clone(), handshakes.clone());
                     tokio::spawn(async move {
-                        if let Some(conn) = handshake(acceptor, tcp, remote).await {
+                        let conn = handshake(acceptor, tcp, remote, &open).await;
+                        let result = if conn.is_some() { "ok" } else { "failed" };
+                        handshakes
+                            .get_or_create(&vec![
+                                ("side", "server".to_string()),
+                                ("result", result.to_string()),
+                            ])
+                            .inc();
+                        if let Some(conn) = conn {
                             let _ = tx.send(Ok(conn)).await;
                         }
                     });
@@ -138,6 +171,7 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
+    open: &Gauge,
 ) -> Option<Inbound> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -152,14 +186,15 @@ async fn handshake(
     };
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
     match peer_identity(certs) {
-        Ok(id) => Some(Inbound {
-            io: Coalesce::new(MaybeTls::Tls(Box::new(tls))),
-            peer: Arc::new(PeerIdentity::Verified {
+        Ok(id) => Some(Inbound::new(
+            MaybeTls::Tls(Box::new(tls)),
+            PeerIdentity::Verified {
                 trust_domain: id.trust_domain,
                 namespace: id.namespace,
                 app_id: id.app_id,
-            }),
-        }),
+            },
+            open,
+        )),
         Err(e) => {
             tracing::warn!(%remote, error = %e, "mesh: refused a connection: no usable SPIFFE identity");
             None
@@ -191,19 +226,36 @@ impl Mesh for MeshService {
             .get::<Arc<PeerIdentity>>()
             .cloned()
             .ok_or_else(|| Status::internal("mesh: connection without peer information"))?;
-        let ctx = CallContext {
+        let mut ctx = CallContext {
             caller: Caller::Runtime(PeerIdentity::clone(&peer)),
             authentication: Authentication::Mesh,
+            timed: true,
             ..CallContext::default()
         }
         .with_timeout(headers::deadline(r.metadata()));
         let req = r.into_inner();
-        let invoked = self
-            .blocks
-            .invoke
-            .handle_remote(&ctx, req)
-            .await
-            .map_err(to_status)?;
+        // The server span of this hop, a child of the calling runtime's
+        // client span (its traceparent rides in the request's headers).
+        let telemetry = &self.blocks.telemetry;
+        ctx.trace = telemetry.start_from(
+            header(&req.headers, TRACEPARENT),
+            header(&req.headers, TRACESTATE),
+            SpanKind::Server,
+            || {
+                (
+                    "weft.internal.v1.Mesh/Invoke".into(),
+                    vec![
+                        KeyValue::new("rpc.system", "grpc"),
+                        KeyValue::new("rpc.service", "weft.internal.v1.Mesh"),
+                        KeyValue::new("rpc.method", "Invoke"),
+                        KeyValue::new("weft.invoke.caller", req.caller_app_id.clone()),
+                    ],
+                )
+            },
+        );
+        let out = self.blocks.invoke.handle_remote(&ctx, req).await;
+        Telemetry::end(ctx.trace.clone(), out.as_ref().map(|_| ()));
+        let invoked = out.map_err(to_status)?;
         Ok(Response::new(mesh::InvokeResponse {
             message: Some(invoked.response),
             headers: invoked.headers,

@@ -26,6 +26,9 @@ use self::stream::{InvocationStream, InvocationStreams};
 use crate::app::{AppInvoker, Invoked};
 use crate::context::{set_header, CallContext, Caller, PeerIdentity};
 use crate::error::BlockError;
+use crate::telemetry::{self, Telemetry};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// Header with the calling app's id, as Dapr sets it for the called app.
 pub const CALLER_APP_ID_HEADER: &str = "dapr-caller-app-id";
@@ -59,6 +62,7 @@ pub struct InvokeConfig {
 pub struct InvokeBlock {
     app_id: String,
     config: InvokeConfig,
+    telemetry: Arc<Telemetry>,
     remote: OnceLock<Arc<dyn RemoteInvoker>>,
     app: OnceLock<Arc<dyn AppInvoker>>,
     /// Streams the app opened to receive invocations (`ServeInvocations`),
@@ -71,10 +75,12 @@ impl InvokeBlock {
         app_id: &str,
         config: InvokeConfig,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
             app_id: app_id.to_string(),
             config,
+            telemetry,
             remote: OnceLock::new(),
             app: OnceLock::new(),
             streams: Arc::new(InvocationStreams::new(shutdown)),
@@ -152,25 +158,70 @@ impl InvokeBlock {
         }
         let timeout = self.timeout(ctx);
         let mut headers = ctx.metadata.clone();
-        trace_context::start_hop(&mut headers);
-        if req.id == self.app_id {
+        let local = req.id == self.app_id;
+        // The hop's client span (traced runtimes), else a new parent id in
+        // the caller's trace.
+        let span = if local {
+            self.app_span(ctx, &message.method)
+        } else {
+            self.telemetry.child(ctx, SpanKind::Client, || {
+                (
+                    "weft.internal.v1.Mesh/Invoke".into(),
+                    vec![
+                        KeyValue::new("rpc.system", "grpc"),
+                        KeyValue::new("rpc.service", "weft.internal.v1.Mesh"),
+                        KeyValue::new("rpc.method", "Invoke"),
+                        KeyValue::new("weft.invoke.app_id", req.id.clone()),
+                        KeyValue::new("weft.invoke.method", message.method.clone()),
+                    ],
+                )
+            })
+        };
+        match &span {
+            Some(cx) => telemetry::inject(cx, &mut headers),
+            None => trace_context::start_hop(&mut headers),
+        }
+        let r = if local {
             // Calling itself: no network hop, same headers as a remote call.
             set_header(&mut headers, CALLER_APP_ID_HEADER, &self.app_id);
             set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
-            return self.app()?.on_invoke(message, headers, timeout).await;
-        }
-        let remote = self.remote.get().ok_or_else(|| {
-            BlockError::Unavailable(
-                "service invocation: the mesh is not started on this runtime".into(),
-            )
-        })?;
-        let call = mesh::InvokeRequest {
-            target_app_id: req.id,
-            caller_app_id: self.app_id.clone(),
-            message: Some(message),
-            headers,
+            match self.app() {
+                Ok(app) => app.on_invoke(message, headers, timeout).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            match self.remote.get() {
+                None => Err(BlockError::Unavailable(
+                    "service invocation: the mesh is not started on this runtime".into(),
+                )),
+                Some(remote) => {
+                    let call = mesh::InvokeRequest {
+                        target_app_id: req.id,
+                        caller_app_id: self.app_id.clone(),
+                        message: Some(message),
+                        headers,
+                    };
+                    remote.invoke(call, timeout).await
+                }
+            }
         };
-        remote.invoke(call, timeout).await
+        Telemetry::end(span, r.as_ref().map(|_| ()));
+        r
+    }
+
+    /// The client span of a call into the local app (traced runtimes).
+    fn app_span(&self, ctx: &CallContext, method: &str) -> Option<opentelemetry::Context> {
+        self.telemetry.child(ctx, SpanKind::Client, || {
+            (
+                "dapr.proto.runtime.v1.AppCallback/OnInvoke".into(),
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", "dapr.proto.runtime.v1.AppCallback"),
+                    KeyValue::new("rpc.method", "OnInvoke"),
+                    KeyValue::new("weft.invoke.method", method.to_string()),
+                ],
+            )
+        })
     }
 
     /// A call from another runtime; `ctx.caller` is its identity as the
@@ -240,7 +291,14 @@ impl InvokeBlock {
         set_header(&mut headers, CALLER_APP_ID_HEADER, caller_app);
         set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
         let timeout = self.timeout(ctx);
-        self.app()?.on_invoke(message, headers, timeout).await
+        let app = self.app()?;
+        let span = self.app_span(ctx, &message.method);
+        if let Some(cx) = &span {
+            telemetry::inject(cx, &mut headers);
+        }
+        let r = app.on_invoke(message, headers, timeout).await;
+        Telemetry::end(span, r.as_ref().map(|_| ()));
+        r
     }
 
     /// Where the app receives invocations: its AppCallback port, else the

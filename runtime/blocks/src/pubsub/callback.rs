@@ -119,7 +119,7 @@ async fn deliver_to_app(
 ) {
     let limiter = LogLimiter::new(Duration::from_secs(10));
     let (pubsub, topic) = (sub.pubsub_name().to_string(), sub.topic().to_string());
-    let call = |event: PendingEvent| {
+    let call = |mut event: PendingEvent| {
         let channel = channel.clone();
         let (limiter, pubsub, topic) = (&limiter, &pubsub, &topic);
         async move {

@@ -82,6 +82,14 @@ impl Inner {
         json_write(&mut out, now);
         out.extend_from_slice(b",\"topic\":");
         json_write(&mut out, topic);
+        if let Some((tp, ts)) = metadata.trace {
+            out.extend_from_slice(b",\"traceparent\":");
+            json_write(&mut out, tp.as_str());
+            if let Some(ts) = ts {
+                out.extend_from_slice(b",\"tracestate\":");
+                json_write(&mut out, ts.as_str());
+            }
+        }
         out.extend_from_slice(b",\"type\":");
         json_write(
             &mut out,
@@ -131,6 +139,14 @@ impl Inner {
         ce.insert("pubsubname".into(), pubsub.into());
         if !ce.contains_key("time") {
             ce.insert("time".into(), now.into());
+        }
+        if let Some((tp, ts)) = metadata.trace {
+            if !ce.contains_key("traceparent") {
+                ce.insert("traceparent".into(), tp.clone().into());
+                if let Some(ts) = ts {
+                    ce.insert("tracestate".into(), ts.clone().into());
+                }
+            }
         }
     }
 }

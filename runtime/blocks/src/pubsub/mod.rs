@@ -55,6 +55,7 @@ use weft_components::pubsub::PubSub;
 use weft_proto::runtime as pb;
 
 use crate::error::BlockError;
+use crate::telemetry::{OpMetrics, Telemetry};
 
 pub use subscription::{PendingEvent, TopicSubscription};
 
@@ -111,21 +112,57 @@ pub struct PubSubBlock {
 pub(crate) struct Inner {
     app_id: String,
     components: BTreeMap<String, Arc<dyn PubSub>>,
+    /// Component types by name (span and metric labels).
+    kinds: BTreeMap<String, String>,
+    publish_ops: BTreeMap<String, OpMetrics>,
+    telemetry: Arc<Telemetry>,
     active: Mutex<HashMap<u64, pb::PubsubSubscription>>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
 }
 
 impl PubSubBlock {
+    /// A block over `components` without tracing (tests, tools).
     pub fn new(
         app_id: &str,
         components: BTreeMap<String, Arc<dyn PubSub>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let components = components
+            .into_iter()
+            .map(|(n, ps)| (n, ("pubsub".to_string(), ps)))
+            .collect();
+        Self::with_telemetry(app_id, components, shutdown, Telemetry::disabled(app_id))
+    }
+
+    /// A block over `components` (name → type and component), recording
+    /// into `telemetry`: publish metrics, delivery metrics, consumer lag.
+    pub fn with_telemetry(
+        app_id: &str,
+        components: BTreeMap<String, (String, Arc<dyn PubSub>)>,
+        shutdown: watch::Receiver<bool>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let kinds: BTreeMap<String, String> = components
+            .iter()
+            .map(|(n, (k, _))| (n.clone(), k.clone()))
+            .collect();
+        let publish_ops = components
+            .iter()
+            .map(|(n, (k, _))| (n.clone(), telemetry.metrics.op(n, k, "publish")))
+            .collect();
+        let components: BTreeMap<String, Arc<dyn PubSub>> =
+            components.into_iter().map(|(n, (_, ps))| (n, ps)).collect();
+        telemetry.metrics.register_collector(Box::new(LagCollector {
+            components: components.clone(),
+        }));
         Self {
             inner: Arc::new(Inner {
                 app_id: app_id.to_string(),
                 components,
+                kinds,
+                publish_ops,
+                telemetry,
                 active: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 shutdown,
@@ -180,6 +217,18 @@ impl PubSubBlock {
 // === impl Inner ===
 
 impl Inner {
+    /// The component type of `pubsub` (`pubsub.kafka`, …).
+    fn kind_of(&self, pubsub: &str) -> String {
+        self.kinds.get(pubsub).cloned().unwrap_or_default()
+    }
+
+    /// Records one publish call to `pubsub`.
+    fn record_publish(&self, pubsub: &str, ok: bool, started: Option<std::time::Instant>) {
+        if let Some(m) = self.publish_ops.get(pubsub) {
+            m.record(ok, started);
+        }
+    }
+
     fn component(&self, name: &str) -> Result<&Arc<dyn PubSub>, BlockError> {
         if name.is_empty() {
             return Err(BlockError::missing_field("pubsub_name"));
@@ -203,4 +252,44 @@ fn check_topic(topic: &str) -> Result<(), BlockError> {
         return Err(BlockError::missing_field("topic"));
     }
     Ok(())
+}
+
+/// Reads every component's consumer lag at scrape time
+/// (`weft_pubsub_consumer_lag`).
+struct LagCollector {
+    components: BTreeMap<String, Arc<dyn PubSub>>,
+}
+
+impl std::fmt::Debug for LagCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.components.keys()).finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for LagCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut gauge = encoder.encode_descriptor(
+            "pubsub_consumer_lag",
+            "Messages published after a consumer group's committed position, per partition",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, ps) in &self.components {
+            for l in ps.lag() {
+                let labels: crate::telemetry::Labels = vec![
+                    ("component", name.clone()),
+                    ("topic", l.topic),
+                    ("group", l.group),
+                    ("partition", l.partition.to_string()),
+                ];
+                let g = prometheus_client::metrics::gauge::ConstGauge::new(l.lag);
+                g.encode(gauge.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }

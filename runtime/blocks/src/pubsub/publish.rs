@@ -10,36 +10,48 @@ use weft_proto::runtime as pb;
 
 use super::envelope::{is_cloudevent, now_rfc3339};
 use super::{check_topic, Inner, PubSubBlock, CLOUDEVENTS_JSON, PARTITION_KEY, RAW_PAYLOAD};
-use crate::context::CallContext;
+use crate::context::{CallContext, TRACEPARENT, TRACESTATE};
 use crate::error::BlockError;
+use crate::telemetry::{self, Telemetry};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+use std::time::Instant;
 
 impl PubSubBlock {
     pub async fn publish_event(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::PublishEventRequest,
     ) -> Result<(), BlockError> {
         let ps = self.component(&req.pubsub_name)?;
         check_topic(&req.topic)?;
+        let (span, trace) = self.inner.producer_span(ctx, &req.pubsub_name, &req.topic);
         let msg = self.inner.message(
             &req.pubsub_name,
             &req.topic,
             req.data,
             &req.data_content_type,
-            Md::from(&req.metadata),
+            Md {
+                trace: trace.as_ref(),
+                ..Md::from(&req.metadata)
+            },
             None,
             &now_rfc3339(),
         )?;
+        let started = ctx.timed.then(Instant::now);
         let published = ps
             .publish(msg)
             .await
             .map_err(|e| BlockError::from_pubsub(&req.pubsub_name, e));
+        self.inner
+            .record_publish(&req.pubsub_name, published.is_ok(), started);
+        Telemetry::end(span, published.as_ref().map(|_| ()));
         published
     }
 
     pub async fn bulk_publish_event(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         req: pb::BulkPublishRequest,
     ) -> Result<pb::BulkPublishResponse, BlockError> {
         let ps = self.component(&req.pubsub_name)?;
@@ -58,6 +70,7 @@ impl PubSubBlock {
         }
         drop(ids);
         let now = now_rfc3339();
+        let (span, trace) = self.inner.producer_span(ctx, &req.pubsub_name, &req.topic);
         let mut entry_ids = Vec::with_capacity(req.entries.len());
         let mut msgs = Vec::with_capacity(req.entries.len());
         for (i, mut e) in req.entries.into_iter().enumerate() {
@@ -69,13 +82,22 @@ impl PubSubBlock {
                 Md {
                     base: &req.metadata,
                     entry: Some(&e.metadata),
+                    trace: trace.as_ref(),
                 },
                 Some(i),
                 &now,
             )?);
             entry_ids.push(e.entry_id);
         }
+        let started = ctx.timed.then(Instant::now);
         let results = ps.publish_bulk(msgs).await;
+        self.inner
+            .record_publish(&req.pubsub_name, results.iter().all(Result::is_ok), started);
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let outcome = (failed > 0).then(|| {
+            BlockError::Unavailable(format!("{failed} of {} entries failed", results.len()))
+        });
+        Telemetry::end(span, outcome.as_ref().map_or(Ok(()), Err));
         let failed_entries = entry_ids
             .into_iter()
             .zip(results)
@@ -93,6 +115,41 @@ impl PubSubBlock {
 }
 
 impl Inner {
+    /// The producer span of a publish (when the call is traced), and the
+    /// trace context the event carries: that span's, else the caller's as
+    /// it came.
+    fn producer_span(
+        &self,
+        ctx: &CallContext,
+        pubsub: &str,
+        topic: &str,
+    ) -> (
+        Option<opentelemetry::Context>,
+        Option<(String, Option<String>)>,
+    ) {
+        let span = self.telemetry.child(ctx, SpanKind::Producer, || {
+            (
+                format!("publish {topic}").into(),
+                vec![
+                    KeyValue::new(
+                        "messaging.system",
+                        telemetry::messaging_system(&self.kind_of(pubsub)),
+                    ),
+                    KeyValue::new("messaging.destination.name", topic.to_string()),
+                    KeyValue::new("messaging.operation.type", "send"),
+                    KeyValue::new("weft.component", pubsub.to_string()),
+                ],
+            )
+        });
+        let trace = match &span {
+            Some(cx) => telemetry::traceparent(cx),
+            None => ctx
+                .traceparent()
+                .map(|tp| (tp.to_string(), ctx.header(TRACESTATE).map(str::to_string))),
+        };
+        (span, trace)
+    }
+
     /// The message to publish for one event; `entry` is its index in a
     /// bulk request (named in errors); `now` the envelope's `time`.
     #[allow(clippy::too_many_arguments)]
@@ -138,6 +195,12 @@ impl Inner {
             if !content_type.is_empty() {
                 headers.insert("content-type".into(), content_type.to_string());
             }
+            if let Some((tp, ts)) = metadata.trace {
+                headers.insert(TRACEPARENT.into(), tp.clone());
+                if let Some(ts) = ts {
+                    headers.insert(TRACESTATE.into(), ts.clone());
+                }
+            }
             data
         } else if is_cloudevent(content_type) {
             let mut ce: Map<String, Value> = serde_json::from_slice(&data).map_err(|e| {
@@ -160,16 +223,22 @@ impl Inner {
     }
 }
 
-/// Request metadata, with a bulk entry's own metadata over the request's.
+/// Request metadata, with a bulk entry's own metadata over the request's,
+/// and the trace context the event carries (`traceparent`, `tracestate`).
 #[derive(Clone, Copy)]
 pub(super) struct Md<'a> {
     pub(super) base: &'a HashMap<String, String>,
     pub(super) entry: Option<&'a HashMap<String, String>>,
+    pub(super) trace: Option<&'a (String, Option<String>)>,
 }
 
 impl<'a> From<&'a HashMap<String, String>> for Md<'a> {
     fn from(base: &'a HashMap<String, String>) -> Self {
-        Self { base, entry: None }
+        Self {
+            base,
+            entry: None,
+            trace: None,
+        }
     }
 }
 

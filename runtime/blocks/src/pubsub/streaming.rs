@@ -220,7 +220,7 @@ impl Outbox {
 
     /// Numbers the event, keeps it until its ack and queues it on the
     /// stream; `false` when the stream is closed.
-    fn push(&mut self, event: PendingEvent, tx: &StreamTx) -> bool {
+    fn push(&mut self, mut event: PendingEvent, tx: &StreamTx) -> bool {
         let n = self.next;
         self.next += 1;
         let mut id = String::with_capacity(self.prefix.len() + 20);

@@ -19,7 +19,13 @@ use super::{
     check_topic, Inner, SubscriptionKind, SubscriptionRequest, CONSUMER_GROUP, GROUP_INSTANCE_ID,
     MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_PARTITION, RETRY_BACKOFF, REVOKE_TIMEOUT,
 };
+use crate::context::{TRACEPARENT, TRACESTATE};
 use crate::error::BlockError;
+use crate::telemetry::{self, Metrics, Telemetry};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::KeyValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 impl Inner {
     pub(super) async fn subscribe(
@@ -53,15 +59,25 @@ impl Inner {
             );
         }
         tracing::info!(component = %req.pubsub_name, topic = %req.topic, group = %options.group, kind = ?kind, "subscribed");
+        let labels = Metrics::topic_labels(&req.pubsub_name, &req.topic);
+        let m = &self.telemetry.metrics;
+        let ctx = Arc::new(SubscriptionContext {
+            pubsub: ps,
+            kind: self.kind_of(&req.pubsub_name),
+            group: options.group.clone(),
+            deliveries: m.pubsub_deliveries.get_or_create(&labels).clone(),
+            redeliveries: m.pubsub_redeliveries.get_or_create(&labels).clone(),
+            dead_lettered: m.pubsub_dead_lettered.get_or_create(&labels).clone(),
+            in_flight: m.pubsub_in_flight.get_or_create(&labels).clone(),
+            telemetry: self.telemetry.clone(),
+            pubsub_name: req.pubsub_name,
+            topic: req.topic,
+            dead_letter_topic,
+            path: req.path,
+        });
         Ok(TopicSubscription {
             rx,
-            ctx: Arc::new(SubscriptionContext {
-                pubsub: ps,
-                pubsub_name: req.pubsub_name,
-                topic: req.topic,
-                dead_letter_topic,
-                path: req.path,
-            }),
+            ctx,
             registration: Registration { inner: self, id },
         })
     }
@@ -130,6 +146,14 @@ impl Drop for Registration {
 
 struct SubscriptionContext {
     pubsub: Arc<dyn PubSub>,
+    /// The component's type and the consumer group (span attributes).
+    kind: String,
+    group: String,
+    deliveries: Counter,
+    redeliveries: Counter,
+    dead_lettered: Counter,
+    in_flight: Gauge,
+    telemetry: Arc<Telemetry>,
     pubsub_name: String,
     topic: String,
     dead_letter_topic: Option<String>,
@@ -147,19 +171,13 @@ impl TopicSubscription {
     /// The next event; `None` when the component ended the subscription.
     pub async fn next(&mut self) -> Option<PendingEvent> {
         let delivery = self.rx.recv().await?;
-        Some(PendingEvent {
-            delivery,
-            ctx: self.ctx.clone(),
-        })
+        Some(PendingEvent::new(delivery, &self.ctx))
     }
 
     /// The next event if one is waiting.
     pub fn try_next(&mut self) -> Option<PendingEvent> {
         let delivery = self.rx.try_recv().ok()?;
-        Some(PendingEvent {
-            delivery,
-            ctx: self.ctx.clone(),
-        })
+        Some(PendingEvent::new(delivery, &self.ctx))
     }
 
     pub fn pubsub_name(&self) -> &str {
@@ -180,9 +198,36 @@ impl TopicSubscription {
 pub struct PendingEvent {
     delivery: Delivery,
     ctx: Arc<SubscriptionContext>,
+    /// The consumer span, from handing the event out to the app's verdict
+    /// (traced runtimes only).
+    span: Option<opentelemetry::Context>,
+    _in_flight: InFlight,
+}
+
+/// Counts an event as in flight while it lives.
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl PendingEvent {
+    fn new(delivery: Delivery, ctx: &Arc<SubscriptionContext>) -> Self {
+        ctx.deliveries.inc();
+        if delivery.message.attempt > 0 {
+            ctx.redeliveries.inc();
+        }
+        ctx.in_flight.inc();
+        Self {
+            delivery,
+            ctx: ctx.clone(),
+            span: None,
+            _in_flight: InFlight(ctx.in_flight.clone()),
+        }
+    }
+
     /// The broker message.
     pub fn message(&self) -> &Message {
         &self.delivery.message
@@ -191,18 +236,78 @@ impl PendingEvent {
     /// The event as Dapr delivers it. `id` replaces the CloudEvent's id when
     /// given (the streaming API needs an id unique per delivery); the
     /// envelope's own id is then in the `cloudEventId` extension.
-    pub fn to_event(&self, id: Option<String>) -> pb::TopicEventRequest {
-        to_event(
+    ///
+    /// In a traced runtime this starts the consumer span, a child of the
+    /// trace context the event carries (its `traceparent`), and the event
+    /// handed to the app carries the consumer span's context instead, so
+    /// the app's work joins the trace (also on a redelivery).
+    pub fn to_event(&mut self, id: Option<String>) -> pb::TopicEventRequest {
+        let mut ev = to_event(
             &self.delivery.message,
             &self.ctx.pubsub_name,
             &self.ctx.path,
             id,
-        )
+        );
+        if self.ctx.telemetry.tracing() {
+            self.trace_delivery(&mut ev);
+        }
+        ev
+    }
+
+    fn trace_delivery(&mut self, ev: &mut pb::TopicEventRequest) {
+        let ext = |ev: &pb::TopicEventRequest, k: &str| -> Option<String> {
+            match ev.extensions.as_ref()?.fields.get(k)?.kind.as_ref()? {
+                prost_types::value::Kind::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }
+        };
+        let m = &self.delivery.message;
+        let span = self.ctx.telemetry.start_from(
+            ext(ev, TRACEPARENT).as_deref(),
+            ext(ev, TRACESTATE).as_deref(),
+            SpanKind::Consumer,
+            || {
+                let system = telemetry::messaging_system(&self.ctx.kind);
+                let mut attributes = vec![
+                    KeyValue::new("messaging.destination.name", self.ctx.topic.clone()),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.consumer.group.name", self.ctx.group.clone()),
+                    KeyValue::new(
+                        "messaging.destination.partition.id",
+                        m.partition.to_string(),
+                    ),
+                    KeyValue::new("weft.delivery.attempt", i64::from(m.attempt)),
+                    KeyValue::new("weft.component", self.ctx.pubsub_name.clone()),
+                ];
+                if system == "kafka" {
+                    attributes.push(KeyValue::new(
+                        "messaging.kafka.partition",
+                        i64::from(m.partition),
+                    ));
+                    attributes.push(KeyValue::new("messaging.kafka.offset", m.offset));
+                } else {
+                    attributes.push(KeyValue::new("weft.delivery.offset", m.offset));
+                }
+                attributes.push(KeyValue::new("messaging.system", system));
+                (format!("process {}", self.ctx.topic).into(), attributes)
+            },
+        );
+        if let Some((tp, ts)) = span.as_ref().and_then(telemetry::traceparent) {
+            let fields = &mut ev.extensions.get_or_insert_with(Default::default).fields;
+            let text = |s: String| prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(s)),
+            };
+            fields.insert(TRACEPARENT.into(), text(tp));
+            if let Some(ts) = ts {
+                fields.insert(TRACESTATE.into(), text(ts));
+            }
+        }
+        self.span = span;
     }
 
     /// Applies the app's status: SUCCESS acks, RETRY redelivers, DROP
     /// dead-letters (when configured) and moves on. Unknown values retry.
-    pub async fn complete(self, status: i32) {
+    pub async fn complete(mut self, status: i32) {
         let ack = match Status::try_from(status) {
             Ok(Status::Success) => Ack::Success,
             Ok(Status::Retry) => Ack::Retry,
@@ -212,6 +317,17 @@ impl PendingEvent {
                 Ack::Retry
             }
         };
+        if let Some(cx) = self.span.take() {
+            cx.span().set_attribute(KeyValue::new(
+                "weft.delivery.outcome",
+                match ack {
+                    Ack::Success => "success",
+                    Ack::Retry => "retry",
+                    Ack::Drop => "drop",
+                },
+            ));
+            Telemetry::end(Some(cx), Ok(()));
+        }
         self.delivery.ack(ack);
     }
 
@@ -227,7 +343,10 @@ impl PendingEvent {
             headers: m.headers.clone(),
         };
         match self.ctx.pubsub.publish(req).await {
-            Ok(()) => Ack::Drop,
+            Ok(()) => {
+                self.ctx.dead_lettered.inc();
+                Ack::Drop
+            }
             Err(e) => {
                 tracing::warn!(component = %self.ctx.pubsub_name, topic = %self.ctx.topic, dead_letter_topic = %dlt, error = %e,
                     "could not publish to the dead-letter topic; retrying the message");

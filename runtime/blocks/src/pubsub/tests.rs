@@ -318,6 +318,7 @@ async fn bulk_entry_metadata_overrides_the_request_metadata() {
     let md = Md {
         base: &base,
         entry: Some(&entry),
+        trace: None,
     };
     let m = b
         .inner
