@@ -227,7 +227,30 @@ svc_postgres_start() {
         log "creating database $PG_DB"
         pg_psql -d postgres -c "CREATE DATABASE $PG_DB" || { pg_log_tail; die "could not create database $PG_DB"; }
     fi
+    pg_password_role
     log "postgres ready: postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
+}
+
+# A role that must log in with a password (scram-sha-256 over TCP), for
+# the tests that take a connection's password from a secret store; every
+# other connection keeps trust auth. Idempotent.
+PG_PW_USER=weft_secret
+PG_PW_PASSWORD=weft-secret-password
+pg_password_role() {
+    local hba=$PG_DATA/pg_hba.conf line="host all $PG_PW_USER 127.0.0.1/32 scram-sha-256"
+    if ! as_pg grep -qxF "$line" "$hba"; then
+        { echo "$line"; as_pg cat "$hba"; } > "$PG_BASE/pg_hba.new"
+        as_pg tee "$hba" < "$PG_BASE/pg_hba.new" >/dev/null
+        rm -f "$PG_BASE/pg_hba.new"
+        pg_psql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+    fi
+    pg_psql -d postgres -c "DO \$\$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_PW_USER') THEN
+            CREATE ROLE $PG_PW_USER LOGIN;
+        END IF;
+    END \$\$" >/dev/null
+    pg_psql -d postgres -c "SET password_encryption = 'scram-sha-256'; ALTER ROLE $PG_PW_USER PASSWORD '$PG_PW_PASSWORD'" >/dev/null
+    pg_psql -d "$PG_DB" -c "GRANT ALL ON SCHEMA public TO $PG_PW_USER" >/dev/null
 }
 
 svc_postgres_stop() {
@@ -268,6 +291,9 @@ svc_postgres_status() {
 svc_postgres_env() {
     printf "export WEFT_PG_PORT=%q\n" "$PG_PORT"
     printf "export WEFT_TEST_PG_URL=%q\n" "postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
+    # The role that needs its password (tests/tests/secrets.rs).
+    printf "export WEFT_TEST_PG_PASSWORD_USER=%q\n" "$PG_PW_USER"
+    printf "export WEFT_TEST_PG_PASSWORD=%q\n" "$PG_PW_PASSWORD"
     printf "export WEFT_TEST_PG_CTL=%q\n" "$SCRIPT_DIR/pgctl.sh"
 }
 

@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod nameresolution;
 pub mod pubsub;
 pub mod registry;
+pub mod secretstores;
 pub mod state;
 
 pub use metadata::{ComponentError, InitContext, Metadata};

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use crate::configuration::ConfigurationStore;
 use crate::nameresolution::NameResolver;
 use crate::pubsub::PubSub;
+use crate::secretstores::SecretStore;
 use crate::state::StateStore;
 use crate::{ComponentError, InitContext, Metadata};
 
@@ -24,6 +25,7 @@ pub enum Component {
     Configuration(Arc<dyn ConfigurationStore>),
     PubSub(Arc<dyn PubSub>),
     NameResolution(Arc<dyn NameResolver>),
+    SecretStore(Arc<dyn SecretStore>),
 }
 
 impl Component {
@@ -34,7 +36,7 @@ impl Component {
             Component::State(s) => s.features().iter().map(|f| f.dapr_name()).collect(),
             Component::Configuration(c) => c.features().iter().map(|f| f.dapr_name()).collect(),
             Component::PubSub(p) => p.features().iter().map(|f| f.dapr_name()).collect(),
-            Component::NameResolution(_) => Vec::new(),
+            Component::NameResolution(_) | Component::SecretStore(_) => Vec::new(),
         }
     }
 }
@@ -66,6 +68,8 @@ pub const BACKENDS: &[Backend] = &[
     crate::nameresolution::static_::BACKEND,
     #[cfg(feature = "zookeeper")]
     crate::nameresolution::zookeeper::BACKEND,
+    crate::secretstores::file::BACKEND,
+    crate::secretstores::env::BACKEND,
 ];
 
 /// Types left out of this build, with the cargo feature that brings them.

@@ -15,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_ID = "pytest-app"
 STATE_STORE = "statestore"
 CONFIG_STORE = "configstore"
+SECRET_STORE = "localsecrets"
+# What the secret store's file holds (nested keys are read with ':').
+SECRETS = {"db": {"password": "pw-1"}, "api-token": "tok-2"}
 
 # Items the configuration file starts with (tests that rewrite the file keep
 # these keys and restore the file afterwards).
@@ -125,6 +129,22 @@ spec:
   metadata:
     - name: databasePath
       value: "{root / 'state.db'}"
+""",
+        encoding="utf-8",
+    )
+    secrets_file = root / "secrets.json"
+    secrets_file.write_text(json.dumps(SECRETS), encoding="utf-8")
+    (resources / "secretstore.yaml").write_text(
+        f"""apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {SECRET_STORE}
+spec:
+  type: secretstores.local.file
+  version: v1
+  metadata:
+    - name: secretsFile
+      value: "{secrets_file}"
 """,
         encoding="utf-8",
     )

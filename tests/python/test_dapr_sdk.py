@@ -307,3 +307,37 @@ def test_http_metadata(weft):
         assert resp.status == 200
         body = json.loads(resp.read())
     assert body.get("id") == APP_ID, body
+
+
+def test_get_secret(client):
+    from conftest import SECRET_STORE
+
+    resp = client.get_secret(SECRET_STORE, "db:password")
+    assert resp.secret == {"db:password": "pw-1"}
+    resp = client.get_secret(SECRET_STORE, "api-token")
+    assert resp.secret == {"api-token": "tok-2"}
+
+
+def test_get_bulk_secret(client):
+    from conftest import SECRET_STORE
+
+    resp = client.get_bulk_secret(SECRET_STORE)
+    assert resp.secrets == {
+        "db:password": {"db:password": "pw-1"},
+        "api-token": {"api-token": "tok-2"},
+    }
+
+
+def test_secret_errors_name_what_is_wrong(client):
+    from conftest import SECRET_STORE
+
+    # This SDK version raises the plain gRPC error from its secrets calls.
+    with pytest.raises((DaprGrpcError, grpc.RpcError)) as err:
+        client.get_secret(SECRET_STORE, "no-such-secret")
+    assert grpc_code(err) == grpc.StatusCode.NOT_FOUND, grpc_details(err)
+    assert "no-such-secret" in grpc_details(err)
+    with pytest.raises((DaprGrpcError, grpc.RpcError)) as err:
+        client.get_secret("vault", "api-token")
+    assert grpc_code(err) == grpc.StatusCode.INVALID_ARGUMENT, grpc_details(err)
+    message = grpc_details(err)
+    assert "secret store 'vault' is not found" in message and SECRET_STORE in message, message

@@ -205,8 +205,11 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     let e = c.call(m::INVOKE_SERVICE, &[]).unwrap_err();
     assert_eq!(e.code, code::INVALID_ARGUMENT, "{e}");
     assert!(e.message.contains("InvokeServiceRequest.id"), "{e}");
+    // Secrets are served: an empty request names the missing field.
+    let e = c.call(m::GET_SECRET, &[]).unwrap_err();
+    assert_eq!(e.code, code::INVALID_ARGUMENT, "{e}");
+    assert!(e.message.contains("store_name"), "{e}");
     for (id, block) in [
-        (m::GET_SECRET, "secrets"),
         (m::TRY_LOCK_ALPHA1, "distributed lock"),
         (m::INVOKE_BINDING, "bindings"),
     ] {

@@ -24,12 +24,13 @@ pub mod ids;
 pub mod invoke;
 pub mod metadata;
 pub mod pubsub;
+pub mod secrets;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 mod time;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub use error::{BlockError, Code};
 pub use invoke::InvokeBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
+pub use secrets::SecretsBlock;
 pub use shutdown::Shutdown;
 pub use state::StateBlock;
 
@@ -60,6 +62,9 @@ pub struct ComponentSpec {
     pub metadata: BTreeMap<String, String>,
     /// Where it came from: a file path, or `<built-in default>`.
     pub source: String,
+    /// Fields whose values come from a secret store (`secretKeyRef`),
+    /// resolved when the component is built.
+    pub secret_refs: Vec<secrets::SecretRef>,
 }
 
 impl ComponentSpec {
@@ -83,6 +88,9 @@ pub struct BlocksConfig {
     pub app_connection: Option<metadata::AppConnection>,
     /// Traces and metrics (the runtime sets up the exporter).
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// Which secrets of each secret store the app may read
+    /// (`spec.secrets.scopes` of `--config`); a store absent here is open.
+    pub secret_scopes: HashMap<String, secrets::Scope>,
 }
 
 /// A component that cannot be built, with the file and component named.
@@ -99,6 +107,7 @@ pub struct Blocks {
     pub state: StateBlock,
     pub configuration: ConfigurationBlock,
     pub pubsub: PubSubBlock,
+    pub secrets: SecretsBlock,
     pub invoke: InvokeBlock,
     pub metadata: MetadataBlock,
     /// The name resolution component (`nameresolution.local` unless a
@@ -123,14 +132,31 @@ impl Blocks {
         let mut state_stores = BTreeMap::new();
         let mut config_stores = BTreeMap::new();
         let mut pubsubs = BTreeMap::new();
+        let mut secret_stores = BTreeMap::new();
         let mut resolver: Option<(String, Arc<dyn NameResolver>)> = None;
         let mut infos = Vec::new();
+        // Secret stores first: the others' secretKeyRef fields read them.
+        let mut specs = specs;
+        specs.sort_by_key(|s| s.block() != "secretstores");
         for spec in specs {
-            let md = Metadata::new(spec.name.clone(), spec.kind.clone(), spec.metadata.clone());
             let at = |reason: String| BuildError {
                 file: spec.source.clone(),
                 reason,
             };
+            let mut values = spec.metadata.clone();
+            for r in &spec.secret_refs {
+                if spec.block() == "secretstores" {
+                    return Err(at(format!(
+                        "component '{}': field '{}': a secret store's own fields cannot come from secretKeyRef",
+                        spec.name, r.field
+                    )));
+                }
+                let value = secrets::resolve(&secret_stores, r)
+                    .await
+                    .map_err(|e| at(format!("component '{}': {e}", spec.name)))?;
+                values.insert(r.field.clone(), value);
+            }
+            let md = Metadata::new(spec.name.clone(), spec.kind.clone(), values);
             // Checked before anything is built: a bad setting opens nothing.
             let prefix = match spec.block() {
                 "state" => Some(
@@ -187,6 +213,12 @@ impl Blocks {
                     pubsubs.insert(spec.name.clone(), (spec.kind.clone(), ps));
                 }
                 Component::NameResolution(r) => resolver = Some((spec.name.clone(), r)),
+                Component::SecretStore(store) => {
+                    secret_stores.insert(
+                        spec.name.clone(),
+                        secrets::StoreHandle::new(&spec.name, &spec.kind, store, &cfg.telemetry),
+                    );
+                }
             }
             tracing::info!(component = %spec.name, r#type = %spec.kind, source = %spec.source, "component ready");
             infos.push(ComponentInfo {
@@ -219,6 +251,7 @@ impl Blocks {
                 shutdown.subscribe(),
                 cfg.telemetry.clone(),
             ),
+            secrets: SecretsBlock::new(secret_stores, cfg.secret_scopes, cfg.telemetry.clone()),
             invoke: InvokeBlock::new(
                 &cfg.app_id,
                 cfg.invoke,

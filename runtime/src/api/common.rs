@@ -54,8 +54,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("QueryStateAlpha1", "state query"),
     ("InvokeBinding", "bindings"),
-    ("GetSecret", "secrets"),
-    ("GetBulkSecret", "secrets"),
     ("TryLockAlpha1", "distributed lock"),
     ("UnlockAlpha1", "distributed lock"),
 ];
@@ -201,8 +199,8 @@ mod tests {
     #[test]
     fn unimplemented_names_the_block() {
         assert_eq!(
-            unimplemented("GetSecret").message(),
-            "the secrets building block is not available in this version of weft"
+            unimplemented("TryLockAlpha1").message(),
+            "the distributed lock building block is not available in this version of weft"
         );
         assert_eq!(missing_block("GetState"), None);
     }

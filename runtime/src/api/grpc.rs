@@ -326,14 +326,22 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        self.unimplemented("GetSecret", r).await
+        self.call(DAPR, "GetSecret", r, async |ctx, req| {
+            self.blocks.secrets.get_secret(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_bulk_secret(
         &self,
         r: Request<pb::GetBulkSecretRequest>,
     ) -> Result<Response<pb::GetBulkSecretResponse>, Status> {
-        self.unimplemented("GetBulkSecret", r).await
+        self.call(DAPR, "GetBulkSecret", r, async |ctx, req| {
+            self.blocks.secrets.get_bulk_secret(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     // === configuration ===

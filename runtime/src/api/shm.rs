@@ -1447,8 +1447,6 @@ pub fn dispatch(
         // lists equal): the request must still decode.
         QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "QueryStateAlpha1"),
         INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "InvokeBinding"),
-        GET_SECRET => unimplemented::<pb::GetSecretRequest>(body, "GetSecret"),
-        GET_BULK_SECRET => unimplemented::<pb::GetBulkSecretRequest>(body, "GetBulkSecret"),
         TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "TryLockAlpha1"),
         UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "UnlockAlpha1"),
         INVOKE_SERVICE => {
@@ -1463,6 +1461,13 @@ pub fn dispatch(
                     })
             })))
         }
+        GET_SECRET => unary(
+            body,
+            move |r| async move { b.secrets.get_secret(&ctx, r).await },
+        ),
+        GET_BULK_SECRET => unary(body, move |r| async move {
+            b.secrets.get_bulk_secret(&ctx, r).await
+        }),
         GET_STATE => unary(
             body,
             move |r| async move { b.state.get_state(&ctx, r).await },

@@ -19,19 +19,21 @@
 //!             action: allow
 //! ```
 //!
-//! `spec.accessControl` and `spec.tracing` are implemented; other sections
+//! `spec.accessControl`, `spec.tracing` and `spec.secrets.scopes` are
+//! implemented; other sections
 //! of Dapr's Configuration (`metric`, `features`, …) are accepted and
 //! ignored with a debug log. Inside `accessControl` an unknown field is an
 //! error, since a misspelt field would silently change who may call the app.
 //! Every error names the file and the field, e.g.
 //! `config.yaml: spec.accessControl.policies[1].operations[0].action: expected allow or deny, got "permit"`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_yaml::Value;
 use weft_blocks::invoke::access::{AccessControlSpec, AccessPolicy};
+use weft_blocks::secrets::Scope;
 
 use super::yaml::{from_value, ObjectMeta};
 use super::ConfigError;
@@ -45,6 +47,8 @@ pub struct AppConfiguration {
     pub access_control: AccessPolicy,
     /// `spec.tracing`, if given (see `crate::telemetry` for its meaning).
     pub tracing: Option<TracingSpec>,
+    /// `spec.secrets.scopes` by secret store name.
+    pub secret_scopes: HashMap<String, Scope>,
 }
 
 /// `spec.tracing` of a Configuration, as Dapr spells it.
@@ -117,10 +121,40 @@ struct ConfigurationSpec {
     /// `tracing`: sampling and the OTLP collector.
     #[serde(default)]
     tracing: Option<TracingSpec>,
+    /// `secrets`: which secrets of each secret store the app may read.
+    #[serde(default)]
+    secrets: Option<SecretsSpec>,
     /// Sections of Dapr's Configuration this runtime does not implement
     /// (`metric`, `features`, …): accepted and ignored.
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
+}
+
+/// `spec.secrets` of a `Configuration`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSpec {
+    /// One entry per secret store whose secrets are limited.
+    #[serde(default)]
+    scopes: Vec<SecretScopeSpec>,
+}
+
+/// `spec.secrets.scopes[i]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SecretScopeSpec {
+    /// `storeName`: the secret store component.
+    #[serde(default)]
+    store_name: Option<String>,
+    /// `defaultAccess`: `allow` (default) or `deny`.
+    #[serde(default)]
+    default_access: Option<String>,
+    /// `allowedSecrets`: when given, only these.
+    #[serde(default)]
+    allowed_secrets: Vec<String>,
+    /// `deniedSecrets`: never these.
+    #[serde(default)]
+    denied_secrets: Vec<String>,
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -189,8 +223,48 @@ pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, ConfigError> {
 
     let mut access_control = AccessPolicy::allow_all();
     let mut tracing_spec = None;
+    let mut secret_scopes = HashMap::new();
     if let Some(spec) = doc.spec {
         tracing_spec = spec.tracing;
+        for (i, scope) in spec
+            .secrets
+            .map(|s| s.scopes)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let at = |f: &str| format!("spec.secrets.scopes[{i}].{f}");
+            let store = scope
+                .store_name
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| err(&at("storeName"), "missing".into()))?;
+            let default_allow = match scope
+                .default_access
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("allow") => true,
+                Some("deny") => false,
+                Some(other) => {
+                    return Err(err(
+                        &at("defaultAccess"),
+                        format!("'{other}' is not allow or deny"),
+                    ))
+                }
+            };
+            let entry = Scope {
+                default_allow,
+                allowed: scope.allowed_secrets,
+                denied: scope.denied_secrets,
+            };
+            if secret_scopes.insert(store.clone(), entry).is_some() {
+                return Err(err(
+                    &at("storeName"),
+                    format!("secret store '{store}' is scoped more than once"),
+                ));
+            }
+        }
         for section in spec.other.keys() {
             tracing::debug!(
                 file,
@@ -213,6 +287,7 @@ pub fn parse(file: &str, text: &str) -> Result<AppConfiguration, ConfigError> {
         name,
         access_control,
         tracing: tracing_spec,
+        secret_scopes,
     })
 }
 

@@ -585,6 +585,7 @@ impl RuntimeConfig {
                 channel_address: "127.0.0.1".to_string(),
             }),
             telemetry,
+            secret_scopes: app.map(|a| a.secret_scopes.clone()).unwrap_or_default(),
         })
     }
 }

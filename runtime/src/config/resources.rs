@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml::Value;
+use weft_blocks::secrets::SecretRef;
 pub use weft_blocks::ComponentSpec;
 
 use super::yaml::{from_value, ObjectMeta};
@@ -139,6 +140,29 @@ struct ComponentDoc {
     /// `scopes`: the app ids that load it (all when absent or empty).
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// `auth.secretStore`: the secret store its `secretKeyRef` fields read
+    /// (the only one configured when absent).
+    #[serde(default)]
+    auth: Option<AuthDoc>,
+}
+
+/// `auth` of a component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthDoc {
+    #[serde(rename = "secretStore", default)]
+    secret_store: Option<String>,
+}
+
+/// `secretKeyRef` of a metadata entry: the secret `name`, and which of its
+/// values (`key`; the secret's only value when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretKeyRefDoc {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// `spec` of a component.
@@ -167,7 +191,7 @@ struct MetadataItem {
     value: Option<Value>,
     /// `secretKeyRef: {name, key}`: a value from a secret store.
     #[serde(rename = "secretKeyRef", default)]
-    secret_key_ref: Option<Value>,
+    secret_key_ref: Option<SecretKeyRefDoc>,
 }
 
 fn parse_document(
@@ -275,6 +299,8 @@ fn parse_document(
             format!("version '{version}' is not available for {kind}; use v1"),
         ));
     }
+    let secret_store = parsed.auth.and_then(|a| a.secret_store).unwrap_or_default();
+    let mut secret_refs = Vec::new();
     let mut metadata = BTreeMap::new();
     for (i, item) in spec.metadata.unwrap_or_default().into_iter().enumerate() {
         let field_name = item.name.ok_or_else(|| {
@@ -284,12 +310,39 @@ fn parse_document(
                 "missing or not a string".into(),
             )
         })?;
-        if item.secret_key_ref.is_some() {
-            return Err(fail(
-                &err,
-                &format!("spec.metadata.{field_name}"),
-                "secretKeyRef is not supported yet: give the value inline or through an environment-specific file".into(),
-            ));
+        if let Some(r) = item.secret_key_ref {
+            let at = format!("spec.metadata.{field_name}.secretKeyRef");
+            if item.value.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(fail(
+                    &err,
+                    &format!("spec.metadata.{field_name}"),
+                    "give either value or secretKeyRef, not both".into(),
+                ));
+            }
+            let name = r.name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                fail(
+                    &err,
+                    &format!("{at}.name"),
+                    "missing: the secret's name".into(),
+                )
+            })?;
+            if secret_refs
+                .iter()
+                .any(|x: &SecretRef| x.field == field_name)
+            {
+                return Err(fail(
+                    &err,
+                    &format!("spec.metadata.{field_name}"),
+                    "given more than once".into(),
+                ));
+            }
+            secret_refs.push(SecretRef {
+                field: field_name,
+                store: secret_store.clone(),
+                name,
+                key: r.key.filter(|k| !k.is_empty()),
+            });
+            continue;
         }
         let value = match &item.value {
             None | Some(Value::Null) => String::new(),
@@ -301,7 +354,9 @@ fn parse_document(
                 )
             })?,
         };
-        if metadata.insert(field_name.clone(), value).is_some() {
+        if secret_refs.iter().any(|x| x.field == field_name)
+            || metadata.insert(field_name.clone(), value).is_some()
+        {
             return Err(fail(
                 &err,
                 &format!("spec.metadata.{field_name}"),
@@ -315,6 +370,7 @@ fn parse_document(
         version,
         metadata,
         source: file.to_string(),
+        secret_refs,
     }))
 }
 
@@ -343,6 +399,7 @@ pub fn embedded_defaults() -> Vec<ComponentSpec> {
         version: "v1".to_string(),
         metadata: BTreeMap::new(),
         source: "<built-in default>".to_string(),
+        secret_refs: Vec::new(),
     };
     vec![
         default("statestore", "state.sqlite"),
@@ -400,6 +457,23 @@ metadata:
     }
 
     #[test]
+    fn secret_key_refs_are_kept_for_the_blocks_to_resolve() {
+        let text = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: db}\nspec:\n  type: state.postgresql\n  metadata:\n    - {name: connectionString, secretKeyRef: {name: pg, key: url}}\n    - {name: tableName, value: t}\nauth: {secretStore: vault}\n";
+        let specs = parse_file("db.yaml", text, "app").unwrap();
+        assert_eq!(
+            specs[0].secret_refs,
+            vec![SecretRef {
+                field: "connectionString".into(),
+                store: "vault".into(),
+                name: "pg".into(),
+                key: Some("url".into()),
+            }]
+        );
+        assert!(!specs[0].metadata.contains_key("connectionString"));
+        assert_eq!(specs[0].metadata["tableName"], "t");
+    }
+
+    #[test]
     fn missing_fields_are_named() {
         let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {version: v1}\n");
         assert_eq!(e.field.as_deref(), Some("spec.type"));
@@ -413,8 +487,16 @@ metadata:
         assert_eq!(e.field.as_deref(), Some("spec.version"));
         let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{value: x}]}\n");
         assert_eq!(e.field.as_deref(), Some("spec.metadata[0].name"));
-        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{name: p, secretKeyRef: {name: a, key: b}}]}\n");
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{name: p, value: x, secretKeyRef: {name: a, key: b}}]}\n");
         assert_eq!(e.field.as_deref(), Some("spec.metadata.p"));
+        assert!(e.reason.contains("not both"), "{e}");
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{name: p, secretKeyRef: {key: b}}]}\n");
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.metadata.p.secretKeyRef.name")
+        );
+        let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: state.sqlite, metadata: [{name: p, secretKeyRef: {name: a, nmae: b}}]}\n");
+        assert!(e.to_string().contains("nmae"), "{e}");
         let e = error_of("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: s}\nspec: {type: sqlite}\n");
         assert_eq!(e.field.as_deref(), Some("spec.type"));
     }
