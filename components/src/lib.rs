@@ -13,6 +13,7 @@
 //! building blocks translate API requests into these types.
 
 pub mod configuration;
+pub mod lock;
 pub mod metadata;
 pub mod nameresolution;
 pub mod pubsub;

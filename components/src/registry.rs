@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::configuration::ConfigurationStore;
+use crate::lock::LockStore;
 use crate::nameresolution::NameResolver;
 use crate::pubsub::PubSub;
 use crate::secretstores::SecretStore;
@@ -26,6 +27,7 @@ pub enum Component {
     PubSub(Arc<dyn PubSub>),
     NameResolution(Arc<dyn NameResolver>),
     SecretStore(Arc<dyn SecretStore>),
+    Lock(Arc<dyn LockStore>),
 }
 
 impl Component {
@@ -36,7 +38,9 @@ impl Component {
             Component::State(s) => s.features().iter().map(|f| f.dapr_name()).collect(),
             Component::Configuration(c) => c.features().iter().map(|f| f.dapr_name()).collect(),
             Component::PubSub(p) => p.features().iter().map(|f| f.dapr_name()).collect(),
-            Component::NameResolution(_) | Component::SecretStore(_) => Vec::new(),
+            Component::NameResolution(_) | Component::SecretStore(_) | Component::Lock(_) => {
+                Vec::new()
+            }
         }
     }
 }
@@ -68,6 +72,9 @@ pub const BACKENDS: &[Backend] = &[
     crate::nameresolution::static_::BACKEND,
     #[cfg(feature = "zookeeper")]
     crate::nameresolution::zookeeper::BACKEND,
+    crate::lock::sqlite::BACKEND,
+    #[cfg(feature = "postgresql")]
+    crate::lock::postgres::BACKEND,
     crate::secretstores::file::BACKEND,
     crate::secretstores::env::BACKEND,
 ];
@@ -78,6 +85,8 @@ const LEFT_OUT: &[(&str, &str)] = &[
     ("state.postgresql", "postgresql"),
     #[cfg(not(feature = "postgresql"))]
     ("configuration.postgresql", "postgresql"),
+    #[cfg(not(feature = "postgresql"))]
+    ("lock.postgresql", "postgresql"),
     #[cfg(not(feature = "kafka"))]
     ("pubsub.kafka", "kafka"),
     #[cfg(not(feature = "zookeeper"))]

@@ -35,6 +35,7 @@ APP_ID = "pytest-app"
 STATE_STORE = "statestore"
 CONFIG_STORE = "configstore"
 SECRET_STORE = "localsecrets"
+LOCK_STORE = "lockstore"
 # What the secret store's file holds (nested keys are read with ':').
 SECRETS = {"db": {"password": "pw-1"}, "api-token": "tok-2"}
 
@@ -145,6 +146,20 @@ spec:
   metadata:
     - name: secretsFile
       value: "{secrets_file}"
+""",
+        encoding="utf-8",
+    )
+    (resources / "lockstore.yaml").write_text(
+        f"""apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {LOCK_STORE}
+spec:
+  type: lock.sqlite
+  version: v1
+  metadata:
+    - name: databasePath
+      value: "{root / 'locks.db'}"
 """,
         encoding="utf-8",
     )

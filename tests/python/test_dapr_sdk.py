@@ -21,7 +21,7 @@ from dapr.clients.grpc._request import TransactionalStateOperation, TransactionO
 from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 from dapr.clients.health import DaprHealth
 
-from conftest import APP_ID, BASE_CONFIG, CONFIG_STORE, STATE_STORE, write_config_file
+from conftest import APP_ID, BASE_CONFIG, CONFIG_STORE, LOCK_STORE, STATE_STORE, write_config_file
 
 FIRST_WRITE = StateOptions(concurrency=Concurrency.first_write)
 
@@ -341,3 +341,34 @@ def test_secret_errors_name_what_is_wrong(client):
     assert grpc_code(err) == grpc.StatusCode.INVALID_ARGUMENT, grpc_details(err)
     message = grpc_details(err)
     assert "secret store 'vault' is not found" in message and SECRET_STORE in message, message
+
+
+# ----------------------------------------------------------------------- lock
+
+
+LOCK_ALPHA = "ignore:The Distributed Lock API is an Alpha version"
+
+
+@pytest.mark.filterwarnings(LOCK_ALPHA)
+def test_try_lock_and_unlock(client):
+    from dapr.clients.grpc._response import UnlockResponseStatus
+
+    resource = f"res-{uuid.uuid4().hex[:8]}"
+    # This runtime has a resources directory, so it declares its lock
+    # store (conftest); without one the embedded default has the same name.
+    first = client.try_lock(LOCK_STORE, resource, "owner-a", expiry_in_seconds=60)
+    assert first.success
+    second = client.try_lock(LOCK_STORE, resource, "owner-b", expiry_in_seconds=60)
+    assert not second.success
+    assert client.unlock(LOCK_STORE, resource, "owner-b").status == UnlockResponseStatus.lock_belongs_to_others
+    assert client.unlock(LOCK_STORE, resource, "owner-a").status == UnlockResponseStatus.success
+    assert client.unlock(LOCK_STORE, resource, "owner-a").status == UnlockResponseStatus.lock_does_not_exist
+
+
+@pytest.mark.filterwarnings(LOCK_ALPHA)
+def test_lock_bad_inputs(client):
+    with pytest.raises((DaprGrpcError, grpc.RpcError)) as err:
+        client.try_lock("no-such-lockstore", "r", "o", expiry_in_seconds=10)
+    assert grpc_code(err) == grpc.StatusCode.INVALID_ARGUMENT, grpc_details(err)
+    message = grpc_details(err)
+    assert "no-such-lockstore" in message and LOCK_STORE in message, message

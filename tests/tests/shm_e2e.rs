@@ -209,14 +209,12 @@ fn every_implemented_rpc_answers_as_over_grpc() {
     let e = c.call(m::GET_SECRET, &[]).unwrap_err();
     assert_eq!(e.code, code::INVALID_ARGUMENT, "{e}");
     assert!(e.message.contains("store_name"), "{e}");
-    for (id, block) in [
-        (m::TRY_LOCK_ALPHA1, "distributed lock"),
-        (m::INVOKE_BINDING, "bindings"),
-    ] {
-        let e = c.call(id, &[]).unwrap_err();
-        assert_eq!(e.code, code::UNIMPLEMENTED, "{e}");
-        assert!(e.message.contains(block), "{e}");
-    }
+    let e = c.call(m::TRY_LOCK_ALPHA1, &[]).unwrap_err();
+    assert_eq!(e.code, code::INVALID_ARGUMENT, "{e}");
+    assert!(e.message.contains("store_name"), "{e}");
+    let e = c.call(m::INVOKE_BINDING, &[]).unwrap_err();
+    assert_eq!(e.code, code::UNIMPLEMENTED, "{e}");
+    assert!(e.message.contains("bindings"), "{e}");
 
     let md: pb::GetMetadataResponse = c
         .unary(m::GET_METADATA, &pb::GetMetadataRequest::default())

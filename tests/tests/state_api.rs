@@ -357,10 +357,11 @@ async fn bad_requests_name_the_field_and_the_runtime_stays_up() {
 
     // Blocks that are not built yet say which.
     let err = c
-        .try_lock_alpha1(pb::TryLockRequest::default())
+        .invoke_binding(pb::InvokeBindingRequest::default())
         .await
         .unwrap_err();
-    assert!(err.message().contains("lock"), "{}", err.message());
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("bindings"), "{}", err.message());
 
     // Still serving.
     c.save_state(save(vec![item("after", b"ok")]))
@@ -500,6 +501,7 @@ async fn metadata_health_and_shutdown() {
         comps,
         vec![
             ("configstore", "configuration.file"),
+            ("lockstore", "lock.sqlite"),
             ("pubsub", "pubsub.embedded"),
             ("statestore", "state.sqlite")
         ]
@@ -518,7 +520,7 @@ async fn metadata_health_and_shutdown() {
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["id"], "meta-e2e");
-    assert_eq!(json["components"].as_array().unwrap().len(), 3);
+    assert_eq!(json["components"].as_array().unwrap().len(), 4);
 
     c.shutdown(pb::ShutdownRequest {}).await.unwrap();
     let status = weft.wait_exit(Duration::from_secs(15)).await.unwrap();

@@ -92,7 +92,7 @@ fn tmp_fallback_dir() -> PathBuf {
 }
 
 /// The user id this process runs as.
-fn current_uid() -> u32 {
+pub(crate) fn current_uid() -> u32 {
     // /proc/self belongs to the process's (effective) user.
     fs::metadata("/proc/self")
         .map(|m| m.uid())

@@ -580,7 +580,7 @@ fn is_retryable(err: &sqlx::Error) -> bool {
 
 /// Parses a `postgres://` URL or a libpq `key=value` connection string.
 /// Messages never repeat the string (it may hold a password).
-fn parse_connection_string(raw: &str) -> Result<PgConnectOptions, String> {
+pub(crate) fn parse_connection_string(raw: &str) -> Result<PgConnectOptions, String> {
     if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
         return PgConnectOptions::from_str(raw)
             .map_err(|e| format!("not a valid postgres:// URL: {e}"));

@@ -22,6 +22,7 @@ pub mod context;
 pub mod error;
 pub mod ids;
 pub mod invoke;
+pub mod lock;
 pub mod metadata;
 pub mod pubsub;
 pub mod secrets;
@@ -42,6 +43,7 @@ pub use configuration::ConfigurationBlock;
 pub use context::{Authentication, CallContext, Caller, PeerIdentity};
 pub use error::{BlockError, Code};
 pub use invoke::InvokeBlock;
+pub use lock::LockBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
 pub use secrets::SecretsBlock;
@@ -108,6 +110,7 @@ pub struct Blocks {
     pub configuration: ConfigurationBlock,
     pub pubsub: PubSubBlock,
     pub secrets: SecretsBlock,
+    pub lock: LockBlock,
     pub invoke: InvokeBlock,
     pub metadata: MetadataBlock,
     /// The name resolution component (`nameresolution.local` unless a
@@ -133,6 +136,7 @@ impl Blocks {
         let mut config_stores = BTreeMap::new();
         let mut pubsubs = BTreeMap::new();
         let mut secret_stores = BTreeMap::new();
+        let mut lock_stores = BTreeMap::new();
         let mut resolver: Option<(String, Arc<dyn NameResolver>)> = None;
         let mut infos = Vec::new();
         // Secret stores first: the others' secretKeyRef fields read them.
@@ -159,7 +163,7 @@ impl Blocks {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), values);
             // Checked before anything is built: a bad setting opens nothing.
             let prefix = match spec.block() {
-                "state" => Some(
+                "state" | "lock" => Some(
                     state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
                         .map_err(|e| {
                             at(format!("component '{}': field 'keyPrefix': {e}", spec.name))
@@ -213,6 +217,19 @@ impl Blocks {
                     pubsubs.insert(spec.name.clone(), (spec.kind.clone(), ps));
                 }
                 Component::NameResolution(r) => resolver = Some((spec.name.clone(), r)),
+                Component::Lock(store) => {
+                    let prefix = prefix.unwrap_or(state::KeyPrefix::None);
+                    lock_stores.insert(
+                        spec.name.clone(),
+                        lock::StoreHandle::new(
+                            &spec.name,
+                            &spec.kind,
+                            store,
+                            prefix,
+                            &cfg.telemetry,
+                        ),
+                    );
+                }
                 Component::SecretStore(store) => {
                     secret_stores.insert(
                         spec.name.clone(),
@@ -252,6 +269,7 @@ impl Blocks {
                 cfg.telemetry.clone(),
             ),
             secrets: SecretsBlock::new(secret_stores, cfg.secret_scopes, cfg.telemetry.clone()),
+            lock: LockBlock::new(lock_stores, cfg.telemetry.clone()),
             invoke: InvokeBlock::new(
                 &cfg.app_id,
                 cfg.invoke,
@@ -281,5 +299,6 @@ impl Blocks {
         self.pubsub.close().await;
         self.name_resolver.close().await;
         self.state.close().await;
+        self.lock.close().await;
     }
 }

@@ -56,6 +56,25 @@ impl KeyPrefix {
         }
         Ok(KeyPrefix::Fixed(prefix))
     }
+
+    /// The stored key of the app's `key` (request field `field`): empty
+    /// keys and keys holding the separator are refused, naming the field.
+    pub fn apply(&self, key: &str, field: &str) -> Result<String, BlockError> {
+        if key.is_empty() {
+            return Err(BlockError::missing_field(field));
+        }
+        match self {
+            KeyPrefix::None => Ok(key.to_string()),
+            KeyPrefix::Fixed(prefix) => {
+                if key.contains(KEY_SEPARATOR) {
+                    return Err(BlockError::invalid_argument(format!(
+                        "{field} '{key}' must not contain '{KEY_SEPARATOR}'"
+                    )));
+                }
+                Ok(format!("{prefix}{KEY_SEPARATOR}{key}"))
+            }
+        }
+    }
 }
 
 /// A state store as the building block sees it.
@@ -354,20 +373,7 @@ fn state_error(h: &StoreHandle, store: &str, err: StateError) -> BlockError {
 }
 
 fn storage_key(h: &StoreHandle, key: &str, field: &str) -> Result<String, BlockError> {
-    if key.is_empty() {
-        return Err(BlockError::missing_field(field));
-    }
-    match &h.prefix {
-        KeyPrefix::None => Ok(key.to_string()),
-        KeyPrefix::Fixed(prefix) => {
-            if key.contains(KEY_SEPARATOR) {
-                return Err(BlockError::invalid_argument(format!(
-                    "{field} '{key}' must not contain '{KEY_SEPARATOR}'"
-                )));
-            }
-            Ok(format!("{prefix}{KEY_SEPARATOR}{key}"))
-        }
-    }
+    h.prefix.apply(key, field)
 }
 
 fn etag_of(etag: Option<common::Etag>) -> Option<String> {

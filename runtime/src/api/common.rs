@@ -54,8 +54,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("QueryStateAlpha1", "state query"),
     ("InvokeBinding", "bindings"),
-    ("TryLockAlpha1", "distributed lock"),
-    ("UnlockAlpha1", "distributed lock"),
 ];
 
 /// The building block `rpc` belongs to, if this runtime lacks it.
@@ -199,8 +197,8 @@ mod tests {
     #[test]
     fn unimplemented_names_the_block() {
         assert_eq!(
-            unimplemented("TryLockAlpha1").message(),
-            "the distributed lock building block is not available in this version of weft"
+            unimplemented("InvokeBinding").message(),
+            "the bindings building block is not available in this version of weft"
         );
         assert_eq!(missing_block("GetState"), None);
     }

@@ -410,14 +410,22 @@ impl Dapr for DaprApi {
         &self,
         r: Request<pb::TryLockRequest>,
     ) -> Result<Response<pb::TryLockResponse>, Status> {
-        self.unimplemented("TryLockAlpha1", r).await
+        self.call(DAPR, "TryLockAlpha1", r, async |ctx, req| {
+            self.blocks.lock.try_lock(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn unlock_alpha1(
         &self,
         r: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        self.unimplemented("UnlockAlpha1", r).await
+        self.call(DAPR, "UnlockAlpha1", r, async |ctx, req| {
+            self.blocks.lock.unlock(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 
     // === metadata and lifecycle ===

@@ -1447,8 +1447,6 @@ pub fn dispatch(
         // lists equal): the request must still decode.
         QUERY_STATE_ALPHA1 => unimplemented::<pb::QueryStateRequest>(body, "QueryStateAlpha1"),
         INVOKE_BINDING => unimplemented::<pb::InvokeBindingRequest>(body, "InvokeBinding"),
-        TRY_LOCK_ALPHA1 => unimplemented::<pb::TryLockRequest>(body, "TryLockAlpha1"),
-        UNLOCK_ALPHA1 => unimplemented::<pb::UnlockRequest>(body, "UnlockAlpha1"),
         INVOKE_SERVICE => {
             let req = pb::InvokeServiceRequest::decode(body)?;
             Ok(Call::Unary(Box::pin(async move {
@@ -1461,6 +1459,8 @@ pub fn dispatch(
                     })
             })))
         }
+        TRY_LOCK_ALPHA1 => unary(body, move |r| async move { b.lock.try_lock(&ctx, r).await }),
+        UNLOCK_ALPHA1 => unary(body, move |r| async move { b.lock.unlock(&ctx, r).await }),
         GET_SECRET => unary(
             body,
             move |r| async move { b.secrets.get_secret(&ctx, r).await },

@@ -405,6 +405,7 @@ pub fn embedded_defaults() -> Vec<ComponentSpec> {
         default("statestore", "state.sqlite"),
         default("configstore", "configuration.file"),
         default("pubsub", "pubsub.embedded"),
+        default("lockstore", "lock.sqlite"),
     ]
 }
 

@@ -1,0 +1,207 @@
+//! `lock.sqlite`: locks in one SQLite database file that every runtime of
+//! a machine opens, so they exclude each other (the embedded default
+//! `lockstore`). Leases are timed by SQLite's clock, read inside each
+//! statement, so every runtime sharing the file sees one time.
+//!
+//! # Metadata
+//!
+//! * `databasePath` (optional): the file, created (mode 0600) if missing.
+//!   Defaults to `<local registry dir>.locks.db` beside the local name
+//!   resolution registry (`WEFT_LOCAL_REGISTRY_DIR`, else
+//!   `$XDG_RUNTIME_DIR/weft/registry`, else `/tmp/weft-registry-<uid>`), so
+//!   runtimes that find each other also share their locks. An existing
+//!   file owned by another user is refused.
+//! * `busyTimeout` (optional duration, default `5s`): how long a statement
+//!   waits for another process's write before failing with `Unavailable`.
+//!
+//! Rows of expired leases are taken over in place, so the table holds at
+//! most one row per resource ever locked; unlocked rows are deleted.
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{LockError, LockStore, UnlockStatus};
+use crate::{ComponentError, Metadata};
+
+/// SQLite's clock in milliseconds since the Unix epoch.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+/// Locks in a shared SQLite file.
+pub struct SqliteLockStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteLockStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteLockStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// The default database file: beside the local registry directory.
+pub fn default_path() -> PathBuf {
+    let registry = crate::nameresolution::local::default_dir();
+    let mut name = registry
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "weft-registry".into());
+    name.push(".locks.db");
+    registry.with_file_name(name)
+}
+
+impl SqliteLockStore {
+    pub fn open(md: &Metadata) -> Result<Self, ComponentError> {
+        let path = md
+            .get("databasePath")
+            .map(PathBuf::from)
+            .unwrap_or_else(default_path);
+        let busy = md
+            .duration("busyTimeout")?
+            .unwrap_or(Duration::from_secs(5));
+        Self::open_at(&path, busy).map_err(|reason| md.invalid("databasePath", reason))
+    }
+
+    /// Opens (creating) the database at `path`.
+    pub fn open_at(path: &Path, busy: Duration) -> Result<Self, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        // Created 0600 by whoever comes first; a file planted by another
+        // user is not trusted.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if meta.uid() != crate::nameresolution::local::current_uid() {
+                    return Err(format!(
+                        "{} belongs to another user (uid {}): refusing to share locks through it",
+                        path.display(),
+                        meta.uid()
+                    ));
+                }
+            }
+            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+        }
+        let conn =
+            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.busy_timeout(busy)
+            .and_then(|_| {
+                conn.execute_batch(
+                    "PRAGMA journal_mode=WAL;
+                     CREATE TABLE IF NOT EXISTS locks (
+                         resource TEXT PRIMARY KEY,
+                         owner TEXT NOT NULL,
+                         expires_ms INTEGER NOT NULL
+                     );",
+                )
+            })
+            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LockError> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn).map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) =>
+                {
+                    LockError::Unavailable(format!("{} is busy: {e}", path.display()))
+                }
+                e => LockError::Internal(format!("{}: {e}", path.display())),
+            })
+        })
+        .await
+        .map_err(|e| LockError::Internal(format!("lock task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl LockStore for SqliteLockStore {
+    async fn try_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, LockError> {
+        let (resource, owner) = (resource.to_string(), owner.to_string());
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+        self.run(move |c| {
+            let changed = c.execute(
+                &format!(
+                    "INSERT INTO locks (resource, owner, expires_ms) VALUES (?1, ?2, {NOW_MS} + ?3)
+                     ON CONFLICT (resource) DO UPDATE
+                       SET owner = excluded.owner, expires_ms = excluded.expires_ms
+                       WHERE locks.expires_ms <= {NOW_MS}"
+                ),
+                rusqlite::params![resource, owner, lease_ms],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn unlock(&self, resource: &str, owner: &str) -> Result<UnlockStatus, LockError> {
+        let (resource, owner) = (resource.to_string(), owner.to_string());
+        self.run(move |c| {
+            let deleted = c.execute(
+                &format!(
+                    "DELETE FROM locks WHERE resource = ?1 AND owner = ?2 AND expires_ms > {NOW_MS}"
+                ),
+                rusqlite::params![resource, owner],
+            )?;
+            if deleted == 1 {
+                return Ok(UnlockStatus::Success);
+            }
+            let holder: Option<String> = c
+                .query_row(
+                    &format!(
+                        "SELECT owner FROM locks WHERE resource = ?1 AND expires_ms > {NOW_MS}"
+                    ),
+                    [&resource],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(match holder {
+                Some(_) => UnlockStatus::LockBelongsToOthers,
+                None => UnlockStatus::LockDoesNotExist,
+            })
+        })
+        .await
+    }
+}
+
+pub const BACKEND: crate::registry::Backend = crate::registry::Backend {
+    kind: "lock.sqlite",
+    build: |md, _ctx| {
+        Box::pin(async move {
+            let store = SqliteLockStore::open(md)?;
+            Ok(crate::registry::Component::Lock(Arc::new(store)))
+        })
+    },
+};
