@@ -93,20 +93,7 @@ impl ConfigurationBlock {
     }
 
     fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
-        if name.is_empty() {
-            return Err(BlockError::missing_field("store_name"));
-        }
-        self.stores.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.store_names().collect();
-            BlockError::invalid_argument(if known.is_empty() {
-                format!("configuration store '{name}' is not found: no configuration stores are configured")
-            } else {
-                format!(
-                    "configuration store '{name}' is not found; configured configuration stores: {}",
-                    known.join(", ")
-                )
-            })
-        })
+        BlockError::find_component(&self.stores, name, "store_name", "configuration store")
     }
 
     /// Reads `keys` (all when empty) from the store `h` named `name`.

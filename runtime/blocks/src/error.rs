@@ -175,6 +175,32 @@ impl BlockError {
         Self::InvalidArgument(message.into())
     }
 
+    /// Looks up the component `name` (request field `field`) among the
+    /// configured `components` of one kind (`"state store"`, …): an empty
+    /// name is refused naming the field, an unknown one naming it and
+    /// listing the configured ones.
+    pub fn find_component<'a, T>(
+        components: &'a std::collections::BTreeMap<String, T>,
+        name: &str,
+        field: &str,
+        kind: &str,
+    ) -> Result<&'a T, BlockError> {
+        if name.is_empty() {
+            return Err(Self::missing_field(field));
+        }
+        components.get(name).ok_or_else(|| {
+            let known: Vec<&str> = components.keys().map(String::as_str).collect();
+            Self::invalid_argument(if known.is_empty() {
+                format!("{kind} '{name}' is not found: no {kind}s are configured")
+            } else {
+                format!(
+                    "{kind} '{name}' is not found; configured {kind}s: {}",
+                    known.join(", ")
+                )
+            })
+        })
+    }
+
     /// A required request field was empty.
     pub fn missing_field(field: &str) -> Self {
         Self::invalid_argument(format!("{field} is required and was empty"))

@@ -67,20 +67,7 @@ impl LockBlock {
     }
 
     fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
-        if name.is_empty() {
-            return Err(BlockError::missing_field("store_name"));
-        }
-        self.stores.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.store_names().collect();
-            BlockError::invalid_argument(if known.is_empty() {
-                format!("lock store '{name}' is not found: no lock stores are configured")
-            } else {
-                format!(
-                    "lock store '{name}' is not found; configured lock stores: {}",
-                    known.join(", ")
-                )
-            })
-        })
+        BlockError::find_component(&self.stores, name, "store_name", "lock store")
     }
 
     pub async fn try_lock(

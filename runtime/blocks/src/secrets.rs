@@ -106,20 +106,7 @@ impl SecretsBlock {
     }
 
     fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
-        if name.is_empty() {
-            return Err(BlockError::missing_field("store_name"));
-        }
-        self.stores.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.store_names().collect();
-            BlockError::invalid_argument(if known.is_empty() {
-                format!("secret store '{name}' is not found: no secret stores are configured")
-            } else {
-                format!(
-                    "secret store '{name}' is not found; configured secret stores: {}",
-                    known.join(", ")
-                )
-            })
-        })
+        BlockError::find_component(&self.stores, name, "store_name", "secret store")
     }
 
     fn allowed(&self, store: &str, key: &str) -> bool {

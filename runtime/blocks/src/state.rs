@@ -146,20 +146,7 @@ impl StateBlock {
     }
 
     fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
-        if name.is_empty() {
-            return Err(BlockError::missing_field("store_name"));
-        }
-        self.stores.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.store_names().collect();
-            BlockError::invalid_argument(if known.is_empty() {
-                format!("state store '{name}' is not found: no state stores are configured")
-            } else {
-                format!(
-                    "state store '{name}' is not found; configured state stores: {}",
-                    known.join(", ")
-                )
-            })
-        })
+        BlockError::find_component(&self.stores, name, "store_name", "state store")
     }
 
     pub async fn get_state(

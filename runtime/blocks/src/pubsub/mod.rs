@@ -230,20 +230,7 @@ impl Inner {
     }
 
     fn component(&self, name: &str) -> Result<&Arc<dyn PubSub>, BlockError> {
-        if name.is_empty() {
-            return Err(BlockError::missing_field("pubsub_name"));
-        }
-        self.components.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.components.keys().map(String::as_str).collect();
-            BlockError::invalid_argument(if known.is_empty() {
-                format!("pub/sub '{name}' is not found: no pub/sub components are configured")
-            } else {
-                format!(
-                    "pub/sub '{name}' is not found; configured pub/subs: {}",
-                    known.join(", ")
-                )
-            })
-        })
+        BlockError::find_component(&self.components, name, "pubsub_name", "pub/sub")
     }
 }
 
