@@ -547,3 +547,91 @@ async fn prometheus_scrapes_two_runtimes_and_answers_for_their_series() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].1, 2.0, "both runtimes scraped: {r:?}");
 }
+
+/// A call over shared memory continues the caller's trace from the
+/// `traceparent` in its call context (docs/shm-protocol.md §5.1): the
+/// runtime's API span and the state store's span join it, and the shm
+/// transport is counted in /metrics.
+#[tokio::test]
+async fn shared_memory_calls_continue_the_callers_trace() {
+    use prost::Message;
+    use weft_proto::appchannel as ac;
+
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = tracing_config(dir.path(), &receiver.http_endpoint, "http");
+    let socket = dir.path().join("shm.sock");
+    let weft = Weft::start(
+        WeftOptions::new("shm-traced")
+            .arg("--config")
+            .arg(&config)
+            .arg("--shm-socket")
+            .arg(&socket.to_string_lossy()),
+    )
+    .await
+    .expect("start weft");
+    let trace_id = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    let parent = "1b1b1b1b1b1b1b1b";
+    let ctx = ac::CallContext {
+        timeout_micros: 0,
+        metadata: vec![ac::Metadata {
+            key: "traceparent".into(),
+            values: vec![traceparent(trace_id, parent)],
+        }],
+        status_details: Vec::new(),
+    }
+    .encode_to_vec();
+    let body = pb::GetStateRequest {
+        store_name: "statestore".into(),
+        key: "traced".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut c = weft_shm::Client::connect(&socket, weft_shm::ClientOptions::new("shm-traced"))
+            .expect("shm session");
+        c.call_with_context(weft_shm::method::GET_STATE, &ctx, &body)
+            .expect("answered")
+            .envelope
+            .status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "GetState over shm");
+
+    let spans = receiver
+        .spans
+        .wait_for(WAIT, |all| {
+            all.iter().filter(|s| s.trace_id == trace_id).count() >= 2
+        })
+        .await
+        .unwrap_or_else(|all| panic!("the shm call's spans did not arrive:\n{}", describe(&all)));
+    let spans: Vec<ReceivedSpan> = spans
+        .into_iter()
+        .filter(|s| s.trace_id == trace_id)
+        .collect();
+    let all = describe(&spans);
+    let server = find(
+        &spans,
+        "shm-traced",
+        "dapr.proto.runtime.v1.Dapr/GetState",
+        SERVER,
+    )
+    .unwrap_or_else(|| panic!("API span:\n{all}"));
+    assert_eq!(server.parent_span_id, parent, "{all}");
+    assert_eq!(server.attr("rpc.system"), Some("weft-shm"));
+    let store = find(&spans, "shm-traced", "state get", CLIENT)
+        .unwrap_or_else(|| panic!("store span:\n{all}"));
+    assert_eq!(store.parent_span_id, server.span_id, "{all}");
+    assert_eq!(store.attr("weft.component.type"), Some("state.sqlite"));
+
+    let (_, text) = http_get(weft.http_port, "/metrics", &[]).await.unwrap();
+    assert!(
+        text.contains(
+            "weft_api_requests_total{transport=\"shm\",method=\"GetState\",code=\"OK\"} 1"
+        ),
+        "{text}"
+    );
+    // The client is gone, and so is its session.
+    assert!(text.contains("weft_shm_sessions 0"), "{text}");
+}
