@@ -87,6 +87,25 @@ impl Spans {
         }
     }
 
+    /// Waits (bounded) until the spans of trace `trace_id` satisfy
+    /// `enough`; returns them, or every span received when they never did.
+    pub async fn trace(
+        &self,
+        trace_id: &str,
+        within: Duration,
+        enough: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
+        let of = |all: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+            all.iter()
+                .filter(|s| s.trace_id == trace_id)
+                .cloned()
+                .collect()
+        };
+        self.wait_for(within, |all| enough(&of(all)))
+            .await
+            .map(|all| of(&all))
+    }
+
     fn add(&self, req: ExportTraceServiceRequest, via: &'static str) {
         let mut out = self.0.lock().expect("spans lock");
         for rs in req.resource_spans {

@@ -117,9 +117,7 @@ async fn one_trace_across_two_apps_and_two_runtimes() {
 
     let spans = receiver
         .spans
-        .wait_for(WAIT, |all| {
-            all.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 4
-        })
+        .trace(TRACE_ID, WAIT, |trace| trace.len() >= 4)
         .await
         .unwrap_or_else(|all| {
             panic!(
@@ -128,10 +126,6 @@ async fn one_trace_across_two_apps_and_two_runtimes() {
                 callee.logs()
             )
         });
-    let spans: Vec<ReceivedSpan> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == TRACE_ID)
-        .collect();
     let all = describe(&spans);
 
     // App A → runtime A: the API call's server span, a child of app A's span.
@@ -342,18 +336,11 @@ async fn publish_delivery_trace(kafka: Option<&str>) {
 
     let spans = receiver
         .spans
-        .wait_for(WAIT, |all| {
-            all.iter()
-                .filter(|s| s.trace_id == trace_id && s.kind == CONSUMER)
-                .count()
-                >= 2
+        .trace(trace_id, WAIT, |trace| {
+            trace.iter().filter(|s| s.kind == CONSUMER).count() >= 2
         })
         .await
         .unwrap_or_else(|all| panic!("the delivery spans did not arrive:\n{}", describe(&all)));
-    let spans: Vec<ReceivedSpan> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == trace_id)
-        .collect();
     let all = describe(&spans);
     let server = find(
         &spans,
@@ -601,15 +588,9 @@ async fn shared_memory_calls_continue_the_callers_trace() {
 
     let spans = receiver
         .spans
-        .wait_for(WAIT, |all| {
-            all.iter().filter(|s| s.trace_id == trace_id).count() >= 2
-        })
+        .trace(trace_id, WAIT, |trace| trace.len() >= 2)
         .await
         .unwrap_or_else(|all| panic!("the shm call's spans did not arrive:\n{}", describe(&all)));
-    let spans: Vec<ReceivedSpan> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == trace_id)
-        .collect();
     let all = describe(&spans);
     let server = find(
         &spans,
