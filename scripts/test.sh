@@ -145,7 +145,7 @@ cargo_test() {
     fi
 }
 
-# The Apache Dubbo programs runtime/dubbo's tests run (their helper builds
+# The Apache Dubbo programs the Dubbo tests run (their helper builds
 # them again, incrementally); built here first so that a Maven failure shows
 # as its own step. Dependencies are cached in $WEFT_SERVICES_DIR/m2.
 dubbo_java() {

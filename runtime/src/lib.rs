@@ -5,6 +5,7 @@
 //! * the building blocks live in their own crate, [`weft_blocks`]: one
 //!   handler per API operation, which cannot reach back into this crate;
 //! * [`api`]: transports (gRPC on TCP and a Unix socket, HTTP, shared memory);
+//! * [`dubbo`]: the Dubbo registry proxy and Dubbo traffic through the mesh;
 //! * [`mesh`]: runtime-to-runtime invocation (mTLS, name resolution, load
 //!   balancing), and [`security`]: identities, certificates;
 //! * [`Runtime`]: starts everything and shuts it down in order.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod coalesce;
 pub mod config;
+pub mod dubbo;
 pub mod mesh;
 pub mod security;
 pub mod telemetry;
@@ -34,6 +36,10 @@ use crate::config::RuntimeConfig;
 
 /// Extended metadata key with the shared-memory transport's socket.
 pub const SHM_SOCKET_METADATA: &str = "weft.shm.socket";
+/// Extended metadata key with the Dubbo outbound listener (`--dubbo-port`).
+pub const DUBBO_OUTBOUND_METADATA: &str = "weft.dubbo.outbound";
+/// Extended metadata key with the Dubbo inbound listener /pub advertises.
+pub const DUBBO_INBOUND_METADATA: &str = "weft.dubbo.inbound";
 
 /// A started runtime: its bound addresses and its server tasks.
 pub struct Runtime {
@@ -46,6 +52,7 @@ pub struct Runtime {
     /// The address other runtimes reach this one's mesh server at.
     pub mesh_addr: SocketAddr,
     config: RuntimeConfig,
+    dubbo: Arc<dubbo::DubboProxy>,
     tracing: Option<telemetry::Tracing>,
     servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -154,18 +161,6 @@ impl Runtime {
             }
             None => None,
         };
-        let router = api::http::router(blocks.clone(), tokens, config.max_body_size);
-        let http_shutdown = shutdown.clone();
-        servers.push((
-            "http",
-            tokio::spawn(async move {
-                axum::serve(http_listener, router)
-                    .with_graceful_shutdown(async move { http_shutdown.wait().await })
-                    .await
-                    .context("HTTP server failed")
-            }),
-        ));
-
         // The callback model: deliver subscriptions through the app's
         // AppCallback service once the API is served.
         if let Some(channel) = app_channel {
@@ -191,6 +186,42 @@ impl Runtime {
         .await?;
         servers.push(("mesh", mesh.server));
 
+        // === Dubbo proxy ===
+        let dubbo = dubbo::start(
+            &config.dubbo,
+            &config.app_id,
+            blocks.clone(),
+            mesh.client.clone(),
+            mesh.addr,
+            config.mesh.call_timeout,
+            config.max_body_size,
+            shutdown.clone(),
+        )
+        .await?;
+        servers.extend(dubbo.servers);
+        if let Some(addr) = dubbo.outbound {
+            blocks
+                .metadata
+                .set_extended(DUBBO_OUTBOUND_METADATA, &addr.to_string());
+        }
+        blocks
+            .metadata
+            .set_extended(DUBBO_INBOUND_METADATA, &dubbo.inbound.to_string());
+
+        // === HTTP: health, metadata, metrics, the Dubbo registry proxy ===
+        let router = api::http::router(blocks.clone(), tokens.clone(), config.max_body_size)
+            .merge(dubbo::http::routes(dubbo.proxy.clone(), tokens));
+        let http_shutdown = shutdown.clone();
+        servers.push((
+            "http",
+            tokio::spawn(async move {
+                axum::serve(http_listener, router)
+                    .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                    .await
+                    .context("HTTP server failed")
+            }),
+        ));
+
         tracing::info!(
             app_id = %config.app_id,
             grpc = %grpc_addr,
@@ -208,6 +239,7 @@ impl Runtime {
             shm_socket,
             mesh_addr: mesh.addr,
             config,
+            dubbo: dubbo.proxy,
             tracing,
             servers,
         })
@@ -246,6 +278,8 @@ impl Runtime {
                 "in-flight calls did not finish within the grace period"
             );
         }
+        // Registrations go first: consumers stop picking this instance.
+        self.dubbo.close().await;
         self.blocks.close().await;
         if let Some(t) = self.tracing {
             // The exporter's thread flushes (bounded) while this runtime

@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::runtime::dapr_client::DaprClient;
 
+pub mod dubbo;
 pub mod invoke_app;
 pub mod mesh;
 pub mod otlp;

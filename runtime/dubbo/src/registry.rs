@@ -1696,6 +1696,11 @@ impl Registries {
         self.map.lock().unwrap().get(&key).cloned()
     }
 
+    /// Every registry connected so far.
+    pub fn all(&self) -> Vec<Registry> {
+        self.map.lock().unwrap().values().cloned().collect()
+    }
+
     /// Closes every registry (their nodes are deleted).
     pub async fn close_all(&self) {
         let all: Vec<Registry> = self.map.lock().unwrap().drain().map(|(_, r)| r).collect();

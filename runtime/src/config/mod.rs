@@ -236,6 +236,25 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
 
+    // === Dubbo proxy (docs/dubbo.md) ===
+    /// Port of the outbound Dubbo listener on 127.0.0.1, where the app's
+    /// Dubbo consumers connect (`dubbo://127.0.0.1:<port>`) to call the
+    /// services it subscribed to through /sub. Off when absent.
+    #[arg(long, env = "WEFT_DUBBO_PORT")]
+    pub dubbo_port: Option<u16>,
+
+    /// Port of the inbound Dubbo listener (on the mesh listen address) that
+    /// /pub advertises in the registry, for Dubbo consumers outside the
+    /// mesh. 0, the default, takes any free port.
+    #[arg(long, env = "WEFT_DUBBO_INBOUND_PORT", default_value_t = 0)]
+    pub dubbo_inbound_port: u16,
+
+    /// Port on 127.0.0.1 where the app serves the Dubbo services it
+    /// publishes through /pub, unless the /pub body names one
+    /// (`service.port`).
+    #[arg(long, env = "WEFT_DUBBO_APP_PORT", default_value_t = 20880)]
+    pub dubbo_app_port: u16,
+
     // === mesh identity ===
     /// Certificate chain (PEM) this runtime presents to other runtimes; its
     /// URI SAN `spiffe://<trust-domain>/ns/<namespace>/<app-id>` is the
@@ -274,6 +293,17 @@ pub struct RunArgs {
     /// authentication at all.
     #[arg(long, env = "WEFT_DEV_INSECURE_PLAINTEXT_MESH")]
     pub dev_insecure_plaintext_mesh: bool,
+}
+
+/// Settings of the Dubbo proxy.
+#[derive(Debug, Clone)]
+pub struct DubboSettings {
+    /// The outbound listener (127.0.0.1), if any.
+    pub outbound: Option<SocketAddr>,
+    /// The inbound listener, advertised by /pub.
+    pub inbound: SocketAddr,
+    /// Where the app serves its published services by default.
+    pub app_port: u16,
 }
 
 /// Settings of the shared-memory transport.
@@ -462,6 +492,7 @@ pub struct RuntimeConfig {
     /// `None` with `--no-shm`.
     pub shm: Option<ShmSettings>,
     pub mesh: MeshSettings,
+    pub dubbo: DubboSettings,
     /// `--config`: the Dapr Configuration file, if any.
     pub app_config: Option<PathBuf>,
     /// The mesh certificate and identity.
@@ -548,6 +579,16 @@ impl RuntimeConfig {
                     .parse()
                     .map_err(|e| ConfigError::setting("--mesh-lb", e))?,
                 call_timeout: Duration::from_secs(args.invoke_timeout_seconds),
+            },
+            dubbo: DubboSettings {
+                outbound: args
+                    .dubbo_port
+                    .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+                inbound: SocketAddr::new(
+                    args.mesh_listen_address.unwrap_or(args.listen_address),
+                    args.dubbo_inbound_port,
+                ),
+                app_port: args.dubbo_app_port,
             },
             app_config: args.config.clone(),
             mesh_identity,

@@ -230,9 +230,31 @@ impl MeshClient {
         req: mesh::InvokeRequest,
         timeout: Duration,
     ) -> Result<Invoked, BlockError> {
+        self.call_timed(req, None, timeout).await
+    }
+
+    /// Calls one of `instances` (mesh addresses of runtimes of
+    /// `req.target_app_id`, learnt elsewhere than name resolution: the
+    /// Dubbo registry) with the same connections, balancing, ejection and
+    /// retry rules as [`RemoteInvoker::invoke`].
+    pub async fn call_at(
+        &self,
+        req: mesh::InvokeRequest,
+        instances: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Invoked, BlockError> {
+        self.call_timed(req, Some(instances), timeout).await
+    }
+
+    async fn call_timed(
+        &self,
+        req: mesh::InvokeRequest,
+        instances: Option<&[SocketAddr]>,
+        timeout: Duration,
+    ) -> Result<Invoked, BlockError> {
         let started = Instant::now();
         let app_id = req.target_app_id.clone();
-        let r = self.attempt(req, timeout).await;
+        let r = self.attempt(req, instances, timeout).await;
         // Only apps that exist get a series (a mistyped id must not add
         // one per typo).
         if !matches!(r, Err(BlockError::NotFound(_))) {
@@ -247,17 +269,25 @@ impl MeshClient {
     async fn attempt(
         &self,
         req: mesh::InvokeRequest,
+        instances: Option<&[SocketAddr]>,
         timeout: Duration,
     ) -> Result<Invoked, BlockError> {
         let app_id = req.target_app_id.clone();
-        let addrs = self
-            .resolver
-            .resolve(&app_id, &self.namespace)
-            .await
-            .map_err(|e| match e {
-                ResolveError::NotFound { .. } => BlockError::NotFound(e.to_string()),
-                other => BlockError::Unavailable(other.to_string()),
-            })?;
+        let resolved;
+        let addrs = match instances {
+            Some(given) => given,
+            None => {
+                resolved = self
+                    .resolver
+                    .resolve(&app_id, &self.namespace)
+                    .await
+                    .map_err(|e| match e {
+                        ResolveError::NotFound { .. } => BlockError::NotFound(e.to_string()),
+                        other => BlockError::Unavailable(other.to_string()),
+                    })?;
+                &resolved[..]
+            }
+        };
         let mut candidates: Vec<Arc<Instance>> =
             addrs.iter().map(|a| self.instance(&app_id, *a)).collect();
         let deadline = Instant::now() + timeout;

@@ -29,6 +29,8 @@ pub struct MeshHandle {
     /// The address registered with name resolution.
     pub addr: SocketAddr,
     pub server: JoinHandle<anyhow::Result<()>>,
+    /// The client other transports (the Dubbo proxy) call runtimes with.
+    pub client: Arc<client::MeshClient>,
 }
 
 /// Starts the mesh server, registers this instance with name resolution and
@@ -77,7 +79,8 @@ pub async fn start(
         max_body_size,
         blocks.telemetry.clone(),
     );
-    blocks.invoke.set_remote(Arc::new(client));
+    let client = Arc::new(client);
+    blocks.invoke.set_remote(client.clone());
     let registration = Registration {
         address: addr,
         ..registration
@@ -87,5 +90,9 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("name resolution: cannot register this instance: {e}"))?;
     tracing::info!(mesh = %addr, app_id = %registration.app_id, "mesh ready");
-    Ok(MeshHandle { addr, server })
+    Ok(MeshHandle {
+        addr,
+        server,
+        client,
+    })
 }

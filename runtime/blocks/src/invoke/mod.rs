@@ -35,6 +35,14 @@ pub const CALLER_APP_ID_HEADER: &str = "dapr-caller-app-id";
 /// Header with the called app's id, as Dapr sets it for the called app.
 pub const CALLEE_APP_ID_HEADER: &str = "dapr-callee-app-id";
 
+/// Content type of a mesh invocation that carries one whole frame of the
+/// app's own RPC protocol (a Dubbo request frame: header and body) instead
+/// of a Dapr `InvokeRequest` payload. The called runtime hands it to the
+/// app's protocol channel ([`InvokeBlock::set_protocol_app`]) after the same
+/// identity and access checks; `method` is the protocol's method name,
+/// which access policies see as the operation.
+pub const DUBBO_FRAME_CONTENT_TYPE: &str = "application/x-weft-dubbo-frame";
+
 /// Reaches another app's runtime (implemented by the mesh client).
 pub trait RemoteInvoker: Send + Sync + 'static {
     /// Sends `req` to one instance of `req.target_app_id`, within `timeout`.
@@ -65,6 +73,8 @@ pub struct InvokeBlock {
     telemetry: Arc<Telemetry>,
     remote: OnceLock<Arc<dyn RemoteInvoker>>,
     app: OnceLock<Arc<dyn AppInvoker>>,
+    /// The app's Dubbo listener, for [`DUBBO_FRAME_CONTENT_TYPE`] calls.
+    dubbo: OnceLock<Arc<dyn AppInvoker>>,
     /// Streams the app opened to receive invocations (`ServeInvocations`),
     /// used when it serves no AppCallback port.
     streams: Arc<InvocationStreams>,
@@ -83,6 +93,7 @@ impl InvokeBlock {
             telemetry,
             remote: OnceLock::new(),
             app: OnceLock::new(),
+            dubbo: OnceLock::new(),
             streams: Arc::new(InvocationStreams::new(shutdown)),
         }
     }
@@ -100,6 +111,27 @@ impl InvokeBlock {
     /// Connects the local app, when it serves `AppCallback` (--app-port).
     pub fn set_app(&self, app: Arc<dyn AppInvoker>) {
         let _ = self.app.set(app);
+    }
+
+    /// Connects the app's Dubbo listener (the runtime's Dubbo proxy), which
+    /// receives the calls whose content type is [`DUBBO_FRAME_CONTENT_TYPE`].
+    pub fn set_protocol_app(&self, app: Arc<dyn AppInvoker>) {
+        let _ = self.dubbo.set(app);
+    }
+
+    /// The access policy's answer for a caller whose identity is unknown
+    /// (a plain-text Dubbo consumer on the inbound listener): only the
+    /// policy's global default applies.
+    pub fn admit_anonymous(&self, operation: &str) -> Result<(), BlockError> {
+        let caller = AccessCaller {
+            trust_domain: &self.config.trust_domain,
+            namespace: &self.config.namespace,
+            app_id: "",
+        };
+        match self.config.access.check(&caller, operation, None) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) => Err(BlockError::PermissionDenied(why)),
+        }
     }
 
     /// `ServeInvocations`: the app receives this runtime's invocations over
@@ -291,7 +323,16 @@ impl InvokeBlock {
         set_header(&mut headers, CALLER_APP_ID_HEADER, caller_app);
         set_header(&mut headers, CALLEE_APP_ID_HEADER, &self.app_id);
         let timeout = self.timeout(ctx);
-        let app = self.app()?;
+        let app = if message.content_type == DUBBO_FRAME_CONTENT_TYPE {
+            self.dubbo.get().map(|a| a.as_ref()).ok_or_else(|| {
+                BlockError::NotFound(format!(
+                    "app '{}' publishes no Dubbo service through its runtime",
+                    self.app_id
+                ))
+            })?
+        } else {
+            self.app()?
+        };
         let span = self.app_span(ctx, &message.method);
         if let Some(cx) = &span {
             telemetry::inject(cx, &mut headers);

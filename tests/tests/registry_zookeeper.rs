@@ -6,16 +6,14 @@
 //! where they run and fail. Every test uses its own root
 //! node, so runs and tests do not see each other.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{first_server, unique, wait_for, zk_servers, Relay, WAIT};
 use weft_dubbo::registry::{
     ConsumerSpec, LookupError, ProviderSpec, Registries, Registry, RegistryConfig, RegistryError,
 };
 use weft_dubbo::url::{encode_component, DubboUrl};
+use weft_tests::dubbo::{first_server, unique, wait_for, zk_servers, Relay, WAIT};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 const IFACE: &str = "dev.weft.test.Greeter";
@@ -501,7 +499,7 @@ async fn digest_credentials_protect_the_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_down_is_a_bounded_unavailable_error() {
-    let port = common::free_port();
+    let port = weft_tests::free_port();
     let servers = format!("127.0.0.1:{port}");
     let mut cfg = config(&servers, "/dubbo");
     cfg.request_timeout = Duration::from_secs(2);

@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: finding the test ZooKeeper,
-//! unique names, bounded waits, and a TCP relay that can cut a client off.
-#![allow(dead_code)]
+//! Helpers of the Dubbo tests: finding the test ZooKeeper, unique names,
+//! bounded waits, a TCP relay that can cut a client off, and the Apache
+//! Dubbo test programs ([`java`]).
+
+pub mod java;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,14 +54,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::free_port;
 
 /// Polls `check` until it returns `Some`, at most [`WAIT`].
 pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
