@@ -85,8 +85,38 @@ async fn java_consumer_and_provider_meet_only_through_two_runtimes() {
     // Provider side: two instances of app "greeter", each with its Java provider.
     let (p1, p1_port) = start_provider(cp, "p1", &[]).await;
     let (p2, p2_port) = start_provider(cp, "p2", &[]).await;
-    let mut a1 = Weft::start(WeftOptions::new("greeter")).await.expect("a1");
-    let a2 = Weft::start(WeftOptions::new("greeter")).await.expect("a2");
+    // The provider's access policy: app "caller" may not call `slow` (the
+    // Dubbo method is the operation); everyone else may call anything.
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.yaml");
+    std::fs::write(
+        &acl,
+        r#"apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: acl
+spec:
+  accessControl:
+    defaultAction: allow
+    trustDomain: public
+    policies:
+      - appId: caller
+        defaultAction: allow
+        trustDomain: public
+        namespace: default
+        operations:
+          - name: /slow
+            action: deny
+"#,
+    )
+    .unwrap();
+    let acl = acl.to_string_lossy().into_owned();
+    let mut a1 = Weft::start(WeftOptions::new("greeter").arg("--config").arg(&acl))
+        .await
+        .expect("a1");
+    let a2 = Weft::start(WeftOptions::new("greeter").arg("--config").arg(&acl))
+        .await
+        .expect("a2");
     for (w, port) in [(&a1, p1_port), (&a2, p2_port)] {
         let msg = ok(
             w,
@@ -185,8 +215,15 @@ async fn java_consumer_and_provider_meet_only_through_two_runtimes() {
             && failed.contains("boom"),
         "{failed}"
     );
-    // Many calls in flight on one connection, answered out of order.
-    assert_eq!(c.ok("slow 300").await, "slept 300");
+    // The provider runtime's access policy, with the Dubbo method as the
+    // operation: status 40 naming the rule.
+    let denied = c.call("slow 10").await;
+    assert!(
+        denied.starts_with("ERR ")
+            && denied.contains("access denied by policy for app 'caller'")
+            && denied.contains("'/slow'"),
+        "{denied}"
+    );
     // Heartbeats from the consumer (every second when idle) are answered.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(c

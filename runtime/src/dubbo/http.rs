@@ -191,15 +191,16 @@ fn parse(body: &[u8]) -> Result<Call, String> {
         None | Some(Value::Null) => {}
         Some(Value::Object(p)) => {
             for (k, v) in p {
-                let v =
-                    match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        other => return Err(format!(
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    other => {
+                        return Err(format!(
                             "service.params.{k} must be a string, number or boolean, not {other}"
-                        )),
-                    };
+                        ))
+                    }
+                };
                 params.insert(k.clone(), v);
             }
         }
