@@ -83,6 +83,31 @@
 //! may number at most a ratio of the original requests plus a small reserve
 //! per second, so retries cannot multiply the load on a struggling target.
 
+//! # Usage
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use weft_resilience::*;
+//!
+//! let now = Instant::now();
+//! let rate = RateLimiter::new(RateConfig { burst: 5, ..RateConfig::per_second(100.0) }, now)?;
+//! let breaker = Arc::new(CircuitBreaker::new(BreakerConfig {
+//!     trip: Trip::Expr(TripExpr::parse("consecutiveFailures > 5")?),
+//!     ..BreakerConfig::default()
+//! })?);
+//! match rate.acquire(now) {
+//!     Admission::Now => {}
+//!     Admission::After(wait) => { /* sleep `wait`, then go on */ }
+//!     Admission::Rejected { retry_after } => { /* RESOURCE_EXHAUSTED */ }
+//! }
+//! let permit = breaker.try_pass(now).expect("closed");
+//! // ... make the call ...
+//! let state = permit.record(now + Duration::from_millis(3), true, Duration::from_millis(3));
+//! assert_eq!(state, BreakerState::Closed);
+//! # Ok::<(), ConfigError>(())
+//! ```
+
 pub mod adaptive;
 pub mod breaker;
 pub mod concurrency;

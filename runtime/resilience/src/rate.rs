@@ -136,9 +136,10 @@ impl RateLimiter {
         let warm = config.warm_up.filter(|w| !w.is_zero()).map(|w| {
             let period = w.as_secs_f64();
             let c = config.cold_factor;
-            // Tokens spent at full rate while cooling from `warning` to 0
-            // take as long as ... the levels Sentinel uses: the area under the
-            // spacing curve between `warning` and `max` equals `period`.
+            // Sentinel's levels. Spending the tokens between `warning` and
+            // `max` one per admitted request, at the spacing the slope gives,
+            // takes exactly `period` (the integral of the spacing over that
+            // range), so a saturated cold limiter is warm after `period`.
             let warning = period * qps / (c - 1.0);
             let max = warning + 2.0 * period * qps / (1.0 + c);
             let slope = (c - 1.0) / qps / (max - warning);

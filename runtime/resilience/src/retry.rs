@@ -103,6 +103,7 @@ impl RetryPolicy {
             base: self.initial(),
             retries: 0,
             elapsed: Duration::ZERO,
+            exhausted: false,
             rng: SplitMix64(seed),
         }
     }
@@ -160,6 +161,8 @@ pub struct Delays {
     retries: u32,
     /// Sum of the delays handed out.
     elapsed: Duration,
+    /// Gave up once: stays given up.
+    exhausted: bool,
     rng: SplitMix64,
 }
 
@@ -167,7 +170,8 @@ impl Delays {
     /// The next delay, given the time already spent since the first attempt
     /// began; `None`: give up.
     fn next_after(&mut self, spent: Duration) -> Option<Duration> {
-        if self.policy.max_retries.is_some_and(|m| self.retries >= m) {
+        if self.exhausted || self.policy.max_retries.is_some_and(|m| self.retries >= m) {
+            self.exhausted = true;
             return None;
         }
         let delay = match self.policy.backoff {
@@ -188,6 +192,7 @@ impl Delays {
         };
         if let Some(max) = self.policy.max_elapsed {
             if spent + delay > max {
+                self.exhausted = true;
                 return None;
             }
         }
@@ -482,6 +487,8 @@ mod tests {
         }
         // Attempts end at 2, 5, 8 s; a retry at 9 s fits, one at 12 would not.
         assert_eq!((n, r.retries()), (3, 3));
+        // Given up stays given up.
+        assert_eq!(r.next_delay(t0), None);
     }
 
     #[test]

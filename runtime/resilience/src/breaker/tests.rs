@@ -447,3 +447,16 @@ fn passes_and_rejections_are_counted_across_threads() {
     assert_eq!(s.counts.total_failures, 1000);
     assert_eq!(s.state, BreakerState::Closed);
 }
+
+#[test]
+fn a_permit_dropped_without_an_outcome_is_ignored() {
+    let t0 = Instant::now();
+    let b = dapr("consecutiveFailures >= 1", 1);
+    for _ in 0..10 {
+        drop(b.try_pass(t0).unwrap());
+    }
+    let s = b.stats(t0);
+    assert_eq!(s.state, BreakerState::Closed);
+    assert_eq!(s.counts.requests, 10);
+    assert_eq!(s.counts.total_failures + s.counts.total_successes, 0);
+}
