@@ -8,6 +8,8 @@
 //!   `x-deadline` (the `grpc-timeout` it received) when the call had one;
 //! * `fail`: answers FAILED_PRECONDITION "app says no" with details;
 //! * `sleep/<ms>`: waits, then echoes;
+//! * `flaky`: UNAVAILABLE "app is down" while [`InvokeApp::down`] is set or
+//!   [`InvokeApp::fail_next`] is above zero (counting it down), else echoes;
 //! * anything else: NOT_FOUND from the app.
 //!
 //! It serves AppCallback on a port or Unix socket, or receives the same
@@ -32,6 +34,13 @@ pub const FAIL_DETAILS: &[u8] = b"\x08\x2a";
 pub struct InvokeApp {
     pub name: String,
     pub calls: Arc<AtomicU64>,
+    /// Calls being answered now, and the most ever at once.
+    pub in_flight: Arc<AtomicU64>,
+    pub max_in_flight: Arc<AtomicU64>,
+    /// `flaky` fails while set.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// `flaky` fails this many more times.
+    pub fail_next: Arc<AtomicU64>,
 }
 
 impl InvokeApp {
@@ -39,6 +48,10 @@ impl InvokeApp {
         Self {
             name: name.to_string(),
             calls: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            max_in_flight: Arc::new(AtomicU64::new(0)),
+            down: Arc::default(),
+            fail_next: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -88,7 +101,29 @@ impl InvokeApp {
         deadline: Option<String>,
     ) -> Result<(common::InvokeResponse, Vec<(String, String)>), Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let r = self.answer(req, seen, deadline).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    async fn answer(
+        &self,
+        req: common::InvokeRequest,
+        seen: Vec<(String, String)>,
+        deadline: Option<String>,
+    ) -> Result<(common::InvokeResponse, Vec<(String, String)>), Status> {
         let method = req.method.clone();
+        if method == "flaky" {
+            let counted = self
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if counted || self.down.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("app is down"));
+            }
+        }
         if method == "fail" {
             return Err(Status::with_details(
                 tonic::Code::FailedPrecondition,
@@ -101,7 +136,7 @@ impl InvokeApp {
                 .parse()
                 .map_err(|_| Status::invalid_argument("sleep/<ms>"))?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
-        } else if method != "echo" {
+        } else if method != "echo" && method != "flaky" {
             return Err(Status::not_found(format!("no method '{method}'")));
         }
         let mut md = vec![("x-instance".to_string(), self.name.clone())];

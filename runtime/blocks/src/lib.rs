@@ -25,6 +25,7 @@ pub mod invoke;
 pub mod lock;
 pub mod metadata;
 pub mod pubsub;
+pub mod resiliency;
 pub mod secrets;
 pub mod shutdown;
 pub mod state;
@@ -93,6 +94,8 @@ pub struct BlocksConfig {
     /// Which secrets of each secret store the app may read
     /// (`spec.secrets.scopes` of `--config`); a store absent here is open.
     pub secret_scopes: HashMap<String, secrets::Scope>,
+    /// Dapr resiliency policies and flow-control rules.
+    pub resiliency: Arc<resiliency::Resiliency>,
 }
 
 /// A component that cannot be built, with the file and component named.
@@ -118,7 +121,13 @@ pub struct Blocks {
     pub name_resolver: Arc<dyn NameResolver>,
     pub shutdown: Shutdown,
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The resiliency policies and flow rules (their state is in metadata).
+    pub resiliency: Arc<resiliency::Resiliency>,
 }
+
+/// Extended metadata key with the state of the resiliency policies and
+/// flow rules (JSON: breakers' states, limiters' counts).
+pub const RESILIENCY_METADATA: &str = "weft.resiliency";
 
 impl Blocks {
     /// Builds every component. Any error names the file and the component;
@@ -256,7 +265,8 @@ impl Blocks {
             }
         };
         let blocks = Arc::new(Self {
-            state: StateBlock::new(state_stores, cfg.telemetry.clone()),
+            state: StateBlock::new(state_stores, cfg.telemetry.clone())
+                .with_resiliency(cfg.resiliency.clone()),
             configuration: ConfigurationBlock::new(
                 config_stores,
                 shutdown.subscribe(),
@@ -275,7 +285,9 @@ impl Blocks {
                 cfg.invoke,
                 shutdown.subscribe(),
                 cfg.telemetry.clone(),
-            ),
+            )
+            .with_resiliency(cfg.resiliency.clone()),
+            resiliency: cfg.resiliency.clone(),
             metadata: MetadataBlock::new(&cfg.app_id, cfg.app_connection, infos),
             name_resolver,
             shutdown,
@@ -290,6 +302,12 @@ impl Blocks {
     pub fn metadata_view(&self) -> weft_proto::runtime::GetMetadataResponse {
         let mut md = self.metadata.view();
         md.subscriptions = self.pubsub.subscriptions();
+        if !self.resiliency.is_empty() {
+            md.extended_metadata.insert(
+                RESILIENCY_METADATA.to_string(),
+                self.resiliency.snapshot().to_string(),
+            );
+        }
         md
     }
 

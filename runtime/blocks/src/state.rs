@@ -15,6 +15,7 @@ use weft_proto::runtime as pb;
 use super::time::rfc3339;
 use crate::context::CallContext;
 use crate::error::BlockError;
+use crate::resiliency::{Resiliency, Target};
 use crate::telemetry::{OpMetrics, Telemetry};
 
 /// Separator between a key prefix and the app's key, as in Dapr.
@@ -125,11 +126,26 @@ impl StoreHandle {
 pub struct StateBlock {
     stores: BTreeMap<String, StoreHandle>,
     telemetry: Arc<Telemetry>,
+    resiliency: Arc<Resiliency>,
 }
+
+/// How long a store call may take when the caller set no deadline and a
+/// resiliency policy applies (its own timeout is usually shorter).
+const COMPONENT_DEADLINE: Duration = Duration::from_secs(60);
 
 impl StateBlock {
     pub fn new(stores: BTreeMap<String, StoreHandle>, telemetry: Arc<Telemetry>) -> Self {
-        Self { stores, telemetry }
+        Self {
+            stores,
+            telemetry,
+            resiliency: Arc::new(Resiliency::none()),
+        }
+    }
+
+    /// Applies `resiliency` to the stores' calls.
+    pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
+        self.resiliency = resiliency;
+        self
     }
 
     /// Names of the configured stores.
@@ -145,6 +161,44 @@ impl StateBlock {
         }
     }
 
+    /// One call of a store: its metrics and span, under the component's
+    /// resiliency policy and flow rules (timeout, retries, breaker, limits),
+    /// the operation named as in the span (`get`, `set`, …).
+    /// `input` is moved into the one call when no policy applies, cloned
+    /// for each attempt when one does.
+    #[allow(clippy::too_many_arguments)]
+    async fn call<R, T, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        store: &str,
+        h: &StoreHandle,
+        span: &'static str,
+        metrics: &OpMetrics,
+        input: R,
+        f: F,
+    ) -> Result<T, BlockError>
+    where
+        R: Clone,
+        F: Fn(R) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StateError>>,
+    {
+        let attempt = |input: R| async {
+            self.telemetry
+                .component_call(ctx, span, &h.kind, metrics, f(input))
+                .await
+                .map_err(|e| state_error(h, store, e))
+        };
+        let target = Target::ComponentOutbound(store);
+        if !self.resiliency.covers(target) {
+            return attempt(input).await;
+        }
+        let op = span.rsplit(' ').next().unwrap_or(span);
+        let deadline = ctx.remaining().unwrap_or(COMPONENT_DEADLINE);
+        self.resiliency
+            .call(target, op, deadline, |_| attempt(input.clone()))
+            .await
+    }
+
     fn store(&self, name: &str) -> Result<&StoreHandle, BlockError> {
         BlockError::find_component(&self.stores, name, "store_name", "state store")
     }
@@ -158,16 +212,10 @@ impl StateBlock {
         let key = storage_key(h, &req.key, "key")?;
         let consistency = consistency(req.consistency);
         let entry = self
-            .telemetry
-            .component_call(
-                ctx,
-                "state get",
-                &h.kind,
-                &h.ops.get,
-                h.store.get(&key, consistency),
-            )
-            .await
-            .map_err(|e| state_error(h, &req.store_name, e))?;
+            .call(ctx, &req.store_name, h, "state get", &h.ops.get, (), |()| {
+                h.store.get(&key, consistency)
+            })
+            .await?;
         Ok(match entry {
             Some(e) => pb::GetStateResponse {
                 metadata: entry_metadata(&e),
@@ -195,16 +243,16 @@ impl StateBlock {
             keys.push(storage_key(h, k, &format!("keys[{i}]"))?);
         }
         let entries = self
-            .telemetry
-            .component_call(
+            .call(
                 ctx,
+                &req.store_name,
+                h,
                 "state bulk_get",
-                &h.kind,
                 &h.ops.bulk_get,
-                h.store.bulk_get(&keys),
+                (),
+                |()| h.store.bulk_get(&keys),
             )
-            .await
-            .map_err(|e| state_error(h, &req.store_name, e))?;
+            .await?;
         let items = req
             .keys
             .into_iter()
@@ -237,10 +285,16 @@ impl StateBlock {
             sets.push(set_request(h, item, &format!("states[{i}]"))?);
         }
         for set in sets {
-            self.telemetry
-                .component_call(ctx, "state set", &h.kind, &h.ops.set, h.store.set(set))
-                .await
-                .map_err(|e| state_error(h, &req.store_name, e))?;
+            self.call(
+                ctx,
+                &req.store_name,
+                h,
+                "state set",
+                &h.ops.set,
+                set,
+                |set| h.store.set(set),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -257,16 +311,16 @@ impl StateBlock {
             concurrency: concurrency(req.options.as_ref()),
             consistency: consistency(req.options.as_ref().map_or(0, |o| o.consistency)),
         };
-        self.telemetry
-            .component_call(
-                ctx,
-                "state delete",
-                &h.kind,
-                &h.ops.delete,
-                h.store.delete(del),
-            )
-            .await
-            .map_err(|e| state_error(h, &req.store_name, e))
+        self.call(
+            ctx,
+            &req.store_name,
+            h,
+            "state delete",
+            &h.ops.delete,
+            del,
+            |del| h.store.delete(del),
+        )
+        .await
     }
 
     pub async fn delete_bulk_state(
@@ -280,16 +334,16 @@ impl StateBlock {
             dels.push(delete_request(h, item, &format!("states[{i}]"))?);
         }
         for del in dels {
-            self.telemetry
-                .component_call(
-                    ctx,
-                    "state delete",
-                    &h.kind,
-                    &h.ops.delete,
-                    h.store.delete(del),
-                )
-                .await
-                .map_err(|e| state_error(h, &req.store_name, e))?;
+            self.call(
+                ctx,
+                &req.store_name,
+                h,
+                "state delete",
+                &h.ops.delete,
+                del,
+                |del| h.store.delete(del),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -325,16 +379,16 @@ impl StateBlock {
         if ops.is_empty() {
             return Ok(());
         }
-        self.telemetry
-            .component_call(
-                ctx,
-                "state transact",
-                &h.kind,
-                &h.ops.transact,
-                h.store.transact(ops),
-            )
-            .await
-            .map_err(|e| state_error(h, &req.store_name, e))
+        self.call(
+            ctx,
+            &req.store_name,
+            h,
+            "state transact",
+            &h.ops.transact,
+            ops,
+            |ops| h.store.transact(ops),
+        )
+        .await
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod app_config;
 mod error;
+pub mod resiliency;
 pub mod resources;
 mod yaml;
 
@@ -627,6 +628,10 @@ impl RuntimeConfig {
             }),
             telemetry,
             secret_scopes: app.map(|a| a.secret_scopes.clone()).unwrap_or_default(),
+            resiliency: std::sync::Arc::new(match &self.resources_path {
+                Some(dir) => resiliency::load_dir(dir, &self.app_id)?,
+                None => weft_blocks::resiliency::Resiliency::none(),
+            }),
         })
     }
 }

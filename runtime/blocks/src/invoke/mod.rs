@@ -26,6 +26,7 @@ use self::stream::{InvocationStream, InvocationStreams};
 use crate::app::{AppInvoker, Invoked};
 use crate::context::{set_header, CallContext, Caller, PeerIdentity};
 use crate::error::BlockError;
+use crate::resiliency::{Resiliency, Target};
 use crate::telemetry::{self, Telemetry};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -75,6 +76,8 @@ pub struct InvokeBlock {
     app: OnceLock<Arc<dyn AppInvoker>>,
     /// The app's Dubbo listener, for [`DUBBO_FRAME_CONTENT_TYPE`] calls.
     dubbo: OnceLock<Arc<dyn AppInvoker>>,
+    /// Policies and flow rules for calls to other apps.
+    resiliency: Arc<Resiliency>,
     /// Streams the app opened to receive invocations (`ServeInvocations`),
     /// used when it serves no AppCallback port.
     streams: Arc<InvocationStreams>,
@@ -94,8 +97,15 @@ impl InvokeBlock {
             remote: OnceLock::new(),
             app: OnceLock::new(),
             dubbo: OnceLock::new(),
+            resiliency: Arc::new(Resiliency::none()),
             streams: Arc::new(InvocationStreams::new(shutdown)),
         }
+    }
+
+    /// Applies `resiliency` to calls to other apps.
+    pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
+        self.resiliency = resiliency;
+        self
     }
 
     /// The trust domain this runtime's identity belongs to.
@@ -233,7 +243,15 @@ impl InvokeBlock {
                         message: Some(message),
                         headers,
                     };
-                    remote.invoke(call, timeout).await
+                    let target = Target::App(&call.target_app_id);
+                    if self.resiliency.covers(target) {
+                        let method = call.message.as_ref().map_or("", |m| m.method.as_str());
+                        self.resiliency
+                            .call(target, method, timeout, |t| remote.invoke(call.clone(), t))
+                            .await
+                    } else {
+                        remote.invoke(call, timeout).await
+                    }
                 }
             }
         };
