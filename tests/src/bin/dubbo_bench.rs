@@ -282,8 +282,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("WEFT_TEST_ZK_SERVERS is not set (scripts/services.sh env)")?;
     let cp = java("dubbo_bench").context("the Java test programs could not be built")?;
     let (provider, port) = start_provider(cp, "p1", &[]).await;
-    let registry = json!({"type": "zookeeper", "addr": servers, "group": unique("weft-dubbo-bench")});
-    let service = json!({"interface": IFACE, "methods": ["greet", "slow", "fail", "describe"], "port": port});
+    let registry =
+        json!({"type": "zookeeper", "addr": servers, "group": unique("weft-dubbo-bench")});
+    let service =
+        json!({"interface": IFACE, "methods": ["greet", "slow", "fail", "describe"], "port": port});
     let a = Weft::start(WeftOptions::new("dubbo-bench-provider")).await?;
     let outbound = free_port();
     let b = Weft::start(
@@ -292,8 +294,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .arg(&outbound.to_string()),
     )
     .await?;
-    post(&a, "/pub", json!({"registry": registry, "service": service})).await?;
-    post(&b, "/sub", json!({"registry": registry, "service": service})).await?;
+    post(
+        &a,
+        "/pub",
+        json!({"registry": registry, "service": service}),
+    )
+    .await?;
+    post(
+        &b,
+        "/sub",
+        json!({"registry": registry, "service": service}),
+    )
+    .await?;
 
     let direct = Client::connect(&format!("127.0.0.1:{port}")).await?;
     let proxied = Client::connect(&format!("127.0.0.1:{outbound}")).await?;
@@ -336,7 +348,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let d = max_throughput(&direct, cfg.clients, cfg.secs).await?;
     let p = max_throughput(&proxied, cfg.clients, cfg.secs).await?;
     println!("| direct | {d:.0} |");
-    println!("| two runtimes | {p:.0} ({:.0} % of direct) |", p / d * 100.0);
+    println!(
+        "| two runtimes | {p:.0} ({:.0} % of direct) |",
+        p / d * 100.0
+    );
     provider.stop().await;
     Ok(())
 }
