@@ -89,6 +89,15 @@ impl Runtime {
         )
         .await?;
         let tokens = TokenCheck::new(config.api_token.clone());
+        if let Some(dir) = &config.resources_path {
+            config::resiliency::watch(
+                dir.clone(),
+                config.app_id.clone(),
+                blocks.resiliency.clone(),
+                std::time::Duration::from_secs(1),
+                shutdown.clone(),
+            );
+        }
 
         // The app's AppCallback service (the callback model), known to the
         // invoke block before any transport serves, so that an app that

@@ -392,3 +392,47 @@ async fn wrong_policy_files_refuse_to_start_naming_file_and_field() {
         assert!(e.contains(want), "{e}\nshould contain: {want}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_reload_when_their_files_change() {
+    let p = pair(&[("resiliency.yaml", POLICY)]).await;
+    let mut c = p.caller.client().await;
+    let e = call(&mut c, "callee", "sleep/1000").await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
+    // A wrong file: logged, the policies in force stay.
+    let file = p._res.path().join("resiliency.yaml");
+    std::fs::write(&file, POLICY.replace("short: 300ms", "short: soon")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p
+        .caller
+        .logs()
+        .contains("spec.policies.timeouts.short: 'soon' is not a duration")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the wrong file was not reported:\n{}",
+            p.caller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = call(&mut c, "callee", "sleep/1000").await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
+    // A longer timeout takes over without a restart.
+    std::fs::write(&file, POLICY.replace("short: 300ms", "short: 5s")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call(&mut c, "callee", "sleep/1000").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+                assert!(Instant::now() < deadline, "the new policy never applied");
+            }
+        }
+    }
+    assert!(p
+        .caller
+        .logs()
+        .contains("resiliency policies and flow rules reloaded"));
+}

@@ -95,7 +95,7 @@ pub struct BlocksConfig {
     /// (`spec.secrets.scopes` of `--config`); a store absent here is open.
     pub secret_scopes: HashMap<String, secrets::Scope>,
     /// Dapr resiliency policies and flow-control rules.
-    pub resiliency: Arc<resiliency::Resiliency>,
+    pub resiliency: Arc<resiliency::Policies>,
 }
 
 /// A component that cannot be built, with the file and component named.
@@ -122,7 +122,7 @@ pub struct Blocks {
     pub shutdown: Shutdown,
     pub telemetry: Arc<telemetry::Telemetry>,
     /// The resiliency policies and flow rules (their state is in metadata).
-    pub resiliency: Arc<resiliency::Resiliency>,
+    pub resiliency: Arc<resiliency::Policies>,
 }
 
 /// Extended metadata key with the state of the resiliency policies and
@@ -302,11 +302,9 @@ impl Blocks {
     pub fn metadata_view(&self) -> weft_proto::runtime::GetMetadataResponse {
         let mut md = self.metadata.view();
         md.subscriptions = self.pubsub.subscriptions();
-        if !self.resiliency.is_empty() {
-            md.extended_metadata.insert(
-                RESILIENCY_METADATA.to_string(),
-                self.resiliency.snapshot().to_string(),
-            );
+        if let Some(r) = self.resiliency.active() {
+            md.extended_metadata
+                .insert(RESILIENCY_METADATA.to_string(), r.snapshot().to_string());
         }
         md
     }

@@ -37,6 +37,52 @@ use weft_resilience::{
 
 use crate::error::{BlockError, Code};
 
+/// The policies in force, replaced as a whole when their files change
+/// (breakers and limiters then start afresh). With none configured a call
+/// costs one atomic load.
+#[derive(Default)]
+pub struct Policies {
+    current: std::sync::RwLock<Arc<Resiliency>>,
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.active() {
+            Some(r) => r.fmt(f),
+            None => f.write_str("Policies(none)"),
+        }
+    }
+}
+
+impl Policies {
+    pub fn new(r: Resiliency) -> Self {
+        let p = Policies::default();
+        p.replace(r);
+        p
+    }
+
+    /// The policies, unless none is configured.
+    pub fn active(&self) -> Option<Arc<Resiliency>> {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Puts `r` in force for the calls that start from now on.
+    pub fn replace(&self, r: Resiliency) {
+        let any = !r.is_empty();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(r);
+        self.any.store(any, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// What a call is made to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {

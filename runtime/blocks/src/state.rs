@@ -15,7 +15,7 @@ use weft_proto::runtime as pb;
 use super::time::rfc3339;
 use crate::context::CallContext;
 use crate::error::BlockError;
-use crate::resiliency::{Resiliency, Target};
+use crate::resiliency::{Policies, Target};
 use crate::telemetry::{OpMetrics, Telemetry};
 
 /// Separator between a key prefix and the app's key, as in Dapr.
@@ -126,7 +126,7 @@ impl StoreHandle {
 pub struct StateBlock {
     stores: BTreeMap<String, StoreHandle>,
     telemetry: Arc<Telemetry>,
-    resiliency: Arc<Resiliency>,
+    resiliency: Arc<Policies>,
 }
 
 /// How long a store call may take when the caller set no deadline and a
@@ -138,12 +138,12 @@ impl StateBlock {
         Self {
             stores,
             telemetry,
-            resiliency: Arc::new(Resiliency::none()),
+            resiliency: Arc::new(Policies::default()),
         }
     }
 
     /// Applies `resiliency` to the stores' calls.
-    pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
+    pub fn with_resiliency(mut self, resiliency: Arc<Policies>) -> Self {
         self.resiliency = resiliency;
         self
     }
@@ -189,13 +189,12 @@ impl StateBlock {
                 .map_err(|e| state_error(h, store, e))
         };
         let target = Target::ComponentOutbound(store);
-        if !self.resiliency.covers(target) {
+        let Some(r) = self.resiliency.active().filter(|r| r.covers(target)) else {
             return attempt(input).await;
-        }
+        };
         let op = span.rsplit(' ').next().unwrap_or(span);
         let deadline = ctx.remaining().unwrap_or(COMPONENT_DEADLINE);
-        self.resiliency
-            .call(target, op, deadline, |_| attempt(input.clone()))
+        r.call(target, op, deadline, |_| attempt(input.clone()))
             .await
     }
 

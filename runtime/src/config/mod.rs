@@ -628,10 +628,12 @@ impl RuntimeConfig {
             }),
             telemetry,
             secret_scopes: app.map(|a| a.secret_scopes.clone()).unwrap_or_default(),
-            resiliency: std::sync::Arc::new(match &self.resources_path {
-                Some(dir) => resiliency::load_dir(dir, &self.app_id)?,
-                None => weft_blocks::resiliency::Resiliency::none(),
-            }),
+            resiliency: std::sync::Arc::new(weft_blocks::resiliency::Policies::new(
+                match &self.resources_path {
+                    Some(dir) => resiliency::load_dir(dir, &self.app_id)?,
+                    None => weft_blocks::resiliency::Resiliency::none(),
+                },
+            )),
         })
     }
 }

@@ -74,6 +74,63 @@ pub fn load_dir(dir: &Path, app_id: &str) -> Result<Resiliency, ConfigError> {
     Ok(out.resiliency)
 }
 
+/// Re-reads the policies of `dir` when its YAML files change (checked
+/// every `every`): a valid set replaces the one in force for the calls
+/// that start from then on; an invalid one is logged, naming the file and
+/// field, and the old set stays. Calls under way are not disturbed.
+pub fn watch(
+    dir: PathBuf,
+    app_id: String,
+    policies: Arc<weft_blocks::resiliency::Policies>,
+    every: Duration,
+    shutdown: weft_blocks::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = fingerprint(&dir);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_dir(&dir, &app_id) {
+                Ok(r) => {
+                    tracing::info!(dir = %dir.display(), "resiliency policies and flow rules reloaded");
+                    policies.replace(r);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "resiliency files changed but are not valid: the previous policies stay in force");
+                }
+            }
+        }
+    })
+}
+
+/// Names, sizes and modification times of the directory's YAML files.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            matches!(
+                e.path().extension().and_then(|x| x.to_str()),
+                Some("yaml") | Some("yml")
+            )
+        })
+        .filter_map(|e| {
+            let md = e.metadata().ok()?;
+            Some((e.path(), md.len(), md.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Collects documents, remembering where each target was defined.
 #[derive(Default)]
 pub struct Builder {

@@ -26,7 +26,7 @@ use self::stream::{InvocationStream, InvocationStreams};
 use crate::app::{AppInvoker, Invoked};
 use crate::context::{set_header, CallContext, Caller, PeerIdentity};
 use crate::error::BlockError;
-use crate::resiliency::{Resiliency, Target};
+use crate::resiliency::{Policies, Target};
 use crate::telemetry::{self, Telemetry};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -77,7 +77,7 @@ pub struct InvokeBlock {
     /// The app's Dubbo listener, for [`DUBBO_FRAME_CONTENT_TYPE`] calls.
     dubbo: OnceLock<Arc<dyn AppInvoker>>,
     /// Policies and flow rules for calls to other apps.
-    resiliency: Arc<Resiliency>,
+    resiliency: Arc<Policies>,
     /// Streams the app opened to receive invocations (`ServeInvocations`),
     /// used when it serves no AppCallback port.
     streams: Arc<InvocationStreams>,
@@ -97,13 +97,13 @@ impl InvokeBlock {
             remote: OnceLock::new(),
             app: OnceLock::new(),
             dubbo: OnceLock::new(),
-            resiliency: Arc::new(Resiliency::none()),
+            resiliency: Arc::new(Policies::default()),
             streams: Arc::new(InvocationStreams::new(shutdown)),
         }
     }
 
     /// Applies `resiliency` to calls to other apps.
-    pub fn with_resiliency(mut self, resiliency: Arc<Resiliency>) -> Self {
+    pub fn with_resiliency(mut self, resiliency: Arc<Policies>) -> Self {
         self.resiliency = resiliency;
         self
     }
@@ -244,13 +244,13 @@ impl InvokeBlock {
                         headers,
                     };
                     let target = Target::App(&call.target_app_id);
-                    if self.resiliency.covers(target) {
-                        let method = call.message.as_ref().map_or("", |m| m.method.as_str());
-                        self.resiliency
-                            .call(target, method, timeout, |t| remote.invoke(call.clone(), t))
-                            .await
-                    } else {
-                        remote.invoke(call, timeout).await
+                    match self.resiliency.active().filter(|r| r.covers(target)) {
+                        Some(r) => {
+                            let method = call.message.as_ref().map_or("", |m| m.method.as_str());
+                            r.call(target, method, timeout, |t| remote.invoke(call.clone(), t))
+                                .await
+                        }
+                        None => remote.invoke(call, timeout).await,
                     }
                 }
             }
