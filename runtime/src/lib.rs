@@ -89,6 +89,11 @@ impl Runtime {
         )
         .await?;
         let tokens = TokenCheck::new(config.api_token.clone());
+        config::resiliency::sample_cpu(
+            blocks.resiliency.clone(),
+            std::time::Duration::from_millis(250),
+            shutdown.clone(),
+        );
         if let Some(dir) = &config.resources_path {
             config::resiliency::watch(
                 dir.clone(),

@@ -8,6 +8,8 @@
 //!   `x-deadline` (the `grpc-timeout` it received) when the call had one;
 //! * `fail`: answers FAILED_PRECONDITION "app says no" with details;
 //! * `sleep/<ms>`: waits, then echoes;
+//! * `work/<ms>`: waits its turn (one `work` call at a time: an app of
+//!   fixed capacity), works `<ms>`, then echoes;
 //! * `flaky`: UNAVAILABLE "app is down" while [`InvokeApp::down`] is set or
 //!   [`InvokeApp::fail_next`] is above zero (counting it down), else echoes;
 //! * anything else: NOT_FOUND from the app.
@@ -41,6 +43,8 @@ pub struct InvokeApp {
     pub down: Arc<std::sync::atomic::AtomicBool>,
     /// `flaky` fails this many more times.
     pub fail_next: Arc<AtomicU64>,
+    /// Held by a `work` call.
+    pub worker: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl InvokeApp {
@@ -52,6 +56,7 @@ impl InvokeApp {
             max_in_flight: Arc::new(AtomicU64::new(0)),
             down: Arc::default(),
             fail_next: Arc::new(AtomicU64::new(0)),
+            worker: Arc::default(),
         }
     }
 
@@ -131,7 +136,13 @@ impl InvokeApp {
                 FAIL_DETAILS.to_vec().into(),
             ));
         }
-        if let Some(ms) = method.strip_prefix("sleep/") {
+        if let Some(ms) = method.strip_prefix("work/") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| Status::invalid_argument("work/<ms>"))?;
+            let _turn = self.worker.lock().await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else if let Some(ms) = method.strip_prefix("sleep/") {
             let ms: u64 = ms
                 .parse()
                 .map_err(|_| Status::invalid_argument("sleep/<ms>"))?;

@@ -27,13 +27,25 @@ struct Pair {
 }
 
 async fn pair(files: &[(&str, &str)]) -> Pair {
+    pair_with(files, None).await
+}
+
+/// [`pair`], the callee's runtime with `callee_files` as its resources.
+async fn pair_with(files: &[(&str, &str)], callee_files: Option<&[(&str, &str)]>) -> Pair {
     let env = MeshEnv::new();
     let app = InvokeApp::new("callee-1");
     let (port, task) = app.serve().await;
-    let callee = env
-        .runtime("callee", &["--app-port".into(), port.to_string()])
-        .await;
     let res = tempfile::tempdir().unwrap();
+    let mut opts = env.options("callee", &["--app-port".into(), port.to_string()]);
+    if let Some(callee_files) = callee_files {
+        let dir = res.path().join("callee");
+        std::fs::create_dir(&dir).unwrap();
+        for (name, text) in callee_files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        opts = opts.resources(&dir);
+    }
+    let callee = Weft::start(opts).await.expect("start callee");
     for (name, text) in files {
         std::fs::write(res.path().join(name), text).unwrap();
     }
@@ -435,4 +447,88 @@ async fn policies_reload_when_their_files_change() {
         .caller
         .logs()
         .contains("resiliency policies and flow rules reloaded"));
+}
+
+/// Latencies (ms) of the admitted calls and the count shed, of `callers`
+/// closed-loop callers of `method` for `secs`.
+async fn load(w: &Weft, method: &str, callers: usize, secs: f64) -> (Vec<f64>, u64) {
+    let started = Instant::now();
+    let run_for = Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let mut c = w.client().await;
+        let method = method.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut shed) = (Vec::new(), 0u64);
+            while started.elapsed() < run_for {
+                let t = Instant::now();
+                match call(&mut c, "callee", &method).await {
+                    Ok(_) => ok.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                        assert!(e.message().contains("load protection"), "{e:?}");
+                        shed += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            (ok, shed)
+        }));
+    }
+    let (mut all, mut shed) = (Vec::new(), 0);
+    for t in tasks {
+        let (o, s) = t.await.unwrap();
+        all.extend(o);
+        shed += s;
+    }
+    all.sort_by(f64::total_cmp);
+    (all, shed)
+}
+
+fn p99(sorted: &[f64]) -> f64 {
+    sorted[(sorted.len() - 1) * 99 / 100]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_callee_sheds_and_keeps_admitted_latency_bounded() {
+    let protect = r#"apiVersion: weft.dev/v1alpha1
+kind: FlowControl
+metadata:
+  name: protect
+spec:
+  system:
+    window: 2s
+    buckets: 20
+"#;
+    let p = pair_with(&[], Some(&[("flow.yaml", protect)])).await;
+    // Unloaded: one caller at a time against an app doing one 20 ms call at a time.
+    let (quiet, shed) = load(&p.caller, "work/20", 1, 2.5).await;
+    assert_eq!(shed, 0, "nothing is shed without load");
+    // Overloaded: sixteen callers.
+    let (busy, shed) = load(&p.caller, "work/20", 16, 3.0).await;
+    let (q, b) = (p99(&quiet), p99(&busy));
+    eprintln!(
+        "unloaded p99 {q:.1} ms ({} calls); overloaded: {} admitted, p99 {b:.1} ms, {shed} shed",
+        quiet.len(),
+        busy.len()
+    );
+    assert!(
+        shed > 0,
+        "sixteen callers against one worker: some must be shed"
+    );
+    // Without protection the queue would make the p99 about sixteen times
+    // the unloaded one; a wide margin for a shared machine.
+    assert!(
+        b < q * 5.0,
+        "admitted p99 {b:.1} ms against {q:.1} ms unloaded"
+    );
+    let md = state(&p._callee).await;
+    let system = md
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == "system")
+        .unwrap()
+        .clone();
+    assert!(system["shedTotal"].as_u64().unwrap() >= shed, "{system}");
 }

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_resilience::{
-    Admission, BreakerPermit, BreakerState, CircuitBreaker, ConcurrencyLimiter, RateLimiter,
-    RetryBudget, RetryPolicy,
+    AdaptiveLimiter, AdaptivePermit, Admission, BreakerPermit, BreakerState, CircuitBreaker,
+    ConcurrencyLimiter, RateLimiter, RetryBudget, RetryPolicy,
 };
 
 use crate::error::{BlockError, Code};
@@ -190,6 +190,8 @@ pub struct Resiliency {
     apps: HashMap<String, Guards>,
     outbound: HashMap<String, Guards>,
     inbound: HashMap<String, Guards>,
+    /// Adaptive protection of calls into this app (FlowControl `system`).
+    system: Option<Arc<AdaptiveLimiter>>,
 }
 
 impl std::fmt::Debug for Resiliency {
@@ -236,7 +238,34 @@ impl Resiliency {
 
     /// Whether anything is configured.
     pub fn is_empty(&self) -> bool {
-        self.apps.is_empty() && self.outbound.is_empty() && self.inbound.is_empty()
+        self.apps.is_empty()
+            && self.outbound.is_empty()
+            && self.inbound.is_empty()
+            && self.system.is_none()
+    }
+
+    /// Sets the adaptive protection of calls into this app.
+    pub fn set_system(&mut self, limiter: AdaptiveLimiter) {
+        self.system = Some(Arc::new(limiter));
+    }
+
+    /// The adaptive limiter, if configured (the runtime feeds it its CPU).
+    pub fn system(&self) -> Option<&Arc<AdaptiveLimiter>> {
+        self.system.as_ref()
+    }
+
+    /// Admits a call into this app (from another runtime) or sheds it with
+    /// RESOURCE_EXHAUSTED before it costs work; the permit is to be
+    /// finished with [`AdaptivePermit::done`] when the call ends.
+    pub fn admit_inbound(&self) -> Result<Option<AdaptivePermit>, BlockError> {
+        match &self.system {
+            None => Ok(None),
+            Some(a) => a.admit(Instant::now()).map(Some).map_err(|shed| {
+                BlockError::ResourceExhausted(format!(
+                    "load protection: this runtime sheds calls to its app now: {shed}"
+                ))
+            }),
+        }
     }
 
     /// Runs `attempt` (given the time it may take) for `method` of
@@ -383,6 +412,19 @@ impl Resiliency {
                 }
                 out.push(entry);
             }
+        }
+        if let Some(a) = &self.system {
+            let s = a.stats(now);
+            out.push(serde_json::json!({
+                "target": "system",
+                "inFlight": s.in_flight,
+                "limit": s.limit,
+                "maxPassPerSecond": s.max_pass_per_sec,
+                "minRtMs": s.min_rt.map(|d| d.as_secs_f64() * 1000.0),
+                "cpu": s.cpu,
+                "admittedTotal": s.admitted_total,
+                "shedTotal": s.shed_total,
+            }));
         }
         out.into()
     }

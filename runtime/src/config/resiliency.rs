@@ -26,8 +26,8 @@ use weft_blocks::resiliency::{
 };
 use weft_components::metadata::parse_duration;
 use weft_resilience::{
-    Backoff, BreakerConfig, BudgetConfig, CircuitBreaker, ConcurrencyLimiter, RateConfig,
-    RateLimiter, RetryBudget, RetryPolicy, Trip, TripExpr,
+    AdaptiveConfig, AdaptiveLimiter, Backoff, BreakerConfig, BudgetConfig, CircuitBreaker,
+    ConcurrencyLimiter, RateConfig, RateLimiter, RetryBudget, RetryPolicy, Trip, TripExpr,
 };
 
 use super::yaml::{from_value, ObjectMeta};
@@ -106,6 +106,44 @@ pub fn watch(
                     tracing::warn!(error = %e, "resiliency files changed but are not valid: the previous policies stay in force");
                 }
             }
+        }
+    })
+}
+
+/// Feeds the adaptive protection, when configured, this process's CPU
+/// use every `every`: the fraction of one core busy over the last period
+/// (user and system time from /proc/self/stat; Linux's 100 ticks per
+/// second).
+pub fn sample_cpu(
+    policies: Arc<weft_blocks::resiliency::Policies>,
+    every: Duration,
+    shutdown: weft_blocks::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    fn ticks() -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command (which may hold spaces) end with ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    }
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), ticks());
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = (Instant::now(), ticks());
+            if let (Some(a), Some(b)) = (last.1, now.1) {
+                let secs = now.0.duration_since(last.0).as_secs_f64();
+                if let Some(limiter) = policies.active().and_then(|r| r.system().cloned()) {
+                    if secs > 0.0 {
+                        limiter.set_cpu(((b - a) as f64 / 100.0 / secs).min(1.0));
+                    }
+                }
+            }
+            last = now;
         }
     })
 }
@@ -310,6 +348,28 @@ impl Builder {
         let doc_name = doc.metadata.and_then(|m| m.name).unwrap_or_default();
         let spec = doc.spec.ok_or_else(|| err(file, "spec", "missing"))?;
         let now = Instant::now();
+        if let Some(sys) = &spec.system {
+            if self.resiliency.system().is_some() {
+                return Err(err(file, "spec.system", "adaptive protection is already configured by another FlowControl document (one per runtime)"));
+            }
+            let mut cfg = AdaptiveConfig {
+                cpu_threshold: sys.cpu_threshold,
+                max_in_flight: sys.max_inflight,
+                ..AdaptiveConfig::default()
+            };
+            if let Some(w) = &sys.window {
+                cfg.window = duration(file, "spec.system.window", w)?;
+            }
+            if let Some(b) = sys.buckets {
+                cfg.buckets = b;
+            }
+            if let Some(f) = &sys.min_rt_floor {
+                cfg.min_rt_floor = duration(file, "spec.system.minRtFloor", f)?;
+            }
+            let limiter =
+                AdaptiveLimiter::new(cfg).map_err(|e| err(file, "spec.system", e.to_string()))?;
+            self.resiliency.set_system(limiter);
+        }
         for (i, r) in spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{i}]");
             let name = r.name.clone().unwrap_or_else(|| format!("{doc_name}#{i}"));
@@ -776,6 +836,24 @@ struct FlowDoc {
 struct FlowSpec {
     #[serde(default)]
     rules: Vec<FlowRuleDoc>,
+    #[serde(default)]
+    system: Option<SystemDoc>,
+}
+
+/// `spec.system`: adaptive protection of calls into this app.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SystemDoc {
+    #[serde(default)]
+    max_inflight: Option<u32>,
+    #[serde(default)]
+    cpu_threshold: Option<f64>,
+    #[serde(default)]
+    window: Option<Value>,
+    #[serde(default)]
+    buckets: Option<u32>,
+    #[serde(default)]
+    min_rt_floor: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

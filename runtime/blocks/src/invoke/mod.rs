@@ -351,11 +351,19 @@ impl InvokeBlock {
         } else {
             self.app()?
         };
+        // Load protection: shed before the app is called.
+        let admitted = match self.resiliency.active() {
+            Some(r) => r.admit_inbound()?,
+            None => None,
+        };
         let span = self.app_span(ctx, &message.method);
         if let Some(cx) = &span {
             telemetry::inject(cx, &mut headers);
         }
         let r = app.on_invoke(message, headers, timeout).await;
+        if let Some(p) = admitted {
+            p.done(std::time::Instant::now());
+        }
         Telemetry::end(span, r.as_ref().map(|_| ()));
         r
     }
