@@ -20,5 +20,7 @@ pub mod pubsub;
 pub mod registry;
 pub mod secretstores;
 pub mod state;
+#[cfg(feature = "zookeeper")]
+pub mod zk;
 
 pub use metadata::{ComponentError, InitContext, Metadata};

@@ -75,6 +75,8 @@ pub const BACKENDS: &[Backend] = &[
     crate::lock::sqlite::BACKEND,
     #[cfg(feature = "postgresql")]
     crate::lock::postgres::BACKEND,
+    #[cfg(feature = "zookeeper")]
+    crate::lock::zookeeper::BACKEND,
     crate::secretstores::file::BACKEND,
     crate::secretstores::env::BACKEND,
 ];
@@ -91,6 +93,8 @@ const LEFT_OUT: &[(&str, &str)] = &[
     ("pubsub.kafka", "kafka"),
     #[cfg(not(feature = "zookeeper"))]
     ("nameresolution.zookeeper", "zookeeper"),
+    #[cfg(not(feature = "zookeeper"))]
+    ("lock.zookeeper", "zookeeper"),
 ];
 
 /// The component types of this build whose block is `block` (`state`,
