@@ -19,6 +19,7 @@ pub mod nameresolution;
 pub mod pubsub;
 pub mod registry;
 pub mod secretstores;
+pub mod sequencer;
 pub mod state;
 #[cfg(feature = "zookeeper")]
 pub mod zk;

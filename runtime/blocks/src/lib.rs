@@ -9,8 +9,8 @@
 //! compiler keeps the dependencies pointing one way (configuration →
 //! blocks → transports).
 //!
-//! * [`state`], [`configuration`], [`pubsub`], [`invoke`], [`metadata`]:
-//!   the blocks;
+//! * [`state`], [`configuration`], [`pubsub`], [`invoke`], [`lock`],
+//!   [`sequencer`], [`secrets`], [`metadata`]: the blocks;
 //! * [`app`]: how blocks reach the local app (callbacks, invocations);
 //! * [`context`], [`error`]: what every method takes and returns;
 //! * [`BlocksConfig`]: the typed settings the runtime's configuration
@@ -26,6 +26,7 @@ pub mod lock;
 pub mod metadata;
 pub mod pubsub;
 pub mod secrets;
+pub mod sequencer;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -47,6 +48,7 @@ pub use lock::LockBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
 pub use secrets::SecretsBlock;
+pub use sequencer::SequencerBlock;
 pub use shutdown::Shutdown;
 pub use state::StateBlock;
 
@@ -111,6 +113,7 @@ pub struct Blocks {
     pub pubsub: PubSubBlock,
     pub secrets: SecretsBlock,
     pub lock: LockBlock,
+    pub sequencer: SequencerBlock,
     pub invoke: InvokeBlock,
     pub metadata: MetadataBlock,
     /// The name resolution component (`nameresolution.local` unless a
@@ -137,6 +140,7 @@ impl Blocks {
         let mut pubsubs = BTreeMap::new();
         let mut secret_stores = BTreeMap::new();
         let mut lock_stores = BTreeMap::new();
+        let mut sequencers = BTreeMap::new();
         let mut resolver: Option<(String, Arc<dyn NameResolver>)> = None;
         let mut infos = Vec::new();
         // Secret stores first: the others' secretKeyRef fields read them.
@@ -163,13 +167,27 @@ impl Blocks {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), values);
             // Checked before anything is built: a bad setting opens nothing.
             let prefix = match spec.block() {
-                "state" | "lock" => Some(
+                "state" | "lock" | "sequencer" => Some(
                     state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
                         .map_err(|e| {
                             at(format!("component '{}': field 'keyPrefix': {e}", spec.name))
                         })?,
                 ),
                 _ => None,
+            };
+            let segment_size = if spec.block() == "sequencer" {
+                let size = md
+                    .parse::<u64>("segmentSize")
+                    .map_err(|e| at(e.to_string()))?
+                    .unwrap_or(weft_components::sequencer::DEFAULT_SEGMENT_SIZE);
+                if size == 0 || size > 1 << 40 {
+                    let e =
+                        md.invalid("segmentSize", format!("must be from 1 to 2^40, got {size}"));
+                    return Err(at(e.to_string()));
+                }
+                size
+            } else {
+                0
             };
             if spec.block() == "nameresolution" {
                 if let Some((first, _)) = &resolver {
@@ -230,6 +248,20 @@ impl Blocks {
                         ),
                     );
                 }
+                Component::Sequencer(store) => {
+                    let prefix = prefix.unwrap_or(state::KeyPrefix::None);
+                    sequencers.insert(
+                        spec.name.clone(),
+                        sequencer::StoreHandle::new(
+                            &spec.name,
+                            &spec.kind,
+                            store,
+                            prefix,
+                            segment_size,
+                            &cfg.telemetry,
+                        ),
+                    );
+                }
                 Component::SecretStore(store) => {
                     secret_stores.insert(
                         spec.name.clone(),
@@ -270,6 +302,7 @@ impl Blocks {
             ),
             secrets: SecretsBlock::new(secret_stores, cfg.secret_scopes, cfg.telemetry.clone()),
             lock: LockBlock::new(lock_stores, cfg.telemetry.clone()),
+            sequencer: SequencerBlock::new(sequencers, cfg.telemetry.clone()),
             invoke: InvokeBlock::new(
                 &cfg.app_id,
                 cfg.invoke,
@@ -300,5 +333,6 @@ impl Blocks {
         self.name_resolver.close().await;
         self.state.close().await;
         self.lock.close().await;
+        self.sequencer.close().await;
     }
 }
