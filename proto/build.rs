@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "dapr/proto/runtime/v1/state.proto",
     "weft/internal/v1/mesh.proto",
     "weft/runtime/v1/appchannel.proto",
+    "weft/runtime/v1/sequencer.proto",
     "weft/runtime/v1/shm.proto",
 ];
 

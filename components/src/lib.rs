@@ -19,6 +19,9 @@ pub mod nameresolution;
 pub mod pubsub;
 pub mod registry;
 pub mod secretstores;
+pub mod sequencer;
 pub mod state;
+#[cfg(feature = "zookeeper")]
+pub mod zk;
 
 pub use metadata::{ComponentError, InitContext, Metadata};

@@ -16,6 +16,7 @@ use crate::lock::LockStore;
 use crate::nameresolution::NameResolver;
 use crate::pubsub::PubSub;
 use crate::secretstores::SecretStore;
+use crate::sequencer::SequencerStore;
 use crate::state::StateStore;
 use crate::{ComponentError, InitContext, Metadata};
 
@@ -28,6 +29,7 @@ pub enum Component {
     NameResolution(Arc<dyn NameResolver>),
     SecretStore(Arc<dyn SecretStore>),
     Lock(Arc<dyn LockStore>),
+    Sequencer(Arc<dyn SequencerStore>),
 }
 
 impl Component {
@@ -38,9 +40,10 @@ impl Component {
             Component::State(s) => s.features().iter().map(|f| f.dapr_name()).collect(),
             Component::Configuration(c) => c.features().iter().map(|f| f.dapr_name()).collect(),
             Component::PubSub(p) => p.features().iter().map(|f| f.dapr_name()).collect(),
-            Component::NameResolution(_) | Component::SecretStore(_) | Component::Lock(_) => {
-                Vec::new()
-            }
+            Component::NameResolution(_)
+            | Component::SecretStore(_)
+            | Component::Lock(_)
+            | Component::Sequencer(_) => Vec::new(),
         }
     }
 }
@@ -75,6 +78,13 @@ pub const BACKENDS: &[Backend] = &[
     crate::lock::sqlite::BACKEND,
     #[cfg(feature = "postgresql")]
     crate::lock::postgres::BACKEND,
+    #[cfg(feature = "zookeeper")]
+    crate::lock::zookeeper::BACKEND,
+    crate::sequencer::sqlite::BACKEND,
+    #[cfg(feature = "postgresql")]
+    crate::sequencer::postgres::BACKEND,
+    #[cfg(feature = "zookeeper")]
+    crate::sequencer::zookeeper::BACKEND,
     crate::secretstores::file::BACKEND,
     crate::secretstores::env::BACKEND,
 ];
@@ -91,6 +101,12 @@ const LEFT_OUT: &[(&str, &str)] = &[
     ("pubsub.kafka", "kafka"),
     #[cfg(not(feature = "zookeeper"))]
     ("nameresolution.zookeeper", "zookeeper"),
+    #[cfg(not(feature = "zookeeper"))]
+    ("lock.zookeeper", "zookeeper"),
+    #[cfg(not(feature = "postgresql"))]
+    ("sequencer.postgresql", "postgresql"),
+    #[cfg(not(feature = "zookeeper"))]
+    ("sequencer.zookeeper", "zookeeper"),
 ];
 
 /// The component types of this build whose block is `block` (`state`,

@@ -1,8 +1,9 @@
 //! Lock stores: the conformance suite on every backend
 //! (`lock_conformance!`), one test per check, each with two stores over
 //! the same data as two runtimes would open it. PostgreSQL tests use
-//! `WEFT_TEST_PG_URL` (from `scripts/services.sh env`); without it they are
-//! reported as ignored, unless `CI` or `WEFT_REQUIRE_SERVICES` is set.
+//! `WEFT_TEST_PG_URL` and ZooKeeper tests `WEFT_TEST_ZK_SERVERS` (from
+//! `scripts/services.sh env`); without them they are reported as ignored,
+//! unless `CI` or `WEFT_REQUIRE_SERVICES` is set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,26 @@ async fn postgres_pair() -> Pair {
     )
 }
 
+/// Two stores, each with its own ZooKeeper session (as two runtimes).
+#[cfg(feature = "zookeeper")]
+async fn zookeeper_pair() -> Pair {
+    use weft_components::lock::zookeeper::ZookeeperLockStore;
+    let servers = std::env::var("WEFT_TEST_ZK_SERVERS")
+        .expect("WEFT_TEST_ZK_SERVERS is not set: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\"");
+    let md = Metadata::new(
+        "lockstore",
+        "lock.zookeeper",
+        [
+            ("servers".to_string(), servers),
+            ("root".to_string(), "/weft-locks-conformance".to_string()),
+        ],
+    );
+    (
+        Arc::new(ZookeeperLockStore::from_metadata(&md).unwrap()),
+        Arc::new(ZookeeperLockStore::from_metadata(&md).unwrap()),
+    )
+}
+
 lock_conformance!(sqlite, sqlite_pair());
 #[cfg(feature = "postgresql")]
 lock_conformance!(
@@ -55,6 +76,15 @@ lock_conformance!(
     )]
     postgresql,
     postgres_pair()
+);
+#[cfg(feature = "zookeeper")]
+lock_conformance!(
+    #[cfg_attr(
+        weft_no_zk,
+        ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+    )]
+    zookeeper,
+    zookeeper_pair()
 );
 
 #[tokio::test]

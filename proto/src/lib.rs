@@ -43,7 +43,7 @@ pub mod weft {
     /// `weft.runtime.*`
     pub mod runtime {
         /// `weft.runtime.v1`: app-facing services beyond the Dapr API
-        /// (`AppChannel`).
+        /// (`AppChannel`, `Sequencer`).
         #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
         pub mod v1 {
             tonic::include_proto!("weft.runtime.v1");
@@ -55,6 +55,7 @@ pub use dapr::proto::common::v1 as common;
 pub use dapr::proto::runtime::v1 as runtime;
 pub use weft::internal::v1 as mesh;
 pub use weft::runtime::v1 as appchannel;
+pub use weft::runtime::v1 as sequencer;
 
 /// Encoded `FileDescriptorSet` of every compiled proto (for gRPC reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

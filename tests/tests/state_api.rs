@@ -503,6 +503,7 @@ async fn metadata_health_and_shutdown() {
             ("configstore", "configuration.file"),
             ("lockstore", "lock.sqlite"),
             ("pubsub", "pubsub.embedded"),
+            ("sequencer", "sequencer.sqlite"),
             ("statestore", "state.sqlite")
         ]
     );
@@ -520,7 +521,7 @@ async fn metadata_health_and_shutdown() {
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["id"], "meta-e2e");
-    assert_eq!(json["components"].as_array().unwrap().len(), 4);
+    assert_eq!(json["components"].as_array().unwrap().len(), 5);
 
     c.shutdown(pb::ShutdownRequest {}).await.unwrap();
     let status = weft.wait_exit(Duration::from_secs(15)).await.unwrap();

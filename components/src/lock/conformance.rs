@@ -26,7 +26,7 @@ macro_rules! lock_conformance {
             use super::*;
             $crate::lock_conformance!(@tests [$(#[$attr])*] $setup;
                 one_owner_at_a_time, unlock_statuses, a_lease_ends_by_itself,
-                concurrent_try_locks_have_one_winner);
+                concurrent_try_locks_have_one_winner, a_crashed_owner_loses_the_lock);
         }
     };
     (@tests $attrs:tt $setup:expr; $check:ident $(, $rest:ident)*) => {
@@ -154,4 +154,36 @@ pub async fn concurrent_try_locks_have_one_winner(
         }
     }
     assert_eq!(winners, 1, "[race] winners among 16 owners");
+}
+
+/// A holder whose runtime ends without unlocking (its store closed and
+/// dropped) loses the lock: at once for a store whose locks live in its
+/// session ([`LockStore::releases_on_close`], taken for a minute here so
+/// that only the session's end can free it), else when its lease ends.
+pub async fn a_crashed_owner_loses_the_lock(a: Arc<dyn LockStore>, b: Arc<dyn LockStore>, r: &str) {
+    let by_session = a.releases_on_close();
+    let lease = if by_session {
+        LONG
+    } else {
+        Duration::from_secs(2)
+    };
+    assert!(a.try_lock(r, "owner-a", lease).await.unwrap());
+    assert!(
+        !b.try_lock(r, "owner-b", LONG).await.unwrap(),
+        "[crash] B while A holds it"
+    );
+    a.close().await;
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if b.try_lock(r, "owner-b", LONG).await.unwrap() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[crash] the lock of a closed store still held after 15 s (ends with the session: {by_session})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.unlock(r, "owner-b").await.unwrap(), UnlockStatus::Success);
 }

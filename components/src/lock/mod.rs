@@ -7,8 +7,10 @@
 //! lease ends whatever its clock says.
 //!
 //! Backends: [`sqlite`] (`lock.sqlite`, one database file shared by every
-//! runtime of a machine: the embedded default) and [`postgres`]
-//! (`lock.postgresql`). Every backend runs the suite in [`conformance`].
+//! runtime of a machine: the embedded default), [`postgres`]
+//! (`lock.postgresql`) and [`zookeeper`] (`lock.zookeeper`, whose locks
+//! also end with their holder's session). Every backend runs the suite in
+//! [`conformance`].
 
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ pub mod conformance;
 #[cfg(feature = "postgresql")]
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 /// How an unlock ended, as Dapr's `UnlockResponse.Status` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,14 @@ pub trait LockStore: Send + Sync + 'static {
 
     /// Releases `resource` if `owner` holds it.
     async fn unlock(&self, resource: &str, owner: &str) -> Result<UnlockStatus, LockError>;
+
+    /// Whether a holder's locks end with its connection: `true` when
+    /// closing the store (or the runtime's death, once the backend notices)
+    /// releases them without waiting for their leases. Lease expiry holds
+    /// either way.
+    fn releases_on_close(&self) -> bool {
+        false
+    }
 
     /// Releases connections.
     async fn close(&self) {}

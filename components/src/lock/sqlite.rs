@@ -62,6 +62,37 @@ pub fn default_path() -> PathBuf {
     registry.with_file_name(name)
 }
 
+/// Creates `path` (and its directory) mode 0600 unless it exists; an
+/// existing file must belong to this user: a file planted by another user
+/// is not trusted. For databases the runtimes of one machine share.
+pub(crate) fn create_shared_file(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if meta.uid() != crate::nameresolution::local::current_uid() {
+                return Err(format!(
+                    "{} belongs to another user (uid {}): refusing to share it",
+                    path.display(),
+                    meta.uid()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
 impl SqliteLockStore {
     pub fn open(md: &Metadata) -> Result<Self, ComponentError> {
         let path = md
@@ -76,32 +107,7 @@ impl SqliteLockStore {
 
     /// Opens (creating) the database at `path`.
     pub fn open_at(path: &Path, busy: Duration) -> Result<Self, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        // Created 0600 by whoever comes first; a file planted by another
-        // user is not trusted.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if meta.uid() != crate::nameresolution::local::current_uid() {
-                    return Err(format!(
-                        "{} belongs to another user (uid {}): refusing to share locks through it",
-                        path.display(),
-                        meta.uid()
-                    ));
-                }
-            }
-            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
-        }
+        create_shared_file(path)?;
         let conn =
             Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(busy)

@@ -9,8 +9,8 @@
 //! compiler keeps the dependencies pointing one way (configuration →
 //! blocks → transports).
 //!
-//! * [`state`], [`configuration`], [`pubsub`], [`invoke`], [`metadata`]:
-//!   the blocks;
+//! * [`state`], [`configuration`], [`pubsub`], [`invoke`], [`lock`],
+//!   [`sequencer`], [`secrets`], [`metadata`]: the blocks;
 //! * [`app`]: how blocks reach the local app (callbacks, invocations);
 //! * [`context`], [`error`]: what every method takes and returns;
 //! * [`BlocksConfig`]: the typed settings the runtime's configuration
@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod pubsub;
 pub mod resiliency;
 pub mod secrets;
+pub mod sequencer;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -48,6 +49,7 @@ pub use lock::LockBlock;
 pub use metadata::{ComponentInfo, MetadataBlock};
 pub use pubsub::PubSubBlock;
 pub use secrets::SecretsBlock;
+pub use sequencer::SequencerBlock;
 pub use shutdown::Shutdown;
 pub use state::StateBlock;
 
@@ -114,6 +116,7 @@ pub struct Blocks {
     pub pubsub: PubSubBlock,
     pub secrets: SecretsBlock,
     pub lock: LockBlock,
+    pub sequencer: SequencerBlock,
     pub invoke: InvokeBlock,
     pub metadata: MetadataBlock,
     /// The name resolution component (`nameresolution.local` unless a
@@ -146,6 +149,7 @@ impl Blocks {
         let mut pubsubs = BTreeMap::new();
         let mut secret_stores = BTreeMap::new();
         let mut lock_stores = BTreeMap::new();
+        let mut sequencers = BTreeMap::new();
         let mut resolver: Option<(String, Arc<dyn NameResolver>)> = None;
         let mut infos = Vec::new();
         // Secret stores first: the others' secretKeyRef fields read them.
@@ -172,13 +176,27 @@ impl Blocks {
             let md = Metadata::new(spec.name.clone(), spec.kind.clone(), values);
             // Checked before anything is built: a bad setting opens nothing.
             let prefix = match spec.block() {
-                "state" | "lock" => Some(
+                "state" | "lock" | "sequencer" => Some(
                     state::KeyPrefix::from_setting(md.get("keyPrefix"), &cfg.app_id, &spec.name)
                         .map_err(|e| {
                             at(format!("component '{}': field 'keyPrefix': {e}", spec.name))
                         })?,
                 ),
                 _ => None,
+            };
+            let segment_size = if spec.block() == "sequencer" {
+                let size = md
+                    .parse::<u64>("segmentSize")
+                    .map_err(|e| at(e.to_string()))?
+                    .unwrap_or(weft_components::sequencer::DEFAULT_SEGMENT_SIZE);
+                if size == 0 || size > 1 << 40 {
+                    let e =
+                        md.invalid("segmentSize", format!("must be from 1 to 2^40, got {size}"));
+                    return Err(at(e.to_string()));
+                }
+                size
+            } else {
+                0
             };
             if spec.block() == "nameresolution" {
                 if let Some((first, _)) = &resolver {
@@ -239,6 +257,20 @@ impl Blocks {
                         ),
                     );
                 }
+                Component::Sequencer(store) => {
+                    let prefix = prefix.unwrap_or(state::KeyPrefix::None);
+                    sequencers.insert(
+                        spec.name.clone(),
+                        sequencer::StoreHandle::new(
+                            &spec.name,
+                            &spec.kind,
+                            store,
+                            prefix,
+                            segment_size,
+                            &cfg.telemetry,
+                        ),
+                    );
+                }
                 Component::SecretStore(store) => {
                     secret_stores.insert(
                         spec.name.clone(),
@@ -280,6 +312,7 @@ impl Blocks {
             ),
             secrets: SecretsBlock::new(secret_stores, cfg.secret_scopes, cfg.telemetry.clone()),
             lock: LockBlock::new(lock_stores, cfg.telemetry.clone()),
+            sequencer: SequencerBlock::new(sequencers, cfg.telemetry.clone()),
             invoke: InvokeBlock::new(
                 &cfg.app_id,
                 cfg.invoke,
@@ -316,5 +349,6 @@ impl Blocks {
         self.name_resolver.close().await;
         self.state.close().await;
         self.lock.close().await;
+        self.sequencer.close().await;
     }
 }

@@ -61,6 +61,7 @@ methods! {
     SHUTDOWN = 26, "Shutdown", Unary;
     WEFT_ECHO = 0x1_0001, "weft.Echo", Unary;
     WEFT_SERVE_INVOCATIONS = 0x1_0002, "weft.ServeInvocations", Bidi;
+    WEFT_GET_NEXT_ID = 0x1_0003, "weft.GetNextId", Unary;
 }
 
 /// Looks a method up by id.

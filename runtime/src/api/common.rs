@@ -73,12 +73,16 @@ pub fn unimplemented(rpc: &str) -> BlockError {
 pub const DAPR_SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
 /// Weft's app-facing service's name in spans.
 pub const APP_CHANNEL_SERVICE: &str = "weft.runtime.v1.AppChannel";
+/// The sequencer service's name in spans.
+pub const SEQUENCER_SERVICE: &str = "weft.runtime.v1.Sequencer";
 
 /// The service and method of a shared-memory method table entry as the
 /// gRPC API names them (`weft.ServeInvocations` is AppChannel's
-/// `ServeInvocations`), so that metrics and spans of both transports match.
+/// `ServeInvocations`, `weft.GetNextId` the Sequencer's `GetNextId`), so
+/// that metrics and spans of both transports match.
 pub fn rpc_of(method: &'static str) -> (&'static str, &'static str) {
     match method.strip_prefix("weft.") {
+        Some(m @ "GetNextId") => (SEQUENCER_SERVICE, m),
         Some(m) => (APP_CHANNEL_SERVICE, m),
         None => (DAPR_SERVICE, method),
     }

@@ -18,6 +18,8 @@ use weft_proto::appchannel::app_channel_server::{AppChannel, AppChannelServer};
 use weft_proto::common as dapr_common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_server::{Dapr, DaprServer};
+use weft_proto::sequencer as seq;
+use weft_proto::sequencer::sequencer_server::{Sequencer, SequencerServer};
 
 use crate::api::common::{self, TokenCheck, API_TOKEN_HEADER};
 use crate::api::headers;
@@ -38,6 +40,7 @@ pub struct DaprApi {
 
 const DAPR: &str = common::DAPR_SERVICE;
 const APP_CHANNEL: &str = common::APP_CHANNEL_SERVICE;
+const SEQUENCER: &str = common::SEQUENCER_SERVICE;
 
 impl DaprApi {
     pub fn new(blocks: Arc<Blocks>) -> Self {
@@ -80,16 +83,21 @@ impl DaprApi {
     }
 
     /// The app-facing gRPC services — the Dapr API and Weft's own
-    /// `weft.runtime.v1.AppChannel` — each with the API-token check (when a
-    /// token is set) and the request size limit.
+    /// `weft.runtime.v1.AppChannel` and `weft.runtime.v1.Sequencer` — each
+    /// with the API-token check (when a token is set) and the request size
+    /// limit.
     pub fn routes(self, tokens: TokenCheck, max_body_size: usize) -> tonic::service::Routes {
         let dapr = DaprServer::new(self.clone())
+            .max_decoding_message_size(max_body_size)
+            .max_encoding_message_size(usize::MAX);
+        let sequencer = SequencerServer::new(self.clone())
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
         let weft = AppChannelServer::new(self)
             .max_decoding_message_size(max_body_size)
             .max_encoding_message_size(usize::MAX);
         tonic::service::Routes::new(TokenInterceptor::wrap(dapr, tokens.clone()))
+            .add_service(TokenInterceptor::wrap(sequencer, tokens.clone()))
             .add_service(TokenInterceptor::wrap(weft, tokens))
     }
 
@@ -478,5 +486,20 @@ impl AppChannel for DaprApi {
             .await?;
         let stream = ReceiverStream::new(rx).map(|r| r.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Weft's sequencer service (`weft.runtime.v1.Sequencer`).
+#[tonic::async_trait]
+impl Sequencer for DaprApi {
+    async fn get_next_id(
+        &self,
+        r: Request<seq::GetNextIdRequest>,
+    ) -> Result<Response<seq::GetNextIdResponse>, Status> {
+        self.call(SEQUENCER, "GetNextId", r, async |ctx, req| {
+            self.blocks.sequencer.get_next_id(ctx, req).await
+        })
+        .await
+        .map(Response::new)
     }
 }

@@ -1461,6 +1461,9 @@ pub fn dispatch(
         }
         TRY_LOCK_ALPHA1 => unary(body, move |r| async move { b.lock.try_lock(&ctx, r).await }),
         UNLOCK_ALPHA1 => unary(body, move |r| async move { b.lock.unlock(&ctx, r).await }),
+        WEFT_GET_NEXT_ID => unary(body, move |r| async move {
+            b.sequencer.get_next_id(&ctx, r).await
+        }),
         GET_SECRET => unary(
             body,
             move |r| async move { b.secrets.get_secret(&ctx, r).await },

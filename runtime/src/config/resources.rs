@@ -406,6 +406,7 @@ pub fn embedded_defaults() -> Vec<ComponentSpec> {
         default("configstore", "configuration.file"),
         default("pubsub", "pubsub.embedded"),
         default("lockstore", "lock.sqlite"),
+        default("sequencer", "sequencer.sqlite"),
     ]
 }
 
