@@ -178,6 +178,15 @@ async fn a_failing_callee_trips_the_breaker_and_a_probe_closes_it() {
     );
     assert_eq!(p.app.calls(), before);
     assert_eq!(state(&p.caller).await[0]["circuitBreaker"]["state"], "open");
+    let (_, metrics) = weft_tests::http_get(p.caller.http_port, "/metrics", &[])
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"weft_resiliency_breaker_state{target="app",name="callee",breaker="cb"} 1"#
+        ),
+        "{metrics}"
+    );
 
     // The callee recovers; after the breaker's timeout a probe closes it.
     p.app.down.store(false, Ordering::SeqCst);
@@ -531,4 +540,8 @@ spec:
         .unwrap()
         .clone();
     assert!(system["shedTotal"].as_u64().unwrap() >= shed, "{system}");
+    let (_, metrics) = weft_tests::http_get(p._callee.http_port, "/metrics", &[])
+        .await
+        .unwrap();
+    assert!(metrics.contains("weft_resiliency_shed_total "), "{metrics}");
 }

@@ -296,6 +296,11 @@ impl Blocks {
                 })?
             }
         };
+        cfg.telemetry
+            .metrics
+            .register_collector(Box::new(resiliency::PoliciesCollector(
+                cfg.resiliency.clone(),
+            )));
         let blocks = Arc::new(Self {
             state: StateBlock::new(state_stores, cfg.telemetry.clone())
                 .with_resiliency(cfg.resiliency.clone()),

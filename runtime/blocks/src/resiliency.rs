@@ -430,6 +430,130 @@ impl Resiliency {
     }
 }
 
+/// The policies' state at scrape time: `weft_resiliency_breaker_state`
+/// (0 closed, 1 open, 2 half-open), `weft_resiliency_rejected_total` (by
+/// rule and reason: rate, concurrency, breaker), `weft_resiliency_retries_total`,
+/// `weft_resiliency_shed_total` and `weft_resiliency_in_flight` (load protection).
+#[derive(Debug)]
+pub struct PoliciesCollector(pub Arc<Policies>);
+
+impl prometheus_client::collector::Collector for PoliciesCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        type L = Vec<(&'static str, String)>;
+        let Some(r) = self.0.active() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let kinds = [
+            ("app", &r.apps),
+            ("component", &r.outbound),
+            ("component_inbound", &r.inbound),
+        ];
+        let mut states: Vec<(L, i64)> = Vec::new();
+        let mut rejected: Vec<(L, u64)> = Vec::new();
+        let mut retries: Vec<(L, u64)> = Vec::new();
+        for (kind, map) in kinds {
+            for (name, g) in map {
+                let base = |extra: &[(&'static str, String)]| -> L {
+                    let mut l = vec![("target", kind.to_string()), ("name", name.clone())];
+                    l.extend_from_slice(extra);
+                    l
+                };
+                if let Some(p) = &g.dapr {
+                    if let Some(b) = &p.breaker {
+                        let st = b.value.stats(now);
+                        states.push((base(&[("breaker", b.name.clone())]), state_code(st.state)));
+                        rejected.push((
+                            base(&[("rule", b.name.clone()), ("reason", "breaker".into())]),
+                            st.rejected_total,
+                        ));
+                    }
+                    retries.push((base(&[]), p.budget.stats(now).retries));
+                }
+                for rule in &g.flow {
+                    let with = |reason: &str| {
+                        base(&[("rule", rule.name.clone()), ("reason", reason.to_string())])
+                    };
+                    if let Some(rate) = &rule.rate {
+                        rejected.push((with("rate"), rate.stats(now).rejected_total));
+                    }
+                    if let Some(c) = &rule.concurrency {
+                        rejected.push((with("concurrency"), c.rejected_total()));
+                    }
+                    if let Some(b) = &rule.breaker {
+                        let st = b.stats(now);
+                        states.push((
+                            base(&[("breaker", rule.name.clone())]),
+                            state_code(st.state),
+                        ));
+                        rejected.push((with("breaker"), st.rejected_total));
+                    }
+                }
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "resiliency_breaker_state",
+            "Circuit breakers: 0 closed, 1 open, 2 half-open",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, v) in &states {
+            ConstGauge::new(*v).encode(e.encode_family(l)?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "resiliency_rejected",
+            "Calls refused by a flow rule or an open breaker, by rule and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, v) in &rejected {
+            ConstCounter::new(*v).encode(e.encode_family(l)?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "resiliency_retries",
+            "Retries made under Dapr retry policies",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, v) in &retries {
+            ConstCounter::new(*v).encode(e.encode_family(l)?)?;
+        }
+        if let Some(a) = &r.system {
+            let st = a.stats(now);
+            let e = encoder.encode_descriptor(
+                "resiliency_shed",
+                "Calls into the app shed by load protection",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(st.shed_total).encode(e)?;
+            let e = encoder.encode_descriptor(
+                "resiliency_in_flight",
+                "Calls into the app in flight under load protection",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(st.in_flight as i64).encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+fn state_code(s: BreakerState) -> i64 {
+    match s {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
 fn state_name(s: BreakerState) -> &'static str {
     match s {
         BreakerState::Closed => "closed",
