@@ -134,3 +134,55 @@ pub async fn assert_deadline_bounds_the_call(c: &mut DaprClient<Channel>, id: &s
         started.elapsed()
     );
 }
+
+/// `callers` closed-loop callers of `method` on app `id` through `w` for
+/// `secs`: the latencies (ms, sorted) of the calls that succeeded and the
+/// count refused by load protection (RESOURCE_EXHAUSTED "load
+/// protection"; any other error fails).
+pub async fn closed_loop(
+    w: &crate::Weft,
+    id: &str,
+    method: &str,
+    callers: usize,
+    secs: f64,
+) -> (Vec<f64>, u64) {
+    let started = std::time::Instant::now();
+    let run_for = std::time::Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let mut c = w.client().await;
+        let (id, method) = (id.to_string(), method.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut shed) = (Vec::new(), 0u64);
+            while started.elapsed() < run_for {
+                let t = std::time::Instant::now();
+                match call(&mut c, &id, &method).await {
+                    Ok(_) => ok.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(e) => {
+                        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                        assert!(e.message().contains("load protection"), "{e:?}");
+                        shed += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            (ok, shed)
+        }));
+    }
+    let (mut all, mut shed) = (Vec::new(), 0);
+    for t in tasks {
+        let (o, s) = t.await.expect("caller task");
+        all.extend(o);
+        shed += s;
+    }
+    all.sort_by(f64::total_cmp);
+    (all, shed)
+}
+
+/// The `q` quantile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}

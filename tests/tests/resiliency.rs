@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use weft_tests::invoke_app::InvokeApp;
-use weft_tests::mesh::{call, MeshEnv};
+use weft_tests::mesh::{call, closed_loop, percentile, MeshEnv};
 use weft_tests::{Weft, WeftOptions};
 
 /// A callee app behind its runtime, and a caller runtime whose resources
@@ -458,46 +458,6 @@ async fn policies_reload_when_their_files_change() {
         .contains("resiliency policies and flow rules reloaded"));
 }
 
-/// Latencies (ms) of the admitted calls and the count shed, of `callers`
-/// closed-loop callers of `method` for `secs`.
-async fn load(w: &Weft, method: &str, callers: usize, secs: f64) -> (Vec<f64>, u64) {
-    let started = Instant::now();
-    let run_for = Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let mut c = w.client().await;
-        let method = method.to_string();
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut shed) = (Vec::new(), 0u64);
-            while started.elapsed() < run_for {
-                let t = Instant::now();
-                match call(&mut c, "callee", &method).await {
-                    Ok(_) => ok.push(t.elapsed().as_secs_f64() * 1000.0),
-                    Err(e) => {
-                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-                        assert!(e.message().contains("load protection"), "{e:?}");
-                        shed += 1;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            }
-            (ok, shed)
-        }));
-    }
-    let (mut all, mut shed) = (Vec::new(), 0);
-    for t in tasks {
-        let (o, s) = t.await.unwrap();
-        all.extend(o);
-        shed += s;
-    }
-    all.sort_by(f64::total_cmp);
-    (all, shed)
-}
-
-fn p99(sorted: &[f64]) -> f64 {
-    sorted[(sorted.len() - 1) * 99 / 100]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_callee_sheds_and_keeps_admitted_latency_bounded() {
     let protect = r#"apiVersion: weft.dev/v1alpha1
@@ -511,11 +471,11 @@ spec:
 "#;
     let p = pair_with(&[], Some(&[("flow.yaml", protect)])).await;
     // Unloaded: one caller at a time against an app doing one 20 ms call at a time.
-    let (quiet, shed) = load(&p.caller, "work/20", 1, 2.5).await;
+    let (quiet, shed) = closed_loop(&p.caller, "callee", "work/20", 1, 2.5).await;
     assert_eq!(shed, 0, "nothing is shed without load");
     // Overloaded: sixteen callers.
-    let (busy, shed) = load(&p.caller, "work/20", 16, 3.0).await;
-    let (q, b) = (p99(&quiet), p99(&busy));
+    let (busy, shed) = closed_loop(&p.caller, "callee", "work/20", 16, 3.0).await;
+    let (q, b) = (percentile(&quiet, 0.99), percentile(&busy, 0.99));
     eprintln!(
         "unloaded p99 {q:.1} ms ({} calls); overloaded: {} admitted, p99 {b:.1} ms, {shed} shed",
         quiet.len(),
