@@ -884,3 +884,50 @@ async fn http_and_grpc_metadata_show_the_same_view() {
     assert_eq!(h["type"], "STREAMING");
     assert_eq!(s.metadata["consumerGroup"], "g1");
 }
+
+/// A FlowControl rate rule on a subscription paces its deliveries: every
+/// event arrives, in order, at about the rule's rate; a topic the rule
+/// does not name is not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_rule_slows_a_subscription_and_drops_nothing() {
+    let res = tempfile::tempdir().unwrap();
+    weft_tests::write_component(res.path(), "pubsub", "pubsub.embedded", &[]);
+    std::fs::write(
+        res.path().join("flow.yaml"),
+        "apiVersion: weft.dev/v1alpha1\nkind: FlowControl\nmetadata: {name: pace}\nspec:\n  rules:\n    - name: paced-deliveries\n      subscription: {pubsub: pubsub, topic: paced}\n      qps: 20\n      burst: 1\n",
+    )
+    .unwrap();
+    let w = Weft::start(WeftOptions::new("paced").resources(res.path()))
+        .await
+        .expect("start");
+    let mut c = w.client().await;
+    let n = 60;
+    let mut sub = subscribe(&mut c, "paced", &[], None).await;
+    let mut free = subscribe(&mut c, "free", &[], None).await;
+    for seq in 0..n {
+        publish(&mut c, "paced", "k", seq).await;
+        publish(&mut c, "free", "k", seq).await;
+    }
+    // The other topic: all at once.
+    for seq in 0..n {
+        let ev = next_event(&mut free).await;
+        assert_eq!(key_seq(&ev), ("k".to_string(), seq));
+        free.tx
+            .send(processed(&ev.id, EventStatus::Success))
+            .await
+            .unwrap();
+    }
+    let mut first = None;
+    for seq in 0..n {
+        let ev = next_event(&mut sub).await;
+        first.get_or_insert_with(std::time::Instant::now);
+        assert_eq!(key_seq(&ev), ("k".to_string(), seq), "in order, none lost");
+        sub.tx
+            .send(processed(&ev.id, EventStatus::Success))
+            .await
+            .unwrap();
+    }
+    let rate = (n - 1) as f64 / first.unwrap().elapsed().as_secs_f64();
+    eprintln!("paced subscription: {rate:.1} events/s against 20/s");
+    assert!(rate <= 22.0, "{rate:.1} events/s, the rule says 20");
+}

@@ -314,7 +314,8 @@ impl Blocks {
                 pubsubs,
                 shutdown.subscribe(),
                 cfg.telemetry.clone(),
-            ),
+            )
+            .with_resiliency(cfg.resiliency.clone()),
             secrets: SecretsBlock::new(secret_stores, cfg.secret_scopes, cfg.telemetry.clone()),
             lock: LockBlock::new(lock_stores, cfg.telemetry.clone()),
             sequencer: SequencerBlock::new(sequencers, cfg.telemetry.clone()),

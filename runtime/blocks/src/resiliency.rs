@@ -343,6 +343,30 @@ impl Resiliency {
         result
     }
 
+    /// Waits until the rate rules on `component`'s subscriptions (for
+    /// `topic`, or all topics) admit one more delivery: deliveries are
+    /// slowed, never refused.
+    pub async fn pace_inbound(&self, component: &str, topic: &str) {
+        let Some(g) = self.guards(Target::ComponentInbound(component)) else {
+            return;
+        };
+        for rule in g.flow.iter().filter(|r| covers(r, topic)) {
+            let Some(rate) = &rule.rate else { continue };
+            loop {
+                match rate.acquire(Instant::now()) {
+                    Admission::Now => break,
+                    Admission::After(wait) => {
+                        tokio::time::sleep(wait).await;
+                        break;
+                    }
+                    Admission::Rejected { retry_after } => {
+                        tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await
+                    }
+                }
+            }
+        }
+    }
+
     /// The state of every breaker and limiter, for the metadata API.
     pub fn snapshot(&self) -> serde_json::Value {
         let now = Instant::now();

@@ -373,31 +373,35 @@ impl Builder {
         for (i, r) in spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{i}]");
             let name = r.name.clone().unwrap_or_else(|| format!("{doc_name}#{i}"));
-            let target = match (&r.app, &r.component) {
-                (Some(a), None) => Target::App(a),
-                (None, Some(c)) => {
+            let mut method = r.method.clone();
+            let target = match (&r.app, &r.component, &r.subscription) {
+                (Some(a), None, None) => Target::App(a),
+                (None, Some(c), None) => {
                     if r.method.is_some() {
-                        return Err(err(
-                            file,
-                            format!("{field}.method"),
-                            "applies to app rules only",
-                        ));
+                        return Err(err(file, format!("{field}.method"), "applies to app rules only"));
                     }
                     Target::ComponentOutbound(c)
                 }
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        file,
-                        &field,
-                        "names both app and component; a rule has one target",
-                    ))
+                (None, None, Some(sub)) => {
+                    if r.method.is_some() {
+                        return Err(err(file, format!("{field}.method"), "applies to app rules only"));
+                    }
+                    if r.max_concurrency.is_some() || r.circuit_breaker.is_some() {
+                        return Err(err(file, &field, "a subscription rule paces deliveries with qps only; limit events in flight with the subscription's maxInFlight metadata"));
+                    }
+                    let pubsub = sub
+                        .pubsub
+                        .as_deref()
+                        .filter(|p| !p.is_empty())
+                        .ok_or_else(|| err(file, format!("{field}.subscription.pubsub"), "missing"))?;
+                    method = sub.topic.clone().filter(|t| !t.is_empty());
+                    Target::ComponentInbound(pubsub)
                 }
-                (None, None) => {
-                    return Err(err(
-                        file,
-                        &field,
-                        "names no target: give app (with an optional method) or component",
-                    ))
+                (None, None, None) => {
+                    return Err(err(file, &field, "names no target: give app (with an optional method), component or subscription"))
+                }
+                _ => {
+                    return Err(err(file, &field, "names more than one of app, component and subscription; a rule has one target"))
                 }
             };
             let rate = match r.qps {
@@ -471,7 +475,7 @@ impl Builder {
             }
             self.resiliency.guards_mut(target).flow.push(FlowRule {
                 name,
-                method: r.method.clone(),
+                method,
                 rate,
                 concurrency,
                 breaker,
@@ -840,6 +844,17 @@ struct FlowSpec {
     system: Option<SystemDoc>,
 }
 
+/// `spec.rules[i].subscription`: a pub/sub component's deliveries (of
+/// one topic, or all).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionDoc {
+    #[serde(default)]
+    pubsub: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
 /// `spec.system`: adaptive protection of calls into this app.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -867,6 +882,8 @@ struct FlowRuleDoc {
     method: Option<String>,
     #[serde(default)]
     component: Option<String>,
+    #[serde(default)]
+    subscription: Option<SubscriptionDoc>,
     #[serde(default)]
     qps: Option<f64>,
     #[serde(default)]
@@ -1058,6 +1075,17 @@ spec:
                 "apiVersion: expected weft.dev/v1alpha1",
             ),
             (ok.replace("qps: 100", "qsp: 100"), "unknown field"),
+            (
+                ok.replace(
+                    "component: statestore",
+                    "subscription: {pubsub: bus}\n      maxConcurrency: 3",
+                ),
+                "spec.rules[2]: a subscription rule paces deliveries with qps only",
+            ),
+            (
+                ok.replace("component: statestore", "subscription: {topic: t}"),
+                "spec.rules[2].subscription.pubsub: missing",
+            ),
         ];
         for (text, want) in cases {
             let e = build(&text).unwrap_err().to_string();

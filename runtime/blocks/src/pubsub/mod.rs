@@ -119,9 +119,17 @@ pub(crate) struct Inner {
     active: Mutex<HashMap<u64, pb::PubsubSubscription>>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// Flow rules pacing deliveries (FlowControl rules on subscriptions).
+    policies: std::sync::OnceLock<Arc<crate::resiliency::Policies>>,
 }
 
 impl PubSubBlock {
+    /// Paces deliveries by the FlowControl rules on subscriptions.
+    pub fn with_resiliency(self, policies: Arc<crate::resiliency::Policies>) -> Self {
+        let _ = self.inner.policies.set(policies);
+        self
+    }
+
     /// A block over `components` without tracing (tests, tools).
     pub fn new(
         app_id: &str,
@@ -166,6 +174,7 @@ impl PubSubBlock {
                 active: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 shutdown,
+                policies: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -74,6 +74,7 @@ impl Inner {
             topic: req.topic,
             dead_letter_topic,
             path: req.path,
+            policies: self.policies.get().cloned(),
         });
         Ok(TopicSubscription {
             rx,
@@ -158,6 +159,19 @@ struct SubscriptionContext {
     topic: String,
     dead_letter_topic: Option<String>,
     path: String,
+    /// Flow rules that pace this subscription's deliveries.
+    policies: Option<Arc<crate::resiliency::Policies>>,
+}
+
+impl SubscriptionContext {
+    /// The policies, when a rule covers this subscription's component.
+    fn paced(&self) -> Option<Arc<crate::resiliency::Resiliency>> {
+        let target = crate::resiliency::Target::ComponentInbound(&self.pubsub_name);
+        self.policies
+            .as_ref()?
+            .active()
+            .filter(|r| r.covers(target))
+    }
 }
 
 /// A live subscription; dropping it leaves the consumer group.
@@ -169,13 +183,22 @@ pub struct TopicSubscription {
 
 impl TopicSubscription {
     /// The next event; `None` when the component ended the subscription.
+    /// Under a FlowControl rate rule the event is held until the rule lets
+    /// it through: a subscription is slowed, never dropped.
     pub async fn next(&mut self) -> Option<PendingEvent> {
         let delivery = self.rx.recv().await?;
+        if let Some(r) = self.ctx.paced() {
+            r.pace_inbound(&self.ctx.pubsub_name, &self.ctx.topic).await;
+        }
         Some(PendingEvent::new(delivery, &self.ctx))
     }
 
-    /// The next event if one is waiting.
+    /// The next event if one is waiting (never under a pacing rule: then
+    /// events come one by one through [`next`](Self::next)).
     pub fn try_next(&mut self) -> Option<PendingEvent> {
+        if self.ctx.paced().is_some() {
+            return None;
+        }
         let delivery = self.rx.try_recv().ok()?;
         Some(PendingEvent::new(delivery, &self.ctx))
     }
