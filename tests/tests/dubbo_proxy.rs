@@ -153,8 +153,18 @@ spec:
 
     // Consumer side: runtime "caller" with an outbound listener.
     let outbound = free_port();
+    // The caller's flow rule for the provider's app: one `fail` call, then
+    // the rule refuses (status 100 naming it).
+    let res = dir.path().join("caller-resources");
+    std::fs::create_dir(&res).unwrap();
+    std::fs::write(
+        res.join("flow.yaml"),
+        "apiVersion: weft.dev/v1alpha1\nkind: FlowControl\nmetadata: {name: caller-limits}\nspec:\n  rules:\n    - name: one-failure\n      app: greeter\n      method: fail\n      qps: 0.01\n      burst: 1\n",
+    )
+    .unwrap();
     let b = Weft::start(
         WeftOptions::new("caller")
+            .resources(&res)
             .arg("--dubbo-port")
             .arg(&outbound.to_string()),
     )
@@ -214,6 +224,11 @@ spec:
             && failed.contains("IllegalStateException")
             && failed.contains("boom"),
         "{failed}"
+    );
+    let limited = c.call("fail again").await;
+    assert!(
+        limited.starts_with("ERR ") && limited.contains("flow rule 'one-failure'"),
+        "{limited}"
     );
     // The provider runtime's access policy, with the Dubbo method as the
     // operation: status 40 naming the rule.

@@ -39,6 +39,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 use weft_blocks::app::{AppInvoker, Invoked};
 use weft_blocks::invoke::DUBBO_FRAME_CONTENT_TYPE;
+use weft_blocks::resiliency::Target;
 use weft_blocks::telemetry::ApiMetrics;
 use weft_blocks::Code;
 use weft_blocks::{BlockError, Blocks, Shutdown};
@@ -302,7 +303,18 @@ impl DubboProxy {
             }),
             headers: Vec::new(),
         };
-        let invoked = self.mesh.call_at(request, addrs, timeout).await?;
+        // The caller's resiliency policies and flow rules for the provider's
+        // app apply as to InvokeService (the Dubbo method is the method).
+        let target = Target::App(&app_id);
+        let invoked = match self.blocks.resiliency.active().filter(|r| r.covers(target)) {
+            Some(r) => {
+                r.call(target, &req.method, timeout, |t| {
+                    self.mesh.call_at(request.clone(), addrs, t)
+                })
+                .await?
+            }
+            None => self.mesh.call_at(request, addrs, timeout).await?,
+        };
         if !two_way {
             return Ok(None);
         }
@@ -468,6 +480,7 @@ fn refusal_code(s: Status) -> Code {
         Status::BAD_REQUEST => Code::InvalidArgument,
         Status::SERVICE_NOT_FOUND => Code::NotFound,
         Status::SERVER_TIMEOUT | Status::CLIENT_TIMEOUT => Code::DeadlineExceeded,
+        Status::SERVER_THREADPOOL_EXHAUSTED_ERROR => Code::ResourceExhausted,
         _ => Code::Internal,
     }
 }
@@ -482,6 +495,7 @@ impl From<BlockError> for Refusal {
             BlockError::InvalidArgument(_) | BlockError::PermissionDenied(_) => Status::BAD_REQUEST,
             BlockError::NotFound(_) | BlockError::Unavailable(_) => Status::SERVICE_NOT_FOUND,
             BlockError::DeadlineExceeded(_) => Status::SERVER_TIMEOUT,
+            BlockError::ResourceExhausted(_) => Status::SERVER_THREADPOOL_EXHAUSTED_ERROR,
             _ => Status::SERVER_ERROR,
         };
         Refusal(status, format!("weft: {}", e.message()))
