@@ -284,14 +284,17 @@ impl Resiliency {
         let Some(g) = self.guards(target) else {
             return attempt(deadline).await;
         };
+        // One clock read for every rule (they decide within nanoseconds of
+        // each other).
         let started = Instant::now();
         let deadline_at = started + deadline;
-        // 1. Flow rules.
-        let mut concurrency = Vec::new();
-        let mut flow_breakers: Vec<BreakerPermit> = Vec::new();
+        // 1. Flow rules. Permits are held without allocating for the usual
+        // one rule per target.
+        let mut concurrency: Held<weft_resilience::ConcurrencyPermit> = Held::default();
+        let mut flow_breakers: Held<BreakerPermit> = Held::default();
         for rule in g.flow.iter().filter(|r| covers(r, method)) {
             if let Some(rate) = &rule.rate {
-                match rate.acquire(Instant::now()) {
+                match rate.acquire(started) {
                     Admission::Now => {}
                     Admission::After(wait) => tokio::time::sleep(wait).await,
                     Admission::Rejected { retry_after } => {
@@ -317,7 +320,7 @@ impl Resiliency {
                 }
             }
             if let Some(b) = &rule.breaker {
-                match b.try_pass(Instant::now()) {
+                match b.try_pass(started) {
                     Ok(p) => flow_breakers.push(p),
                     Err(open) => {
                         return Err(BlockError::Unavailable(format!(
@@ -331,13 +334,15 @@ impl Resiliency {
         }
         // 2. The Dapr policy.
         let result = match &g.dapr {
-            None => attempt(deadline_at.saturating_duration_since(Instant::now())).await,
-            Some(p) => dapr_call(p, target, deadline_at, &mut attempt).await,
+            None => attempt(deadline).await,
+            Some(p) => dapr_call(p, target, started, deadline_at, &mut attempt).await,
         };
-        let now = Instant::now();
-        let ok = result.as_ref().map_or_else(|e| !is_failure(e), |_| true);
-        for permit in flow_breakers {
-            permit.record(now, ok, now - started);
+        if !flow_breakers.is_empty() {
+            let now = Instant::now();
+            let ok = result.as_ref().map_or_else(|e| !is_failure(e), |_| true);
+            for permit in flow_breakers.drain() {
+                permit.record(now, ok, now - started);
+            }
         }
         drop(concurrency);
         result
@@ -608,9 +613,42 @@ fn is_failure(e: &BlockError) -> bool {
     )
 }
 
+/// Values held for the length of a call: the first inline, more in a Vec.
+struct Held<T> {
+    first: Option<T>,
+    more: Vec<T>,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<T> Held<T> {
+    fn push(&mut self, v: T) {
+        match self.first {
+            None => self.first = Some(v),
+            Some(_) => self.more.push(v),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
+    }
+}
+
 async fn dapr_call<T, F, Fut>(
     p: &DaprPolicy,
     target: Target<'_>,
+    first: Instant,
     deadline_at: Instant,
     attempt: &mut F,
 ) -> Result<T, BlockError>
@@ -618,14 +656,13 @@ where
     F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<T, BlockError>>,
 {
-    let first = Instant::now();
-    p.budget.record_request(first);
-    let mut retrying = p
-        .retry
-        .as_ref()
-        .map(|r| r.value.policy.start(first, weft_resilience::retry::seed()));
+    // The budget counts calls only where retries can happen.
+    let mut retrying = p.retry.as_ref().map(|r| {
+        p.budget.record_request(first);
+        r.value.policy.start(first, weft_resilience::retry::seed())
+    });
+    let mut now = first;
     loop {
-        let now = Instant::now();
         let permit = match &p.breaker {
             Some(b) => match b.value.try_pass(now) {
                 Ok(permit) => Some(permit),
@@ -669,7 +706,12 @@ where
             }
             (o, _) => o,
         };
-        let end = Instant::now();
+        // The clock again only when a breaker or a retry needs it.
+        let end = if permit.is_some() || (outcome.is_err() && retrying.is_some()) {
+            Instant::now()
+        } else {
+            now
+        };
         if let Some(permit) = permit {
             let ok = outcome.as_ref().map_or_else(|e| !is_failure(e), |_| true);
             permit.record(end, ok, end - now);
@@ -713,6 +755,7 @@ where
         }
         tracing::debug!(%target, policy = %r.name, ?delay, error = %err, "resiliency: retrying");
         tokio::time::sleep(delay).await;
+        now = Instant::now();
     }
 }
 
