@@ -90,6 +90,28 @@ pub fn weft_bin() -> PathBuf {
     bin
 }
 
+/// For benchmarks: unless `$WEFT_BIN` is set, points it at the `weft`
+/// beside the running binary (the release one for a release benchmark).
+/// `Err` says what to build when there is none.
+pub fn use_weft_beside_this_binary() -> Result<(), String> {
+    if std::env::var_os("WEFT_BIN").is_some() {
+        return Ok(());
+    }
+    match std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("weft")))
+    {
+        Some(p) if p.is_file() => {
+            std::env::set_var("WEFT_BIN", p);
+            Ok(())
+        }
+        _ => Err(
+            "no weft binary beside this one: run cargo build --release -p weft, or set WEFT_BIN"
+                .into(),
+        ),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (released before returning; the race with
 /// other processes is acceptable for tests).
 pub fn free_port() -> u16 {

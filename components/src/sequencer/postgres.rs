@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::sync::OnceCell;
 
 use super::{SequencerError, SequencerStore};
@@ -39,32 +39,7 @@ pub struct PostgresSequencer {
 impl PostgresSequencer {
     /// Builds the store; connects on first use.
     pub fn from_metadata(md: &Metadata) -> Result<Self, ComponentError> {
-        let options = crate::state::postgres::parse_connection_string(
-            md.required("connectionString")?.trim(),
-        )
-        .map_err(|reason| md.invalid("connectionString", reason))?;
-        let table = md
-            .get("tableName")
-            .map_or(DEFAULT_TABLE, str::trim)
-            .to_ascii_lowercase();
-        if !crate::state::sqlite::is_identifier(&table) {
-            return Err(md.invalid(
-                "tableName",
-                format!("'{table}' is not a valid table name (letters, digits and '_', starting with a letter or '_')"),
-            ));
-        }
-        let timeout = md.duration("timeout")?.unwrap_or(Duration::from_secs(5));
-        if timeout.is_zero() {
-            return Err(md.invalid("timeout", "must be more than 0"));
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(md.init_error("must be created inside a Tokio runtime"));
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(5)
-            .min_connections(0)
-            .acquire_timeout(timeout)
-            .connect_lazy_with(options);
+        let (pool, table, timeout) = crate::state::postgres::table_settings(md, DEFAULT_TABLE)?;
         Ok(Self {
             pool,
             table,
@@ -86,24 +61,13 @@ impl PostgresSequencer {
     async fn table(&self) -> Result<(), SequencerError> {
         self.ready
             .get_or_try_init(|| async {
-                sqlx::query(&format!(
-                    "CREATE TABLE IF NOT EXISTS {} (
-                         key TEXT PRIMARY KEY,
-                         next_id BIGINT NOT NULL
-                     )",
-                    self.table
-                ))
-                .execute(&self.pool)
+                crate::state::postgres::create_table(
+                    &self.pool,
+                    &self.table,
+                    "key TEXT PRIMARY KEY, next_id BIGINT NOT NULL",
+                )
                 .await
-                .map(|_| ())
-                .or_else(|e| {
-                    // Another runtime created it at the same moment.
-                    let code = e.as_database_error().and_then(|d| d.code());
-                    match code.as_deref() {
-                        Some("23505") | Some("42P07") => Ok(()),
-                        _ => Err(self.error("create the table", e)),
-                    }
-                })
+                .map_err(|e| self.error("create the table", e))
             })
             .await
             .map(|_| ())

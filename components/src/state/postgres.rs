@@ -578,6 +578,64 @@ fn is_retryable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// The settings every table-backed PostgreSQL store reads
+/// (`connectionString`, `tableName` defaulting to `default_table`,
+/// `timeout` per operation, default 5 s): a lazily connecting pool, the
+/// checked table name and the timeout.
+pub(crate) fn table_settings(
+    md: &Metadata,
+    default_table: &str,
+) -> Result<(PgPool, String, Duration), ComponentError> {
+    let options = parse_connection_string(md.required("connectionString")?.trim())
+        .map_err(|reason| md.invalid("connectionString", reason))?;
+    let table = md
+        .get("tableName")
+        .map_or(default_table, str::trim)
+        .to_ascii_lowercase();
+    if !crate::state::sqlite::is_identifier(&table) {
+        return Err(md.invalid(
+            "tableName",
+            format!("'{table}' is not a valid table name (letters, digits and '_', starting with a letter or '_')"),
+        ));
+    }
+    let timeout = md.duration("timeout")?.unwrap_or(Duration::from_secs(5));
+    if timeout.is_zero() {
+        return Err(md.invalid("timeout", "must be more than 0"));
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(md.init_error("must be created inside a Tokio runtime"));
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options);
+    Ok((pool, table, timeout))
+}
+
+/// `CREATE TABLE IF NOT EXISTS table (columns)`, where another runtime
+/// creating it at the same moment (both passing IF NOT EXISTS) counts as
+/// done.
+pub(crate) async fn create_table(
+    pool: &PgPool,
+    table: &str,
+    columns: &str,
+) -> Result<(), sqlx::Error> {
+    match sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"))
+        .execute(pool)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let code = e.as_database_error().and_then(|d| d.code());
+            match code.as_deref() {
+                Some("23505") | Some("42P07") => Ok(()),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
 /// Parses a `postgres://` URL or a libpq `key=value` connection string.
 /// Messages never repeat the string (it may hold a password).
 pub(crate) fn parse_connection_string(raw: &str) -> Result<PgConnectOptions, String> {

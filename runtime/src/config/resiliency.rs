@@ -209,22 +209,11 @@ impl Builder {
     }
 
     fn dapr(&mut self, file: &str, value: Value, app_id: &str) -> Result<(), ConfigError> {
-        let doc: ResiliencyDoc = from_value(value).map_err(|(f, r)| err(file, f, r))?;
-        if doc.api_version.as_deref() != Some("dapr.io/v1alpha1") {
-            return Err(err(
-                file,
-                "apiVersion",
-                format!(
-                    "expected dapr.io/v1alpha1 for kind Resiliency, got {}",
-                    doc.api_version.as_deref().unwrap_or("nothing")
-                ),
-            ));
-        }
-        if !in_scope(&doc.scopes, app_id) {
+        let Some((name, spec)) =
+            open::<ResiliencySpec>(file, value, app_id, "dapr.io/v1alpha1", "Resiliency")?
+        else {
             return Ok(());
-        }
-        let name = doc.metadata.and_then(|m| m.name).unwrap_or_default();
-        let spec = doc.spec.ok_or_else(|| err(file, "spec", "missing"))?;
+        };
         let policies = spec.policies.unwrap_or_default();
         let mut timeouts = BTreeMap::new();
         for (k, v) in &policies.timeouts {
@@ -331,22 +320,11 @@ impl Builder {
     }
 
     fn flow(&mut self, file: &str, value: Value, app_id: &str) -> Result<(), ConfigError> {
-        let doc: FlowDoc = from_value(value).map_err(|(f, r)| err(file, f, r))?;
-        if doc.api_version.as_deref() != Some("weft.dev/v1alpha1") {
-            return Err(err(
-                file,
-                "apiVersion",
-                format!(
-                    "expected weft.dev/v1alpha1 for kind FlowControl, got {}",
-                    doc.api_version.as_deref().unwrap_or("nothing")
-                ),
-            ));
-        }
-        if !in_scope(&doc.scopes, app_id) {
+        let Some((doc_name, spec)) =
+            open::<FlowSpec>(file, value, app_id, "weft.dev/v1alpha1", "FlowControl")?
+        else {
             return Ok(());
-        }
-        let doc_name = doc.metadata.and_then(|m| m.name).unwrap_or_default();
-        let spec = doc.spec.ok_or_else(|| err(file, "spec", "missing"))?;
+        };
         let now = Instant::now();
         if let Some(sys) = &spec.system {
             if self.resiliency.system().is_some() {
@@ -483,6 +461,34 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// Reads a resource document: checks its `apiVersion`, skips it when
+/// `app_id` is out of its `scopes`; else its `metadata.name` and `spec`.
+fn open<S: serde::de::DeserializeOwned>(
+    file: &str,
+    value: Value,
+    app_id: &str,
+    api_version: &str,
+    kind: &str,
+) -> Result<Option<(String, S)>, ConfigError> {
+    let doc: Envelope<S> = from_value(value).map_err(|(f, r)| err(file, f, r))?;
+    if doc.api_version.as_deref() != Some(api_version) {
+        return Err(err(
+            file,
+            "apiVersion",
+            format!(
+                "expected {api_version} for kind {kind}, got {}",
+                doc.api_version.as_deref().unwrap_or("nothing")
+            ),
+        ));
+    }
+    if !in_scope(&doc.scopes, app_id) {
+        return Ok(None);
+    }
+    let name = doc.metadata.and_then(|m| m.name).unwrap_or_default();
+    let spec = doc.spec.ok_or_else(|| err(file, "spec", "missing"))?;
+    Ok(Some((name, spec)))
 }
 
 fn in_scope(scopes: &Option<Vec<String>>, app_id: &str) -> bool {
@@ -713,8 +719,10 @@ fn flow_breaker(file: &str, field: &str, b: &FlowBreakerDoc) -> Result<BreakerCo
 
 // === documents ===
 
+/// The fields every resource document has.
 #[derive(Debug, Deserialize)]
-struct ResiliencyDoc {
+#[serde(bound(deserialize = "S: serde::de::DeserializeOwned"))]
+struct Envelope<S> {
     #[serde(rename = "apiVersion", default)]
     api_version: Option<String>,
     #[serde(default)]
@@ -725,7 +733,7 @@ struct ResiliencyDoc {
     #[serde(default)]
     scopes: Option<Vec<String>>,
     #[serde(default)]
-    spec: Option<ResiliencySpec>,
+    spec: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -818,21 +826,6 @@ struct ComponentTargetDoc {
     outbound: Option<TargetDoc>,
     #[serde(default)]
     inbound: Option<TargetDoc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FlowDoc {
-    #[serde(rename = "apiVersion", default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<ObjectMeta>,
-    #[serde(default)]
-    scopes: Option<Vec<String>>,
-    #[serde(default)]
-    spec: Option<FlowSpec>,
 }
 
 #[derive(Debug, Deserialize)]

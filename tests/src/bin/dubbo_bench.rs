@@ -96,17 +96,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if std::env::var_os("WEFT_BIN").is_none() {
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("weft")));
-        match beside {
-            Some(p) if p.is_file() => std::env::set_var("WEFT_BIN", p),
-            _ => {
-                eprintln!("dubbo_bench: no weft binary beside this one: run cargo build --release -p weft, or set WEFT_BIN");
-                return ExitCode::from(2);
-            }
-        }
+    if let Err(e) = weft_tests::use_weft_beside_this_binary() {
+        eprintln!("dubbo_bench: {e}");
+        return ExitCode::from(2);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

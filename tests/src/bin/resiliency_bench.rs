@@ -286,14 +286,9 @@ async fn part3(secs: f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if std::env::var_os("WEFT_BIN").is_none() {
-        if let Some(p) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("weft")))
-            .filter(|p| p.is_file())
-        {
-            std::env::set_var("WEFT_BIN", p);
-        }
+    if let Err(e) = weft_tests::use_weft_beside_this_binary() {
+        eprintln!("resiliency_bench: {e}");
+        std::process::exit(2);
     }
     let secs = arg("--secs", 5) as f64;
     let iters = arg("--iters", 20_000);
