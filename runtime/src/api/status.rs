@@ -18,6 +18,30 @@ pub fn block_code(code: tonic::Code) -> Code {
     Code::from_i32(code as i32)
 }
 
+/// Longest error message sent, in bytes: the message travels in the
+/// `grpc-message` header (percent-encoded, up to three times longer), and
+/// a header past the peer's limit (16 KiB by default) would turn a clear
+/// refusal into an HTTP/2 protocol error. Messages that quote a huge input
+/// are cut, saying so.
+pub const MAX_MESSAGE: usize = 2048;
+
+/// `message`, cut at [`MAX_MESSAGE`] bytes (on a character boundary).
+pub fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (message cut: {} bytes in all)",
+        &message[..end],
+        message.len()
+    )
+    .into()
+}
+
 /// The gRPC status a caller gets for `e`.
 pub fn to_status(e: BlockError) -> tonic::Status {
     let code = grpc_code(e.code());
@@ -25,9 +49,10 @@ pub fn to_status(e: BlockError) -> tonic::Status {
         BlockError::Passthrough(p) => {
             let mut md = MetadataMap::new();
             headers::extend_metadata(&mut md, &p.metadata);
-            tonic::Status::with_details_and_metadata(code, p.message, p.details.into(), md)
+            let message = bounded(&p.message).into_owned();
+            tonic::Status::with_details_and_metadata(code, message, p.details.into(), md)
         }
-        other => tonic::Status::new(code, other.message().to_string()),
+        other => tonic::Status::new(code, bounded(other.message()).into_owned()),
     }
 }
 
@@ -93,5 +118,22 @@ mod tests {
             (tonic::Code::Aborted, "etag mismatch")
         );
         assert!(s.details().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = format!("key '{}' is bad", "ж".repeat(5000));
+        let cut = bounded(&long);
+        assert!(cut.len() < MAX_MESSAGE + 64, "{}", cut.len());
+        assert!(cut.ends_with(&format!("(message cut: {} bytes in all)", long.len())));
+        let s = to_status(BlockError::invalid_argument(long));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().starts_with("key 'жж"));
     }
 }
