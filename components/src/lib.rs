@@ -20,6 +20,7 @@ pub mod pubsub;
 pub mod registry;
 pub mod secretstores;
 pub mod sequencer;
+mod shared_sqlite;
 pub mod state;
 #[cfg(feature = "zookeeper")]
 pub mod zk;

@@ -23,7 +23,6 @@
 //! nothing. This made a TryLock+Unlock pair about 3.5× cheaper
 //! (docs/benchmarks.md, "Distributed lock").
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +31,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::{LockError, LockStore, UnlockStatus};
-use crate::{ComponentError, Metadata};
+use crate::{shared_sqlite, ComponentError, Metadata};
 
 /// SQLite's clock in milliseconds since the Unix epoch.
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
@@ -51,82 +50,36 @@ impl std::fmt::Debug for SqliteLockStore {
     }
 }
 
+const SCHEMA: &str = "PRAGMA journal_mode=WAL;
+     PRAGMA synchronous=NORMAL;
+     CREATE TABLE IF NOT EXISTS locks (
+         resource TEXT PRIMARY KEY,
+         owner TEXT NOT NULL,
+         expires_ms INTEGER NOT NULL
+     );";
+
 /// The default database file: beside the local registry directory.
 pub fn default_path() -> PathBuf {
-    let registry = crate::nameresolution::local::default_dir();
-    let mut name = registry
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "weft-registry".into());
-    name.push(".locks.db");
-    registry.with_file_name(name)
-}
-
-/// Creates `path` (and its directory) mode 0600 unless it exists; an
-/// existing file must belong to this user: a file planted by another user
-/// is not trusted. For databases the runtimes of one machine share.
-pub(crate) fn create_shared_file(path: &Path) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            if meta.uid() != crate::nameresolution::local::current_uid() {
-                return Err(format!(
-                    "{} belongs to another user (uid {}): refusing to share it",
-                    path.display(),
-                    meta.uid()
-                ));
-            }
-            Ok(())
-        }
-        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
-    }
+    shared_sqlite::beside_registry(".locks.db")
 }
 
 impl SqliteLockStore {
     pub fn open(md: &Metadata) -> Result<Self, ComponentError> {
-        let path = md
-            .get("databasePath")
-            .map(PathBuf::from)
-            .unwrap_or_else(default_path);
-        let busy = md
-            .duration("busyTimeout")?
-            .unwrap_or(Duration::from_secs(5));
-        Self::open_at(&path, busy).map_err(|reason| md.invalid("databasePath", reason))
+        let (conn, path) = shared_sqlite::open_from(md, default_path, SCHEMA)?;
+        Ok(Self::with(conn, path))
     }
 
     /// Opens (creating) the database at `path`.
     pub fn open_at(path: &Path, busy: Duration) -> Result<Self, String> {
-        create_shared_file(path)?;
-        let conn =
-            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(busy)
-            .and_then(|_| {
-                conn.execute_batch(
-                    "PRAGMA journal_mode=WAL;
-                     PRAGMA synchronous=NORMAL;
-                     CREATE TABLE IF NOT EXISTS locks (
-                         resource TEXT PRIMARY KEY,
-                         owner TEXT NOT NULL,
-                         expires_ms INTEGER NOT NULL
-                     );",
-                )
-            })
-            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(Self {
+        let conn = shared_sqlite::open(path, busy, SCHEMA)?;
+        Ok(Self::with(conn, path.to_path_buf()))
+    }
+
+    fn with(conn: Connection, path: PathBuf) -> Self {
+        Self {
             conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
-        })
+            path,
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -138,12 +91,7 @@ impl SqliteLockStore {
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             f(&conn).map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if matches!(
-                        f.code,
-                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) =>
-                {
+                e if shared_sqlite::is_busy(&e) => {
                     LockError::Unavailable(format!("{} is busy: {e}", path.display()))
                 }
                 e => LockError::Internal(format!("{}: {e}", path.display())),

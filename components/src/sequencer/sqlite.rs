@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{SequencerError, SequencerStore};
-use crate::{ComponentError, Metadata};
+use crate::{shared_sqlite, ComponentError, Metadata};
 
 /// Sequences in a shared SQLite file.
 pub struct SqliteSequencer {
@@ -39,51 +39,36 @@ impl std::fmt::Debug for SqliteSequencer {
     }
 }
 
+const SCHEMA: &str = "PRAGMA journal_mode=WAL;
+     PRAGMA synchronous=FULL;
+     CREATE TABLE IF NOT EXISTS sequences (
+         key TEXT PRIMARY KEY,
+         next_id INTEGER NOT NULL
+     );";
+
 /// The default database file: beside the local registry directory (and
 /// the default lock database).
 pub fn default_path() -> PathBuf {
-    let registry = crate::nameresolution::local::default_dir();
-    let mut name = registry
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "weft-registry".into());
-    name.push(".sequencer.db");
-    registry.with_file_name(name)
+    shared_sqlite::beside_registry(".sequencer.db")
 }
 
 impl SqliteSequencer {
     pub fn open(md: &Metadata) -> Result<Self, ComponentError> {
-        let path = md
-            .get("databasePath")
-            .map(PathBuf::from)
-            .unwrap_or_else(default_path);
-        let busy = md
-            .duration("busyTimeout")?
-            .unwrap_or(Duration::from_secs(5));
-        Self::open_at(&path, busy).map_err(|reason| md.invalid("databasePath", reason))
+        let (conn, path) = shared_sqlite::open_from(md, default_path, SCHEMA)?;
+        Ok(Self::with(conn, path))
     }
 
     /// Opens (creating) the database at `path`.
     pub fn open_at(path: &Path, busy: Duration) -> Result<Self, String> {
-        crate::lock::sqlite::create_shared_file(path)?;
-        let conn =
-            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(busy)
-            .and_then(|_| {
-                conn.execute_batch(
-                    "PRAGMA journal_mode=WAL;
-                     PRAGMA synchronous=FULL;
-                     CREATE TABLE IF NOT EXISTS sequences (
-                         key TEXT PRIMARY KEY,
-                         next_id INTEGER NOT NULL
-                     );",
-                )
-            })
-            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(Self {
+        let conn = shared_sqlite::open(path, busy, SCHEMA)?;
+        Ok(Self::with(conn, path.to_path_buf()))
+    }
+
+    fn with(conn: Connection, path: PathBuf) -> Self {
+        Self {
             conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
-        })
+            path,
+        }
     }
 }
 
@@ -104,12 +89,7 @@ impl SequencerStore for SqliteSequencer {
             )
             .and_then(|mut st| st.query_row(rusqlite::params![key, count], |r| r.get(0)))
             .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if matches!(
-                        f.code,
-                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) =>
-                {
+                e if shared_sqlite::is_busy(&e) => {
                     SequencerError::Unavailable(format!("{} is busy: {e}", path.display()))
                 }
                 e => SequencerError::Internal(format!("{}: {e}", path.display())),

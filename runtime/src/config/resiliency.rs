@@ -46,24 +46,13 @@ fn err(file: &str, field: impl Into<String>, reason: impl Into<String>) -> Confi
 /// `FlowControl` document in scope, merged (a target named twice is an
 /// error naming both files).
 pub fn load_dir(dir: &Path, app_id: &str) -> Result<Resiliency, ConfigError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            err(
-                &dir.display().to_string(),
-                "",
-                format!("cannot read resources directory: {e}"),
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
-                )
-        })
-        .collect();
-    files.sort();
+    let files = super::resources::yaml_files(dir).map_err(|e| {
+        err(
+            &dir.display().to_string(),
+            "",
+            format!("cannot read resources directory: {e}"),
+        )
+    })?;
     let mut out = Builder::default();
     for path in files {
         let file = path.display().to_string();
@@ -150,23 +139,15 @@ pub fn sample_cpu(
 
 /// Names, sizes and modification times of the directory's YAML files.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
+    super::resources::yaml_files(dir)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            matches!(
-                e.path().extension().and_then(|x| x.to_str()),
-                Some("yaml") | Some("yml")
-            )
+        .map(|p| {
+            let md = std::fs::metadata(&p).ok();
+            let len = md.as_ref().map_or(0, |m| m.len());
+            (p, len, md.and_then(|m| m.modified().ok()))
         })
-        .filter_map(|e| {
-            let md = e.metadata().ok()?;
-            Some((e.path(), md.len(), md.modified().ok()))
-        })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// Collects documents, remembering where each target was defined.

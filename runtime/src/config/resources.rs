@@ -62,18 +62,7 @@ pub fn load_dir(dir: &Path, app_id: &str) -> Result<Vec<ComponentSpec>, Resource
         field: None,
         reason: format!("cannot read resources directory: {e}"),
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
-                )
-        })
-        .collect();
-    files.sort();
+    let files = yaml_files(dir).map_err(io_err)?;
     let mut out: Vec<ComponentSpec> = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| ResourceError {
@@ -98,6 +87,22 @@ pub fn load_dir(dir: &Path, app_id: &str) -> Result<Vec<ComponentSpec>, Resource
         }
     }
     Ok(out)
+}
+
+/// The resource files of `dir` (`*.yaml`, `*.yml`), sorted.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Parses the documents of one file; `file` is used in error messages.
