@@ -14,6 +14,7 @@
 #   WEFT_PG_PORT          PostgreSQL port               (default: 55432)
 #   WEFT_KAFKA_PORT       Kafka broker port; the KRaft controller uses +1 (default: 59092)
 #   WEFT_KAFKA_VERSION    Apache Kafka version fetched with Maven (default: 4.1.1)
+#   WEFT_KAFKA_LIB        the broker's jars (default: $WEFT_SERVICES_DIR/kafka/lib)
 #   WEFT_ZK_PORT          ZooKeeper client port         (default: 52181)
 #   WEFT_PROMETHEUS_PORT  Prometheus HTTP port          (default: 59090)
 #
@@ -489,7 +490,7 @@ KAFKA_VERSION=${WEFT_KAFKA_VERSION:-4.1.1}
 KAFKA_PORT=${WEFT_KAFKA_PORT:-59092}
 KAFKA_CONTROLLER_PORT=$(( KAFKA_PORT + 1 ))
 KAFKA_DIR=$SERVICES_DIR/kafka
-KAFKA_LIB=$KAFKA_DIR/lib
+KAFKA_LIB=${WEFT_KAFKA_LIB:-$KAFKA_DIR/lib}
 KAFKA_DATA=$KAFKA_DIR/data
 KAFKA_CONF=$KAFKA_DIR/server.properties
 KAFKA_LOG=$KAFKA_DIR/kafka.log
@@ -782,6 +783,8 @@ svc_kafka_status() {
 svc_kafka_env() {
     printf "export WEFT_KAFKA_PORT=%q\n" "$KAFKA_PORT"
     printf "export WEFT_TEST_KAFKA_BROKERS=%q\n" "127.0.0.1:$KAFKA_PORT"
+    # Fault tests start brokers of their own on these jars.
+    printf "export WEFT_KAFKA_LIB=%q\n" "$KAFKA_LIB"
 }
 
 # ============================================================================

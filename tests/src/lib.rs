@@ -18,7 +18,9 @@ pub mod dubbo;
 pub mod invoke_app;
 pub mod mesh;
 pub mod otlp;
+pub mod procfs;
 pub mod prometheus;
+pub mod services;
 
 /// `impl AppCallback for $app { ... }` with the methods given, plus those
 /// no test app serves: input bindings (none listed, events UNIMPLEMENTED),

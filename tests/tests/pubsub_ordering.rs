@@ -1727,3 +1727,623 @@ on_both_backends!(
     embedded_pipelined_resubscribe_redelivers_exactly_the_unacked_suffix,
     commit_never_skips_an_unacked_message
 );
+
+// === faults in the broker ===
+
+/// The `weft.health` entry of a runtime's metadata for `component`.
+async fn component_health(w: &Weft, component: &str) -> serde_json::Value {
+    let md = w
+        .client()
+        .await
+        .get_metadata(pb::GetMetadataRequest {})
+        .await
+        .expect("GetMetadata")
+        .into_inner();
+    let health: serde_json::Value = md
+        .extended_metadata
+        .get("weft.health")
+        .map(|h| serde_json::from_str(h).expect("weft.health is JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    health[component].clone()
+}
+
+/// Waits (bounded) until the runtime reports `component` healthy or not,
+/// in metadata and in `/v1.0/healthz/outbound` (which names it when not).
+async fn wait_for_health(w: &Weft, component: &str, healthy: bool, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let h = component_health(w, component).await;
+        let outbound = weft_tests::http_get(w.http_port, "/v1.0/healthz/outbound", &[]).await;
+        let outbound_ok = match &outbound {
+            Some((204, _)) => healthy,
+            Some((503, body)) => {
+                !healthy
+                    && body.contains(&format!("'{component}'"))
+                    && body.contains("ERR_OUTBOUND_HEALTH_NOT_READY")
+            }
+            _ => false,
+        };
+        if h["healthy"] == healthy && outbound_ok {
+            eprintln!(
+                "[{:>5.1}s] {component} reported healthy={healthy}: {h} / outbound {outbound:?}",
+                start.elapsed().as_secs_f64()
+            );
+            if !healthy {
+                assert!(
+                    h["error"].as_str().is_some_and(|e| e.contains(component)),
+                    "the reason names the component: {h}"
+                );
+            }
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{component} not reported healthy={healthy} within {within:?}: metadata {h}, outbound {outbound:?}\n{}",
+            tail(&w.logs(), 3000)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // /v1.0/healthz is about the runtime itself: it stays 204 throughout.
+}
+
+/// Publishes `msgs` in order (per key), retrying a failed request until it
+/// succeeds (bounded): `single` with PublishEvent one message at a time,
+/// else with BulkPublishEvent in batches. Every failure must name the
+/// component and say the broker is unavailable; a message reported
+/// published must never be lost (the recorder checks that at the end).
+/// Returns how many requests failed.
+async fn publish_through_outage(
+    client: &mut Client,
+    topic: &str,
+    msgs: &[(u32, u32)],
+    single: bool,
+    pace: Duration,
+) -> usize {
+    let mut failures = 0;
+    let chunk = if single { 1 } else { 20 };
+    for batch in msgs.chunks(chunk) {
+        let start = Instant::now();
+        loop {
+            let failed: Option<String> = if single {
+                let (k, s) = batch[0];
+                let req = pb::PublishEventRequest {
+                    pubsub_name: "kafka".into(),
+                    topic: topic.into(),
+                    data: format!("{k}:{s}").into_bytes(),
+                    data_content_type: "text/plain".into(),
+                    metadata: HashMap::from([("partitionKey".to_string(), key_name(k))]),
+                };
+                match client.publish_event(req).await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        assert!(
+                            e.code() == tonic::Code::Unavailable,
+                            "a publish during the outage fails as UNAVAILABLE: {e}"
+                        );
+                        Some(e.message().to_string())
+                    }
+                }
+            } else {
+                let entries = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
+                        entry_id: i.to_string(),
+                        event: format!("{k}:{s}").into_bytes(),
+                        content_type: "text/plain".into(),
+                        metadata: HashMap::from([("partitionKey".to_string(), key_name(*k))]),
+                    })
+                    .collect();
+                let req = pb::BulkPublishRequest {
+                    pubsub_name: "kafka".into(),
+                    topic: topic.into(),
+                    entries,
+                    metadata: HashMap::new(),
+                };
+                match client.bulk_publish_event(req).await {
+                    Ok(r) => r
+                        .into_inner()
+                        .failed_entries
+                        .first()
+                        .map(|f| f.error.clone()),
+                    Err(e) => {
+                        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+                        Some(e.message().to_string())
+                    }
+                }
+            };
+            let Some(why) = failed else { break };
+            failures += 1;
+            assert!(
+                why.contains("pubsub 'kafka'"),
+                "a failed publish names the component: {why}"
+            );
+            if failures <= 3 {
+                eprintln!("publish failed during the outage (retried): {why}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "a publish did not succeed within 180 s: {why}"
+            );
+            // Retrying the whole batch keeps each key in order; entries that
+            // were written before the failure come twice (seen as a repeat).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(pace).await;
+    }
+    failures
+}
+
+/// Kafka stopped for 15 s and started again mid-stream, on a broker of the
+/// test's own: three runtimes consume one group, a fourth publishes. Each
+/// publish either succeeds (the idempotent producer holds it through the
+/// outage, up to `publishTimeout`) or fails naming the component and is
+/// retried; nothing reported published is lost, each key stays in order,
+/// the consumers resume from their committed offsets (the only repeats are
+/// redeliveries), the runtimes report the component unhealthy while the
+/// broker is away and healthy after, and none exits.
+#[cfg_attr(
+    weft_no_kafka,
+    ignore = "needs Kafka: scripts/services.sh start kafka; eval \"$(scripts/services.sh env)\""
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_outage_loses_nothing_and_keeps_key_order() {
+    let _serial = serial();
+    let broker = weft_tests::services::PrivateService::kafka().expect("a private Kafka broker");
+    let backend = Backend::Kafka(broker.addr());
+    let res = backend.resources().expect("resources");
+    let (app, topic) = (unique("outage"), unique("outage"));
+    let plan = Plan::random(200, 16_000, 0x07a6e_0017);
+    let total = plan.total();
+    let rec = Recorder::new(&plan.counts, true);
+
+    let mut wefts: Vec<Weft> = futures::future::join_all(
+        (0..3).map(|_| start_logging_assignments(&app, Some(res.path()))),
+    )
+    .await;
+    let mut subs = Vec::new();
+    for (i, w) in wefts.iter().enumerate() {
+        subs.push(
+            subscribe(
+                w.client().await,
+                i,
+                "kafka",
+                &topic,
+                &[],
+                None,
+                rec.clone(),
+                ack_all(),
+            )
+            .await,
+        );
+    }
+    wait_for_assignments(&wefts, Duration::from_secs(60)).await;
+    wefts.push(start(&format!("{app}-publisher"), Some(res.path())).await);
+    wait_for_health(&wefts[3], "kafka", true, Duration::from_secs(30)).await;
+
+    // Four publishers over disjoint keys, paced so publishing spans the
+    // outage; one publishes single events (the gRPC status is checked),
+    // three in batches.
+    let lanes = 4;
+    let mut publishers = Vec::new();
+    for lane in 0..lanes {
+        let mut client = wefts[3].client().await;
+        let msgs: Vec<(u32, u32)> = plan
+            .msgs
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k as usize % lanes == lane)
+            .collect();
+        let topic = topic.clone();
+        let single = lane == 0;
+        let pace = if single {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(40)
+        };
+        publishers.push(tokio::spawn(async move {
+            publish_through_outage(&mut client, &topic, &msgs, single, pace).await
+        }));
+    }
+
+    let refs: Vec<&Weft> = wefts.iter().collect();
+    wait_until(
+        "kafka outage: 20 % seen",
+        Duration::from_secs(120),
+        &rec,
+        &refs,
+        || rec.seen() >= total / 5,
+    )
+    .await;
+    let before = rec.len();
+    broker.stop().expect("stop the broker");
+    eprintln!("broker stopped after {before} deliveries");
+    let down = Instant::now();
+    wait_for_health(&wefts[3], "kafka", false, Duration::from_secs(15)).await;
+    wait_for_health(&wefts[0], "kafka", false, Duration::from_secs(15)).await;
+    let healthz = weft_tests::http_status(wefts[3].http_port, "/v1.0/healthz").await;
+    assert_eq!(healthz, Some(204), "the runtime itself stays healthy");
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(down.elapsed())).await;
+    let during = rec.len() - before;
+    broker.start().expect("start the broker again");
+    eprintln!(
+        "broker started again after {:.1} s down ({during} deliveries while it was down)",
+        down.elapsed().as_secs_f64()
+    );
+    wait_for_health(&wefts[3], "kafka", true, Duration::from_secs(60)).await;
+
+    let refs: Vec<&Weft> = wefts.iter().collect();
+    wait_until(
+        "kafka outage: everything seen",
+        Duration::from_secs(300),
+        &rec,
+        &refs,
+        || rec.seen() >= total,
+    )
+    .await;
+    let failures: usize = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::try_join_all(publishers),
+    )
+    .await
+    .expect("publishers finish")
+    .expect("publisher")
+    .into_iter()
+    .sum();
+    rec.assert_complete("kafka broker outage");
+    let log = rec.log();
+    assert_eq!(
+        log.len() - total,
+        rec.lock().redeliveries,
+        "every extra delivery is a counted repeat"
+    );
+    for (i, w) in wefts.iter_mut().enumerate() {
+        assert!(
+            w.is_running(),
+            "runtime {i} exited:\n{}",
+            tail(&w.logs(), 3000)
+        );
+    }
+    eprintln!(
+        "kafka outage: {total} messages, {} deliveries ({} repeats), {failures} publish requests failed and were retried",
+        log.len(),
+        log.len() - total
+    );
+    for s in subs {
+        s.close().await;
+    }
+}
+
+/// A broker that is not there when the runtime starts: the runtime starts
+/// and serves, reports the component unhealthy, refuses publishes with
+/// UNAVAILABLE naming it (within `publishTimeout`), and once the broker
+/// appears reports it healthy and publishes and delivers. A topic name the
+/// broker cannot have is refused naming the topic.
+#[cfg_attr(
+    weft_no_kafka,
+    ignore = "needs Kafka: scripts/services.sh start kafka; eval \"$(scripts/services.sh env)\""
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unreachable_at_start_then_appears() {
+    let _serial = serial();
+    let broker =
+        weft_tests::services::PrivateService::kafka_unstarted().expect("a private broker's port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_component(
+        dir.path(),
+        "kafka",
+        "pubsub.kafka",
+        &[("brokers", &broker.addr()), ("publishTimeout", "4s")],
+    );
+    let mut w = start(&unique("late"), Some(dir.path())).await;
+    wait_for_health(&w, "kafka", false, Duration::from_secs(20)).await;
+    let topic = unique("late");
+    let mut c = w.client().await;
+    let publish = |c: &mut Client, topic: &str| {
+        let req = pb::PublishEventRequest {
+            pubsub_name: "kafka".into(),
+            topic: topic.into(),
+            data: b"0:0".to_vec(),
+            data_content_type: "text/plain".into(),
+            metadata: HashMap::from([("partitionKey".to_string(), key_name(0))]),
+        };
+        let mut c = c.clone();
+        async move { c.publish_event(req).await }
+    };
+    let err = tokio::time::timeout(Duration::from_secs(30), publish(&mut c, &topic))
+        .await
+        .expect("a publish with no broker answers within publishTimeout and a margin")
+        .expect_err("no broker: the publish fails");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("pubsub 'kafka'"), "{err}");
+
+    broker.start().expect("start the broker");
+    wait_for_health(&w, "kafka", true, Duration::from_secs(60)).await;
+    let rec = Recorder::new(&[1], true);
+    let sub = subscribe(
+        c.clone(),
+        0,
+        "kafka",
+        &topic,
+        &[],
+        None,
+        rec.clone(),
+        ack_all(),
+    )
+    .await;
+    // The first publishes after the broker appeared may still meet a
+    // reconnecting producer; they fail naming the component, never succeed
+    // without delivering.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match publish(&mut c, &topic).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no publish succeeded within 60 s of the broker starting: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    wait_until(
+        "late broker: delivered",
+        Duration::from_secs(60),
+        &rec,
+        &[&w],
+        || rec.seen() >= 1,
+    )
+    .await;
+    rec.assert_complete("late broker");
+
+    let bad = publish(&mut c, "no spaces allowed here")
+        .await
+        .expect_err("bad topic");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    assert!(
+        bad.message().contains("no spaces allowed here"),
+        "names the topic: {bad}"
+    );
+    assert!(w.is_running(), "{}", w.logs());
+    sub.close().await;
+}
+
+/// Reads `weft_pubsub_consumer_<what>` for `topic` and `partition` from the
+/// runtime's `/metrics`.
+async fn consumer_gauge(w: &Weft, what: &str, topic: &str, partition: usize) -> Option<i64> {
+    let (_, body) = weft_tests::http_get(w.http_port, "/metrics", &[]).await?;
+    let want = format!("partition=\"{partition}\"");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("weft_pubsub_consumer_{what}{{")))
+        .find(|l| l.contains(&format!("topic=\"{topic}\"")) && l.contains(&want))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A subscriber that stops acking one key (its partition stuck, strict
+/// delivery): the runtime holds at most `maxBufferedMessages` of that
+/// partition and pauses it (in `/metrics`), its memory stays bounded while
+/// 48 MB more are published to the stuck partition, every other partition
+/// of the topic and another subscription keep flowing, and when the app
+/// disconnects and subscribes again it gets the stuck partition's events
+/// again, in order, with nothing lost.
+#[cfg_attr(
+    weft_no_kafka,
+    ignore = "needs Kafka: scripts/services.sh start kafka; eval \"$(scripts/services.sh env)\""
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_stuck_subscriber_is_bounded_and_the_rest_flows() {
+    let brokers = kafka_brokers();
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (max_msgs, max_bytes) = (100, 256 << 10);
+    write_component(
+        dir.path(),
+        "kafka",
+        "pubsub.kafka",
+        &[
+            ("brokers", &brokers),
+            ("partitions", "8"),
+            ("maxBufferedMessages", &max_msgs.to_string()),
+            ("maxBufferedBytes", &max_bytes.to_string()),
+        ],
+    );
+    let app = unique("stuck");
+    let (topic, other_topic) = (unique("stuck"), unique("flowing"));
+    let w = start(&app, Some(dir.path())).await;
+    let publisher = start(&format!("{app}-pub"), Some(dir.path())).await;
+
+    // Key 0 is stuck; so is every key sharing its partition.
+    let keys = 64u32;
+    let part =
+        |k: u32| weft_components::pubsub::embedded::partition_for_key(key_name(k).as_bytes(), 8);
+    let stuck = part(0);
+    let (big, per_key) = (3000u32, 20u32);
+    let mut counts = vec![per_key; keys as usize];
+    counts[0] = big;
+    let rec = Recorder::new(&counts, true);
+    let hold_key0: Policy = Box::new(|o: &Obs| {
+        if o.key == 0 {
+            Decision::Hold
+        } else {
+            Decision::Reply(Status::Success)
+        }
+    });
+    let sub = subscribe(
+        w.client().await,
+        0,
+        "kafka",
+        &topic,
+        &[],
+        None,
+        rec.clone(),
+        hold_key0,
+    )
+    .await;
+    let other_plan = Plan::round_robin(16, 40);
+    let other_rec = Recorder::new(&other_plan.counts, true);
+    let other = subscribe(
+        w.client().await,
+        1,
+        "kafka",
+        &other_topic,
+        &[],
+        None,
+        other_rec.clone(),
+        ack_all(),
+    )
+    .await;
+
+    let mut pc = publisher.client().await;
+    publish(&mut pc, "kafka", &other_topic, &other_plan.msgs[..320], 80).await;
+    wait_until(
+        "stuck: warm-up",
+        Duration::from_secs(120),
+        &other_rec,
+        &[&w],
+        || other_rec.seen() >= 320,
+    )
+    .await;
+    let rss_before = weft_tests::procfs::status_kb(w.pid(), "VmRSS:");
+
+    // 48 MB for the stuck key (16 KiB each), small events for the others.
+    let pad = "x".repeat(16 << 10);
+    for chunk in (0..big).collect::<Vec<_>>().chunks(100) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pb::BulkPublishRequestEntry {
+                entry_id: i.to_string(),
+                event: format!("0:{s}:{pad}").into_bytes(),
+                content_type: "text/plain".into(),
+                metadata: HashMap::from([("partitionKey".to_string(), key_name(0))]),
+            })
+            .collect();
+        let resp = pc
+            .bulk_publish_event(pb::BulkPublishRequest {
+                pubsub_name: "kafka".into(),
+                topic: topic.clone(),
+                entries,
+                metadata: HashMap::new(),
+            })
+            .await
+            .expect("publish the stuck key's events")
+            .into_inner();
+        assert!(
+            resp.failed_entries.is_empty(),
+            "{:?}",
+            resp.failed_entries.first()
+        );
+    }
+    let rest: Vec<(u32, u32)> = Plan::round_robin(keys, per_key)
+        .msgs
+        .into_iter()
+        .filter(|(k, _)| *k != 0)
+        .collect();
+    publish(&mut pc, "kafka", &topic, &rest, 200).await;
+    publish(&mut pc, "kafka", &other_topic, &other_plan.msgs[320..], 80).await;
+
+    // Every partition but the stuck one delivers all; the other
+    // subscription too.
+    let flowing: usize = (1..keys)
+        .filter(|k| part(*k) != stuck)
+        .map(|_| per_key as usize)
+        .sum();
+    let flowing_seen = || {
+        rec.log()
+            .iter()
+            .filter(|o| o.partition as usize != stuck && o.seq + 1 == per_key)
+            .count()
+    };
+    let flowing_keys = (1..keys).filter(|k| part(*k) != stuck).count();
+    wait_until(
+        "stuck: other partitions",
+        Duration::from_secs(120),
+        &rec,
+        &[&w],
+        || flowing_seen() >= flowing_keys,
+    )
+    .await;
+    wait_until(
+        "stuck: other subscription",
+        Duration::from_secs(120),
+        &other_rec,
+        &[&w],
+        || other_rec.seen() >= other_plan.total(),
+    )
+    .await;
+    other_rec.assert_complete("the subscription beside the stuck one");
+    // The stuck partition: paused, holding no more than its limit (plus
+    // what one poll may add), one event out.
+    let start_wait = Instant::now();
+    let (held, paused) = loop {
+        let held = consumer_gauge(&w, "held", &topic, stuck).await;
+        let paused = consumer_gauge(&w, "paused", &topic, stuck).await;
+        if paused == Some(1) || start_wait.elapsed() > Duration::from_secs(30) {
+            break (held, paused);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        paused,
+        Some(1),
+        "the stuck partition {stuck} is paused (held {held:?})"
+    );
+    let held = held.expect("held gauge");
+    // The stuck key's 16 KiB events reach maxBufferedBytes first.
+    let by_bytes = (max_bytes / (16 << 10)) as i64;
+    assert!(
+        held >= by_bytes / 4 && held <= 2 * by_bytes && held <= max_msgs as i64,
+        "the stuck partition holds about maxBufferedBytes ({max_bytes} B = {by_bytes} events): {held}"
+    );
+    let rss_after = weft_tests::procfs::status_kb(w.pid(), "VmRSS:");
+    let growth_mb = (rss_after as f64 - rss_before as f64) / 1024.0;
+    eprintln!(
+        "stuck partition {stuck}: held {held}, paused; {flowing} events of the other partitions delivered; runtime RSS {} -> {} kB ({growth_mb:+.1} MB) while 48 MB waited for it",
+        rss_before, rss_after
+    );
+    assert!(
+        growth_mb < 24.0,
+        "memory stays bounded while a subscriber is stuck: RSS grew {growth_mb:.1} MB"
+    );
+    let held_seen: Vec<Obs> = rec.log().into_iter().filter(|o| o.key == 0).collect();
+    assert_eq!(
+        held_seen.len(),
+        1,
+        "strict delivery: one event of the stuck key out: {held_seen:?}"
+    );
+
+    // The app drops its stream and subscribes again: the stuck partition
+    // starts over from its committed position, in order, nothing lost.
+    sub.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = subscribe(
+        w.client().await,
+        2,
+        "kafka",
+        &topic,
+        &[],
+        None,
+        rec.clone(),
+        ack_all(),
+    )
+    .await;
+    wait_until(
+        "stuck: after reconnecting",
+        Duration::from_secs(180),
+        &rec,
+        &[&w],
+        || rec.seen() >= rec.lock().total,
+    )
+    .await;
+    rec.assert_complete("a stuck subscriber that reconnected");
+    let log = rec.log();
+    assert!(
+        log.iter().any(|o| o.key == 0 && o.seq == 0 && o.sub == 2),
+        "the held event came again after the reconnect"
+    );
+    again.close().await;
+    other.close().await;
+}

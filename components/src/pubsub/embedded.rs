@@ -535,6 +535,8 @@ impl PubSub for EmbeddedBroker {
                         group: g.name.clone(),
                         partition: p as i32,
                         lag: (end - committed).max(0),
+                        held: None,
+                        paused: false,
                     });
                 }
             }

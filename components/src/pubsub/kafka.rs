@@ -14,18 +14,25 @@
 //! | `partitions`        | `8`                      | partitions of the topics this component creates |
 //! | `replicationFactor` | broker default           | replication factor of the topics this component creates |
 //! | `publishTimeout`    | `15s`                    | bound on a publish (producer `message.timeout.ms`) and on topic creation |
+//! | `maxBufferedMessages` | `4096`                 | fetched messages a subscription holds per partition before pausing it |
+//! | `maxBufferedBytes`  | `8388608`                | payload bytes a subscription holds per partition before pausing it (also caps librdkafka's prefetch queue, at most 16 MiB) |
 //!
 //! Topics are created through the admin API the first time this component
 //! publishes or subscribes to them (`partitions`, `replicationFactor`); an
 //! existing topic is used as it is.
 //!
 //! Producing is idempotent with `acks=all`; the message key is the partition
-//! key; `publish` returns once the broker confirmed the write.
+//! key, hashed as the Java client does (murmur2), so a key lands in the same
+//! partition as from a Java producer or on the embedded broker; `publish`
+//! returns once the broker confirmed the write.
 //!
 //! Consuming: one librdkafka consumer per subscription, driven by its own
 //! thread. `cooperative-sticky` assignment, no auto-commit and no automatic
 //! offset store. Fetched messages go into a bounded buffer per partition (the
-//! partition is paused when the buffer is full and resumed when it drains);
+//! partition is paused when the buffer reaches `maxBufferedMessages` or
+//! `maxBufferedBytes` and resumed when it drains to a quarter of both), so a
+//! subscriber that stops acking costs at most that much memory per
+//! partition, while its other partitions and other subscriptions flow;
 //! the front of a partition's buffer is its [`Window`]: the messages handed
 //! out and not yet committed (one at a time by default, up to
 //! `max_in_flight_per_partition` when pipelined). They stay buffered until
@@ -63,17 +70,17 @@ use crate::metadata::{ComponentError, InitContext, Metadata};
 /// The component type.
 pub const KIND: &str = "pubsub.kafka";
 
-/// A partition is paused when this many fetched messages, or this many
-/// bytes of them, wait in its buffer…
+/// Default `maxBufferedMessages` and `maxBufferedBytes`: a partition is
+/// paused when this many fetched messages, or this many bytes of them, wait
+/// in its buffer, and resumed when a quarter of both are left.
 ///
 /// Pausing makes librdkafka drop the partition's prefetched messages (they
-/// are fetched again after the resume), so the limits are set well above
-/// what a consumer that keeps up ever holds.
+/// are fetched again after the resume), so the defaults are well above what
+/// a consumer that keeps up ever holds.
 const PAUSE_AT: usize = 4096;
 const PAUSE_AT_BYTES: usize = 8 << 20;
-/// …and resumed when no more than these are left.
-const RESUME_AT: usize = 1024;
-const RESUME_AT_BYTES: usize = 2 << 20;
+/// Most librdkafka may prefetch for a subscription (`queued.max.messages.kbytes`).
+const MAX_PREFETCH_KBYTES: usize = 16 << 10;
 /// librdkafka's own prefetch per partition (`queued.min.messages`).
 const PREFETCH: usize = 1024;
 /// How long librdkafka postpones a partition's next fetch when its
@@ -112,6 +119,10 @@ pub struct KafkaConfig {
     /// `-1`: the broker's default.
     pub replication_factor: i32,
     pub publish_timeout: Duration,
+    /// A partition's buffer pauses it at this many messages…
+    pub max_buffered_messages: usize,
+    /// …or this many bytes.
+    pub max_buffered_bytes: usize,
 }
 
 impl KafkaConfig {
@@ -148,6 +159,13 @@ impl KafkaConfig {
                 format!("{replication_factor} is not a positive number"),
             ));
         }
+        let positive = |field: &str, default: usize| -> Result<usize, ComponentError> {
+            match md.parse::<usize>(field)? {
+                None => Ok(default),
+                Some(0) => Err(md.invalid(field, "0 is not a positive number")),
+                Some(n) => Ok(n),
+            }
+        };
         let ms = |field: &str, d: Duration| -> Result<Duration, ComponentError> {
             if d < Duration::from_millis(1) || d.as_millis() > i32::MAX as u128 {
                 return Err(md.invalid(field, format!("{d:?} is out of range")));
@@ -179,6 +197,8 @@ impl KafkaConfig {
                 md.duration("publishTimeout")?
                     .unwrap_or(Duration::from_secs(15)),
             )?,
+            max_buffered_messages: positive("maxBufferedMessages", PAUSE_AT)?,
+            max_buffered_bytes: positive("maxBufferedBytes", PAUSE_AT_BYTES)?,
         })
     }
 }
@@ -223,6 +243,10 @@ impl KafkaPubSub {
             .set("bootstrap.servers", &cfg.brokers)
             .set("client.id", &cfg.client_id)
             .set("enable.idempotence", "true")
+            // The Java client's partitioner: a key goes to the partition a
+            // Java producer (and the embedded broker) would choose, so
+            // producers of both kinds keep one key in one partition.
+            .set("partitioner", "murmur2_random")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set(
@@ -305,7 +329,10 @@ impl KafkaPubSub {
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
                     let err = self.error("creating", topic, &KafkaError::AdminOp(code));
-                    if matches!(err, PubSubError::Unavailable(_)) {
+                    if matches!(
+                        err,
+                        PubSubError::Unavailable(_) | PubSubError::InvalidRequest(_)
+                    ) {
                         return Err(err);
                     }
                     // Not allowed to create (ACLs, policies)? It may exist or be
@@ -437,7 +464,12 @@ impl KafkaPubSub {
             // Bounded prefetch: about this many messages queued per partition
             // inside librdkafka, on top of our own per-partition buffer.
             .set("queued.min.messages", PREFETCH.to_string())
-            .set("queued.max.messages.kbytes", "16384")
+            .set(
+                "queued.max.messages.kbytes",
+                (self.cfg.max_buffered_bytes >> 10)
+                    .clamp(1024, MAX_PREFETCH_KBYTES)
+                    .to_string(),
+            )
             .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
             // Consumer lag for monitoring (PubSub::lag).
@@ -528,6 +560,7 @@ impl PubSub for KafkaPubSub {
             per_partition: options.max_in_flight_per_partition,
             retry_backoff: options.retry_backoff,
             revoke_timeout: options.revoke_timeout,
+            pause_at: (self.cfg.max_buffered_messages, self.cfg.max_buffered_bytes),
             rt: tokio::runtime::Handle::current(),
             tx,
             state: Mutex::default(),
@@ -587,16 +620,46 @@ impl PubSub for KafkaPubSub {
         let mut out = Vec::new();
         for sub in subs.iter().filter(|s| !s.thread.is_finished()) {
             let sh = &sub.shared;
-            for (p, lag) in lock(&sh.lag).iter() {
+            let lags = lock(&sh.lag).clone();
+            let st = sh.lock();
+            let mut parts: Vec<i32> = lags.keys().chain(st.parts.keys()).copied().collect();
+            parts.sort_unstable();
+            parts.dedup();
+            for p in parts {
+                let part = st.parts.get(&p);
                 out.push(PartitionLag {
                     topic: sh.topic.clone(),
                     group: sh.group.clone(),
-                    partition: *p,
-                    lag: *lag,
+                    partition: p,
+                    // librdkafka's figure (every 5 s); at least what is held.
+                    lag: lags
+                        .get(&p)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(part.map_or(0, |x| x.buf.len() as i64)),
+                    held: Some(part.map_or(0, |x| x.buf.len() as u64)),
+                    paused: part.is_some_and(|x| x.paused),
                 });
             }
         }
         out
+    }
+
+    /// A metadata request to the brokers (any broker answering will do).
+    async fn ping(&self, timeout: Duration) -> Result<(), PubSubError> {
+        let producer = self.producer.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await
+        .map_err(|e| PubSubError::Internal(format!("metadata request task failed: {e}")))?;
+        res.map_err(|e| {
+            let text = format!(
+                "pubsub '{}' (kafka brokers {}): no broker answered a metadata request within {timeout:?}: {e}",
+                self.name, self.cfg.brokers
+            );
+            PubSubError::Unavailable(text)
+        })
     }
 
     async fn close(&self) {
@@ -710,6 +773,8 @@ struct SubShared {
     per_partition: usize,
     retry_backoff: Duration,
     revoke_timeout: Duration,
+    /// `maxBufferedMessages`, `maxBufferedBytes`.
+    pause_at: (usize, usize),
     rt: tokio::runtime::Handle,
     tx: mpsc::Sender<Delivery>,
     state: Mutex<SubState>,
@@ -976,8 +1041,9 @@ impl SubShared {
         {
             let mut st = self.lock();
             for (&p, part) in st.parts.iter_mut() {
-                let full = part.buf.len() >= PAUSE_AT || part.buf_bytes >= PAUSE_AT_BYTES;
-                let drained = part.buf.len() <= RESUME_AT && part.buf_bytes <= RESUME_AT_BYTES;
+                let (at, at_bytes) = self.pause_at;
+                let full = part.buf.len() >= at || part.buf_bytes >= at_bytes;
+                let drained = part.buf.len() <= at / 4 && part.buf_bytes <= at_bytes / 4;
                 if !part.paused && !part.revoking && full {
                     part.paused = true;
                     pause.add_partition(&self.topic, p);

@@ -83,6 +83,12 @@ pub struct PartitionLag {
     pub partition: i32,
     /// Messages after the group's committed position.
     pub lag: i64,
+    /// Messages this runtime fetched and holds for the partition (handed
+    /// out or waiting), for backends that fetch into the runtime.
+    pub held: Option<u64>,
+    /// Whether fetching is paused because the partition's buffer is full
+    /// (its subscriber is slow or stuck).
+    pub paused: bool,
 }
 
 /// One message to publish.
@@ -317,6 +323,15 @@ pub trait PubSub: Send + Sync + 'static {
     /// cannot tell answer nothing.
     fn lag(&self) -> Vec<PartitionLag> {
         Vec::new()
+    }
+
+    /// Whether the backend answers now (the runtime asks every few
+    /// seconds and reports the result in metadata and
+    /// `/v1.0/healthz/outbound`). `Err` says what failed; must return
+    /// within `timeout`. Backends inside the process are always reachable.
+    async fn ping(&self, timeout: std::time::Duration) -> Result<(), PubSubError> {
+        let _ = timeout;
+        Ok(())
     }
 
     /// Leaves every group and releases connections.

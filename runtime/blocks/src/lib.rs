@@ -20,6 +20,7 @@ pub mod app;
 pub mod configuration;
 pub mod context;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod invoke;
 pub mod lock;
@@ -126,6 +127,9 @@ pub struct Blocks {
     pub telemetry: Arc<telemetry::Telemetry>,
     /// The resiliency policies and flow rules (their state is in metadata).
     pub resiliency: Arc<resiliency::Policies>,
+    /// Whether the components reach their backends (in metadata and
+    /// `/v1.0/healthz/outbound`).
+    pub health: Arc<health::ComponentHealth>,
 }
 
 /// Extended metadata key with the state of the resiliency policies and
@@ -301,7 +305,22 @@ impl Blocks {
             .register_collector(Box::new(resiliency::PoliciesCollector(
                 cfg.resiliency.clone(),
             )));
+        let mut health = health::ComponentHealth::default();
+        for (name, (kind, ps)) in &pubsubs {
+            let ps = ps.clone();
+            health.add(
+                name,
+                kind,
+                Arc::new(move |timeout| {
+                    let ps = ps.clone();
+                    Box::pin(async move { ps.ping(timeout).await.map_err(|e| e.to_string()) })
+                }),
+            );
+        }
+        let health = Arc::new(health);
+        health.clone().spawn(shutdown.subscribe());
         let blocks = Arc::new(Self {
+            health,
             state: StateBlock::new(state_stores, cfg.telemetry.clone())
                 .with_resiliency(cfg.resiliency.clone()),
             configuration: ConfigurationBlock::new(
@@ -344,6 +363,12 @@ impl Blocks {
         if let Some(r) = self.resiliency.active() {
             md.extended_metadata
                 .insert(RESILIENCY_METADATA.to_string(), r.snapshot().to_string());
+        }
+        if !self.health.is_empty() {
+            md.extended_metadata.insert(
+                health::HEALTH_METADATA.to_string(),
+                self.health.snapshot().to_string(),
+            );
         }
         md
     }

@@ -26,7 +26,7 @@ pub fn router(blocks: Arc<Blocks>, tokens: TokenCheck, max_body_size: usize) -> 
     let state = HttpState { blocks, tokens };
     Router::new()
         .route("/v1.0/healthz", get(healthz))
-        .route("/v1.0/healthz/outbound", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz_outbound))
         .route("/v1.0/metadata", get(metadata))
         .route("/v1.0/metadata/{key}", put(set_metadata))
         .route("/v1.0/shutdown", post(shutdown))
@@ -68,6 +68,25 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     } else {
         StatusCode::NO_CONTENT.into_response()
     }
+}
+
+/// Ready for outbound calls: not shutting down, and every component whose
+/// backend is outside the process answered its last check (503 naming
+/// those that did not).
+async fn healthz_outbound(State(state): State<HttpState>) -> Response {
+    if state.blocks.shutdown.is_triggered() {
+        return healthz(State(state)).await;
+    }
+    let bad = state.blocks.health.unhealthy();
+    if bad.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let list: Vec<String> = bad.iter().map(|(n, why)| format!("'{n}': {why}")).collect();
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ERR_OUTBOUND_HEALTH_NOT_READY",
+        format!("components unhealthy: {}", list.join("; ")),
+    )
 }
 
 async fn metadata(State(state): State<HttpState>, headers: HeaderMap) -> Response {

@@ -51,7 +51,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
-use weft_components::pubsub::PubSub;
+use weft_components::pubsub::{PartitionLag, PubSub};
 use weft_proto::runtime as pb;
 
 use crate::error::BlockError;
@@ -268,23 +268,52 @@ impl prometheus_client::collector::Collector for LagCollector {
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
-        let mut gauge = encoder.encode_descriptor(
+        let mut lag = encoder.encode_descriptor(
             "pubsub_consumer_lag",
             "Messages published after a consumer group's committed position, per partition",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (name, ps) in &self.components {
-            for l in ps.lag() {
-                let labels: crate::telemetry::Labels = vec![
-                    ("component", name.clone()),
-                    ("topic", l.topic),
-                    ("group", l.group),
-                    ("partition", l.partition.to_string()),
-                ];
-                let g = prometheus_client::metrics::gauge::ConstGauge::new(l.lag);
-                g.encode(gauge.encode_family(&labels)?)?;
+        let lags: Vec<(crate::telemetry::Labels, PartitionLag)> = self
+            .components
+            .iter()
+            .flat_map(|(name, ps)| {
+                ps.lag().into_iter().map(move |l| {
+                    let labels: crate::telemetry::Labels = vec![
+                        ("component", name.clone()),
+                        ("topic", l.topic.clone()),
+                        ("group", l.group.clone()),
+                        ("partition", l.partition.to_string()),
+                    ];
+                    (labels, l)
+                })
+            })
+            .collect();
+        for (labels, l) in &lags {
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(l.lag);
+            g.encode(lag.encode_family(labels)?)?;
+        }
+        let mut held = encoder.encode_descriptor(
+            "pubsub_consumer_held",
+            "Messages the runtime fetched and holds for a partition (handed out to the app or waiting)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, l) in &lags {
+            if let Some(h) = l.held {
+                let g = prometheus_client::metrics::gauge::ConstGauge::new(h as i64);
+                g.encode(held.encode_family(labels)?)?;
             }
+        }
+        let mut paused = encoder.encode_descriptor(
+            "pubsub_consumer_paused",
+            "1 while fetching for a partition is paused because its buffer is full (a slow or stuck subscriber)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, l) in lags.iter().filter(|(_, l)| l.held.is_some()) {
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(l.paused));
+            g.encode(paused.encode_family(labels)?)?;
         }
         Ok(())
     }
