@@ -85,6 +85,18 @@ impl PrivateService {
         self.run("stop")
     }
 
+    /// Deletes the stopped service's data (its next start is a fresh
+    /// server: ZooKeeper forgets every session and node, so each client's
+    /// session is expired when it reconnects).
+    pub fn wipe_data(&self) -> anyhow::Result<()> {
+        let data = self.dir.path().join(self.name).join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+        }
+        Ok(())
+    }
+
     /// The service's log file.
     pub fn log(&self) -> String {
         let file = match self.name {

@@ -1022,3 +1022,134 @@ async fn apps_without_a_port_receive_invocations_over_a_stream() {
     );
     drop(s3);
 }
+
+/// ZooKeeper (a server of the test's own) stopped for longer than the
+/// sessions' timeout while calls run through `nameresolution.zookeeper`:
+/// calls keep flowing to the known instances throughout; the server returns
+/// with its data gone, so every session is expired; the runtimes open new
+/// sessions and write their registrations again (a runtime started
+/// afterwards, with nothing cached, finds both instances); no runtime exits.
+#[cfg_attr(
+    weft_no_zk,
+    ignore = "needs ZooKeeper: scripts/services.sh start zookeeper; eval \"$(scripts/services.sh env)\""
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_outage_and_session_expiry_keep_calls_flowing() {
+    let zk = weft_tests::services::PrivateService::zookeeper().expect("a private ZooKeeper");
+    let env = Env::new();
+    let resources = env.path("zk-outage-resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    weft_tests::write_component(
+        &resources,
+        "zk",
+        "nameresolution.zookeeper",
+        &[
+            ("servers", &zk.addr()),
+            ("root", "/weft-outage"),
+            ("sessionTimeout", "4s"),
+        ],
+    );
+    let with_zk = |app: &str, name: &str| {
+        let mut args = env.certs(app, name);
+        args.extend([
+            "--resources-path".into(),
+            resources.to_string_lossy().into_owned(),
+        ]);
+        args
+    };
+    let mut a = node(&env, "zko-a", "a", with_zk("zko-a", "a")).await;
+    let mut b1 = node(&env, "zko-b", "b1", with_zk("zko-b", "b1")).await;
+    let mut b2 = node(&env, "zko-b", "b2", with_zk("zko-b", "b2")).await;
+    let mut c = a.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b1.app.calls() == 0 || b2.app.calls() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both instances used"
+        );
+        call(&mut c, "zko-b", "echo").await.unwrap();
+    }
+
+    // A caller runs through the outage.
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let stop = stop.clone();
+        let mut c = a.client().await;
+        tokio::spawn(async move {
+            let (mut ok, mut errors) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match call(&mut c, "zko-b", "echo").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    zk.stop().expect("stop ZooKeeper");
+    let (b1_down, b2_down) = (b1.app.calls(), b2.app.calls());
+    // Down for well over the 4 s session timeout, and back as a fresh
+    // server that knows no session and no node: every runtime's session
+    // is expired when it reconnects.
+    zk.wipe_data().expect("wipe ZooKeeper's data");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (b1_during, b2_during) = (b1.app.calls() - b1_down, b2.app.calls() - b2_down);
+    zk.start().expect("start ZooKeeper again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, errors) = caller.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "calls to known instances never fail while ZooKeeper is away: {} of {} failed: {:?}",
+        errors.len(),
+        ok + errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        b1_during > 20 && b2_during > 20,
+        "both known instances kept serving while ZooKeeper was down ({b1_during}, {b2_during})"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (name, w) in [("a", &a.weft), ("b1", &b1.weft), ("b2", &b2.weft)] {
+        while !w.logs().contains("ZooKeeper session ended") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "runtime {name} saw no session expiry:\n{}",
+                w.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // The registrations come back: a runtime with nothing cached finds both.
+    let d = node(&env, "zko-d", "d", with_zk("zko-d", "d")).await;
+    let mut dc = d.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a new runtime found {seen:?} of zko-b's two instances within 60 s of ZooKeeper's return\n{}",
+            b1.weft.logs()
+        );
+        match call(&mut dc, "zko-b", "echo").await {
+            Ok(resp) => {
+                seen.insert(md(&resp, "x-instance"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    for (name, w) in [
+        ("a", &mut a.weft),
+        ("b1", &mut b1.weft),
+        ("b2", &mut b2.weft),
+    ] {
+        assert!(w.is_running(), "runtime {name} exited:\n{}", w.logs());
+    }
+    eprintln!(
+        "ZooKeeper away 10 s: {ok} calls, no errors ({b1_during} and {b2_during} served by b1 and b2 meanwhile); registrations back"
+    );
+}

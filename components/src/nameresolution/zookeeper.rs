@@ -45,7 +45,10 @@
 //! * session expired (or closed, or the client gave up reconnecting): a new
 //!   session is opened (retrying with backoff up to 2 s between attempts),
 //!   every registration is created again, and every cached app is read
-//!   again and its watch re-armed. Cached instances are served meanwhile.
+//!   again and its watch re-armed. Cached instances are served meanwhile,
+//!   and an app that the new session lists with no instance keeps its last
+//!   known ones for twice the session timeout (its runtimes are writing
+//!   their nodes again after the same expiry) unless nodes appear sooner.
 //!
 //! # Resolution
 //!
@@ -682,6 +685,10 @@ async fn watch_app(inner: Arc<Inner>, entry: Arc<AppEntry>, namespace: String, a
     let path = inner.app_path(&namespace, &app_id);
     let mut min_generation = 0;
     let mut backoff = MIN_BACKOFF;
+    // The session of the last read, and until when an empty answer in a
+    // new session is not believed yet.
+    let mut read_in: Option<u64> = None;
+    let mut grace_until: Option<tokio::time::Instant> = None;
     loop {
         let Some((client, generation)) = inner.session(min_generation).await else {
             return;
@@ -689,16 +696,39 @@ async fn watch_app(inner: Arc<Inner>, entry: Arc<AppEntry>, namespace: String, a
         match read_app(&client, &inner.component, &path).await {
             Ok((addrs, watcher)) => {
                 backoff = MIN_BACKOFF;
-                {
+                if read_in.is_some_and(|g| g != generation) {
+                    // A new session after an expiry (or a server that lost
+                    // its data): the app's live instances are writing their
+                    // nodes again, each as soon as its own session is back.
+                    // Until then an empty list means "not yet", not "gone".
+                    grace_until = Some(tokio::time::Instant::now() + client.session_timeout() * 2);
+                }
+                read_in = Some(generation);
+                let holding = {
                     let mut view = entry.view.write().unwrap();
-                    let changed = !matches!(&*view, View::Known(old) if old[..] == addrs[..]);
+                    let holding = addrs.is_empty()
+                        && grace_until.is_some_and(|t| tokio::time::Instant::now() < t)
+                        && matches!(&*view, View::Known(old) if !old.is_empty());
+                    let changed =
+                        !holding && !matches!(&*view, View::Known(old) if old[..] == addrs[..]);
+                    if holding {
+                        tracing::debug!(component = %inner.component, app_id = %app_id,
+                            namespace = %namespace, "no instance listed in the new session yet; serving the last known ones while they register again");
+                    }
                     if changed {
                         tracing::debug!(component = %inner.component, app_id = %app_id,
                             namespace = %namespace, instances = ?addrs, "instances changed");
                         *view = View::Known(addrs.into());
                     }
-                }
+                    holding
+                };
                 entry.settled.send_replace(true);
+                let regrace = async {
+                    match grace_until {
+                        Some(t) if holding => tokio::time::sleep_until(t).await,
+                        _ => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     ev = wait_event(watcher) => {
                         if ev.event_type == EventType::Session {
@@ -706,6 +736,9 @@ async fn watch_app(inner: Arc<Inner>, entry: Arc<AppEntry>, namespace: String, a
                             min_generation = generation + 1;
                         }
                     }
+                    // Grace over with still nothing listed: read again and
+                    // believe it.
+                    _ = regrace => {}
                     _ = inner.session_replaced(generation) => min_generation = generation + 1,
                     _ = inner.shut_down_signal() => return,
                 }
