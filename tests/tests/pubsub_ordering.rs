@@ -1893,7 +1893,7 @@ async fn kafka_broker_outage_loses_nothing_and_keeps_key_order() {
     let backend = Backend::Kafka(broker.addr());
     let res = backend.resources().expect("resources");
     let (app, topic) = (unique("outage"), unique("outage"));
-    let plan = Plan::random(200, 16_000, 0x07a6e_0017);
+    let plan = Plan::random(200, 16_000, 0x7a6e_0017);
     let total = plan.total();
     let rec = Recorder::new(&plan.counts, true);
 

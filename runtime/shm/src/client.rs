@@ -239,10 +239,22 @@ impl Client {
             Some(s) if !self.opts.reconnect => return Err(s.dead.clone().expect("dead")),
             _ => {}
         }
-        self.session = None;
+        let previous = self.session.take().and_then(|s| s.dead);
         self.live.clear();
-        self.session = Some(self.handshake()?);
-        Ok(())
+        match self.handshake() {
+            Ok(s) => {
+                self.session = Some(s);
+                Ok(())
+            }
+            // The runtime is gone: say why the last session ended too
+            // (e.g. "weft is shutting down").
+            Err(mut e) => {
+                if let Some(p) = previous {
+                    e.message = format!("{}; the last session ended: {}", e.message, p.message);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The reason the runtime gave when it last ended a session.

@@ -62,6 +62,7 @@ where
         let service = Deadline {
             inner: routes.clone(),
             info: info(&io),
+            shutdown: shutdown.clone(),
         };
         let conn = http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
@@ -71,16 +72,27 @@ where
             }
         });
     }
+    // For a moment new calls on open connections are answered UNAVAILABLE
+    // with the reason (a caller learns why, and that it may go elsewhere)
+    // while the calls under way go on; then the connections are told to go
+    // away (GOAWAY) and close once their calls are done.
+    tokio::time::sleep(REFUSE_WINDOW).await;
     graceful.shutdown().await;
     Ok(())
 }
 
-/// Ends a call whose `grpc-timeout` passed with DEADLINE_EXCEEDED, and adds
+/// How long after shutdown starts new calls are refused with a reason
+/// before connections are closed.
+const REFUSE_WINDOW: Duration = Duration::from_millis(300);
+
+/// Refuses new calls once shutdown started (UNAVAILABLE, with the reason),
+/// ends a call whose `grpc-timeout` passed with DEADLINE_EXCEEDED, and adds
 /// the connection's `info` to each request.
 #[derive(Clone)]
 struct Deadline<T> {
     inner: Routes,
     info: T,
+    shutdown: Shutdown,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -100,6 +112,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> BoxFuture {
+        if self.shutdown.is_triggered() {
+            return Box::pin(async {
+                Ok(tonic::Status::unavailable(
+                    "the runtime is shutting down: the call was not started (calls under way finish)",
+                )
+                .into_http())
+            });
+        }
         req.extensions_mut().insert(self.info.clone());
         let timeout = headers::timeout_header(req.headers());
         let call = self.inner.call(req);

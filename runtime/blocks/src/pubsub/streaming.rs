@@ -65,7 +65,7 @@ where
     let first = tokio::select! {
         r = requests.next() => r,
         _ = tx.closed() => return Ok(()),
-        _ = &mut stop => return Ok(()),
+        _ = &mut stop => return Err(shutting_down()),
     };
     let initial = match first {
         None | Some(Err(_)) => return Ok(()),
@@ -108,7 +108,7 @@ where
         // one go.
         tokio::select! {
             biased;
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => return Err(shutting_down()),
             req = requests.next() => {
                 let processed = match req {
                     None | Some(Err(_)) => return Ok(()), // the app is gone: unacked events are redelivered
@@ -274,4 +274,12 @@ impl Outbox {
         let n = id.strip_prefix(self.prefix.as_str())?.parse::<u64>().ok()?;
         self.pending.remove(&n)
     }
+}
+
+/// How a subscription stream ends when the runtime stops: the app is told
+/// why, and that nothing it left unacknowledged was committed.
+fn shutting_down() -> BlockError {
+    BlockError::Unavailable(
+        "the runtime is shutting down: events not acknowledged on this stream were not committed (a durable broker delivers them again to the group)".into(),
+    )
 }
