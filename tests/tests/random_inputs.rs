@@ -379,3 +379,174 @@ async fn random_requests_and_bytes_never_stop_the_runtime() {
         eprintln!("  {m} {code}: {n}");
     }
 }
+
+/// A random request body for shared-memory method `id`, and whether it is
+/// a well-typed request: for the most used methods usually a request with
+/// random fields, otherwise (and sometimes for those too) random bytes.
+fn shm_body(r: &mut Rng, id: u32) -> (Vec<u8>, bool) {
+    use prost::Message;
+    use weft_shm::method as m;
+    if r.below(4) == 0 {
+        return (r.bytes(), false);
+    }
+    let typed = match id {
+        m::GET_STATE => pb::GetStateRequest {
+            store_name: r.text(),
+            key: r.text(),
+            consistency: r.int(),
+            metadata: r.metadata(),
+        }
+        .encode_to_vec(),
+        m::SAVE_STATE => pb::SaveStateRequest {
+            store_name: r.text(),
+            states: (0..r.below(4)).map(|_| r.item()).collect(),
+        }
+        .encode_to_vec(),
+        m::DELETE_STATE => pb::DeleteStateRequest {
+            store_name: r.text(),
+            key: r.text(),
+            etag: (r.below(2) == 0).then(|| common::Etag { value: r.text() }),
+            options: None,
+            metadata: r.metadata(),
+        }
+        .encode_to_vec(),
+        m::PUBLISH_EVENT => pb::PublishEventRequest {
+            pubsub_name: r.text(),
+            topic: r.text(),
+            data: r.bytes(),
+            data_content_type: r.text(),
+            metadata: r.metadata(),
+        }
+        .encode_to_vec(),
+        m::INVOKE_SERVICE => pb::InvokeServiceRequest {
+            id: r.text(),
+            message: (r.below(4) != 0).then(|| common::InvokeRequest {
+                method: r.text(),
+                data: Some(prost_types::Any {
+                    type_url: r.text(),
+                    value: r.bytes(),
+                }),
+                content_type: r.text(),
+                http_extension: None,
+            }),
+        }
+        .encode_to_vec(),
+        m::TRY_LOCK_ALPHA1 => pb::TryLockRequest {
+            store_name: r.text(),
+            resource_id: r.text(),
+            lock_owner: r.text(),
+            expiry_in_seconds: r.int(),
+        }
+        .encode_to_vec(),
+        m::WEFT_GET_NEXT_ID => weft_proto::sequencer::GetNextIdRequest {
+            store_name: r.text(),
+            key: r.text(),
+            options: (r.below(2) == 0)
+                .then(|| weft_proto::sequencer::SequencerOptions { increment: r.int() }),
+            metadata: r.metadata(),
+        }
+        .encode_to_vec(),
+        m::GET_METADATA | m::WEFT_ECHO => Vec::new(),
+        _ => return (r.bytes(), false),
+    };
+    (typed, true)
+}
+
+/// The same over shared memory: random unary method ids (every one the
+/// protocol defines but Shutdown, and unknown ids) with randomly filled
+/// requests or random bytes. A well-typed request is always answered on
+/// its session (a value or a status); bytes that do not decode as the
+/// method's request, and unknown ids, are protocol errors that end only
+/// that session with a GOODBYE naming the cause (docs/shm-protocol.md §10),
+/// after which the app connects again. The runtime keeps serving both
+/// transports throughout.
+#[test]
+fn random_shared_memory_calls_never_stop_the_runtime() {
+    use weft_shm::method::{self as m, Kind};
+    let seed = std::env::var("WEFT_RANDOM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("WEFT_RANDOM_SEED={seed}");
+    let mut r = Rng(seed);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("random.shm");
+    let mut w = rt
+        .block_on(Weft::start(
+            WeftOptions::new("random-shm")
+                .arg("--shm-socket")
+                .arg(&socket.to_string_lossy())
+                .env(
+                    "WEFT_LOCAL_REGISTRY_DIR",
+                    &dir.path().join("registry").to_string_lossy(),
+                ),
+        ))
+        .expect("start");
+    let methods: Vec<u32> = m::ALL
+        .iter()
+        .filter(|x| x.kind == Kind::Unary && x.id != m::SHUTDOWN)
+        .map(|x| x.id)
+        .collect();
+    let mut opts = weft_shm::ClientOptions::new("random-shm");
+    opts.reconnect = false;
+    opts.call_timeout = Duration::from_secs(20);
+    let connect = || weft_shm::Client::connect(&socket, opts.clone()).expect("shm session");
+    let mut c = connect();
+    let cases = 2000;
+    let mut sessions_ended = 0;
+    let mut by_code: std::collections::BTreeMap<(String, u32), u32> = Default::default();
+    for i in 0..cases {
+        let id = if r.below(20) == 0 {
+            r.next() as u32
+        } else {
+            methods[r.below(methods.len() as u64) as usize]
+        };
+        let (body, typed) = shm_body(&mut r, id);
+        let known = m::by_id(id).is_some();
+        let code = match c.call(id, &body) {
+            Ok(_) => 0,
+            Err(s) => match c.last_goodbye().cloned() {
+                None => s.code,
+                Some(bye) => {
+                    assert!(
+                        !(typed && known),
+                        "call {i}: a well-typed {id:#x} request ended the session (seed {seed}): {bye:?}\nweft:\n{}",
+                        w.logs()
+                    );
+                    assert!(
+                        matches!(bye.code, 3 | 12) && bye.message.contains("protocol error"),
+                        "call {i}: a session ends with a protocol error naming the cause (seed {seed}): {bye:?}"
+                    );
+                    sessions_ended += 1;
+                    c = connect();
+                    1000 + bye.code
+                }
+            },
+        };
+        let name = m::by_id(id).map_or("unknown".to_string(), |x| x.name.to_string());
+        *by_code.entry((name, code)).or_default() += 1;
+    }
+    // The session and the runtime still serve.
+    c.call(m::WEFT_ECHO, b"still here")
+        .expect("echo after the random calls");
+    assert!(w.is_running(), "weft exited (seed {seed}):\n{}", w.logs());
+    rt.block_on(async {
+        assert_eq!(http_status(w.http_port, "/v1.0/healthz").await, Some(204));
+    });
+    assert!(
+        !w.logs().contains("panicked"),
+        "a panic (seed {seed}):\n{}",
+        w.logs()
+    );
+    eprintln!("random shared-memory calls: {cases} calls, {sessions_ended} sessions ended by a protocol error (and reopened), crashes: 0; answers by method and code (1000 + code: the session's GOODBYE):");
+    for ((name, code), n) in by_code {
+        eprintln!("  {name} {code}: {n}");
+    }
+}
