@@ -303,3 +303,66 @@ crate::app_callback!(InvokeApp {
         Err(Status::unimplemented("this app has no subscriptions"))
     }
 });
+
+/// An echo app over shared memory: a thread holding a client of the
+/// runtime at `socket` that opened `weft.ServeInvocations` and answers
+/// every invocation with its data and content type. Returns once the
+/// runtime has registered the stream. When the stream ends, other than by
+/// the runtime's goodbye, `on_end` gets the reason.
+pub fn serve_shm_echo(
+    socket: &std::path::Path,
+    options: weft_shm::ClientOptions,
+    on_end: impl FnOnce(weft_shm::Status) + Send + 'static,
+) -> anyhow::Result<()> {
+    use ac::serve_invocations_request::Kind as In;
+    use ac::serve_invocations_response::Kind as Out;
+    use anyhow::{bail, Context};
+    use prost::Message;
+    use weft_shm::method::WEFT_SERVE_INVOCATIONS;
+    let app = options.app_id.clone();
+    let mut client = weft_shm::Client::connect(socket, options)
+        .map_err(|e| anyhow::anyhow!("app {app} over shared memory: {e:?}"))?;
+    let open = ac::ServeInvocationsRequest {
+        kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
+    };
+    let stream = client
+        .open_stream(WEFT_SERVE_INVOCATIONS, &open.encode_to_vec())
+        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?;
+    let first = client
+        .next_item(stream, Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?
+        .context("ServeInvocations ended at once")?;
+    let first = ac::ServeInvocationsResponse::decode(first.as_slice())?;
+    if !matches!(first.kind, Some(Out::InitialResponse(_))) {
+        bail!("ServeInvocations: expected the initial response, got {first:?}");
+    }
+    std::thread::spawn(move || loop {
+        let item = match client.next_item(stream, Duration::from_secs(3600)) {
+            Ok(Some(item)) => item,
+            Ok(None) => return,
+            Err(e) if e.code == weft_shm::code::DEADLINE_EXCEEDED => continue,
+            Err(e) => return on_end(e),
+        };
+        let Ok(ac::ServeInvocationsResponse {
+            kind: Some(Out::Invocation(inv)),
+        }) = ac::ServeInvocationsResponse::decode(item.as_slice())
+        else {
+            continue;
+        };
+        let req = inv.request.unwrap_or_default();
+        let result = ac::ServeInvocationsRequest {
+            kind: Some(In::Result(ac::InvocationResult {
+                id: inv.id,
+                response: Some(common::InvokeResponse {
+                    data: req.data,
+                    content_type: req.content_type,
+                }),
+                ..Default::default()
+            })),
+        };
+        if let Err(e) = client.send_more(WEFT_SERVE_INVOCATIONS, stream, &result.encode_to_vec()) {
+            return on_end(e);
+        }
+    });
+    Ok(())
+}

@@ -21,6 +21,7 @@ pub mod otlp;
 pub mod procfs;
 pub mod prometheus;
 pub mod services;
+pub mod subscribe;
 
 /// `impl AppCallback for $app { ... }` with the methods given, plus those
 /// no test app serves: input bindings (none listed, events UNIMPLEMENTED),

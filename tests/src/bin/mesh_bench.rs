@@ -44,15 +44,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tonic::transport::{Channel, Endpoint};
-use weft_proto::appchannel as ac;
 use weft_proto::common;
 use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 use weft_proto::runtime::dapr_client::DaprClient;
 use weft_shm::client::{Client as ShmClient, ClientOptions as ShmOptions};
-use weft_shm::method::WEFT_SERVE_INVOCATIONS as SERVE_INVOCATIONS;
 use weft_tests::certs::{ca_init, ca_issue, flags};
 use weft_tests::invoke_app::InvokeApp;
+use weft_tests::procfs;
 use weft_tests::{free_port, Weft, WeftOptions};
 
 const USAGE: &str = "\
@@ -294,62 +293,11 @@ fn shm_socket(dir: &std::path::Path, app: &str, n: usize) -> PathBuf {
 /// opened `weft.ServeInvocations` and echoes every invocation. Returns once
 /// the runtime has registered the stream.
 fn spawn_shm_app(path: &std::path::Path) -> anyhow::Result<()> {
-    use ac::serve_invocations_request::Kind as In;
-    use ac::serve_invocations_response::Kind as Out;
-    use prost::Message;
-    let mut client = ShmClient::connect(path, shm_options("bench-b"))
-        .map_err(|e| anyhow::anyhow!("app B over shared memory: {e:?}"))?;
-    let open = ac::ServeInvocationsRequest {
-        kind: Some(In::Initial(ac::ServeInvocationsInitial {})),
-    };
-    let stream = client
-        .open_stream(SERVE_INVOCATIONS, &open.encode_to_vec())
-        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?;
-    let first = client
-        .next_item(stream, Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("ServeInvocations: {e:?}"))?
-        .context("ServeInvocations ended at once")?;
-    let first = ac::ServeInvocationsResponse::decode(first.as_slice())?;
-    if !matches!(first.kind, Some(Out::InitialResponse(_))) {
-        bail!("ServeInvocations: expected the initial response, got {first:?}");
-    }
-    std::thread::spawn(move || loop {
-        let item = match client.next_item(stream, Duration::from_secs(3600)) {
-            Ok(Some(item)) => item,
-            Ok(None) => return,
-            Err(e) if e.code == weft_shm::code::DEADLINE_EXCEEDED => continue,
-            Err(e) => {
-                if !FINISHING.load(Ordering::Relaxed) {
-                    eprintln!("mesh_bench: app B's invocation stream ended: {e:?}");
-                }
-                return;
-            }
-        };
-        let Ok(ac::ServeInvocationsResponse {
-            kind: Some(Out::Invocation(inv)),
-        }) = ac::ServeInvocationsResponse::decode(item.as_slice())
-        else {
-            continue;
-        };
-        let req = inv.request.unwrap_or_default();
-        let result = ac::ServeInvocationsRequest {
-            kind: Some(In::Result(ac::InvocationResult {
-                id: inv.id,
-                response: Some(common::InvokeResponse {
-                    data: req.data,
-                    content_type: req.content_type,
-                }),
-                ..Default::default()
-            })),
-        };
-        if client
-            .send_more(SERVE_INVOCATIONS, stream, &result.encode_to_vec())
-            .is_err()
-        {
-            return;
+    weft_tests::invoke_app::serve_shm_echo(path, shm_options("bench-b"), |e| {
+        if !FINISHING.load(Ordering::Relaxed) {
+            eprintln!("mesh_bench: app B's invocation stream ended: {e:?}");
         }
-    });
-    Ok(())
+    })
 }
 
 impl Pair {
@@ -604,35 +552,18 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn status_kb(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Resident and peak resident kB.
 fn rss_kb(pid: u32) -> (u64, u64) {
-    (status_kb(pid, "VmRSS:"), status_kb(pid, "VmHWM:"))
+    (
+        procfs::status_kb(pid, "VmRSS:"),
+        procfs::status_kb(pid, "VmHWM:"),
+    )
 }
 
 /// Resident kB that are shared-memory pages (the rings, mapped by the app
 /// too), part of the resident figure.
 fn shmem_kb(pid: u32) -> u64 {
-    status_kb(pid, "RssShmem:")
+    procfs::status_kb(pid, "RssShmem:")
 }
 
 /// "16.5 MB" or, when part of it is shared memory, "16.5 MB (2.0 shm)".
@@ -646,11 +577,6 @@ fn mb(total_kb: u64, shm_kb: u64) -> String {
             shm_kb as f64 / 1024.0
         )
     }
-}
-
-/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
-fn ticks_per_sec() -> f64 {
-    100.0
 }
 
 /// The runtimes of one path at the fixed rate.
@@ -709,10 +635,14 @@ async fn run(c: Config) -> anyhow::Result<()> {
         direct_lat.extend(l);
         direct_err += e;
         for (i, (p, m)) in pairs.iter().zip(&meshes).enumerate() {
-            let (a0, b0, t0) = (cpu_ticks(p.a.pid()), cpu_ticks(p.b.pid()), Instant::now());
+            let (a0, b0, t0) = (
+                procfs::cpu_ticks(p.a.pid()),
+                procfs::cpu_ticks(p.b.pid()),
+                Instant::now(),
+            );
             let (l, e) = fixed_rate(m, c.rate, c.secs, body.clone()).await;
-            cpu[i].0 += cpu_ticks(p.a.pid()) - a0;
-            cpu[i].1 += cpu_ticks(p.b.pid()) - b0;
+            cpu[i].0 += procfs::cpu_ticks(p.a.pid()) - a0;
+            cpu[i].1 += procfs::cpu_ticks(p.b.pid()) - b0;
             cpu[i].2 += t0.elapsed().as_secs_f64();
             mesh_lat[i].extend(l);
             mesh_err[i] += e;
@@ -738,8 +668,8 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let larger = if rss_a >= rss_b { p.a.pid() } else { p.b.pid() };
         usage.push(Usage {
             label: p.variant.label().to_string(),
-            cpu_a: cpu[i].0 as f64 / ticks_per_sec() / secs * 100.0,
-            cpu_b: cpu[i].1 as f64 / ticks_per_sec() / secs * 100.0,
+            cpu_a: cpu[i].0 as f64 / procfs::ticks_per_sec() / secs * 100.0,
+            cpu_b: cpu[i].1 as f64 / procfs::ticks_per_sec() / secs * 100.0,
             rss_kb: rss_a.max(rss_b),
             shm_kb: shmem_kb(larger),
             peak_kb: hwm_a.max(hwm_b),

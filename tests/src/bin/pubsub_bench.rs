@@ -35,16 +35,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use weft_components::metadata::{InitContext, Metadata};
 use weft_components::pubsub::{self, Ack, PublishRequest, SubscribeOptions};
 use weft_proto::runtime as pb;
 use weft_proto::runtime::dapr_client::DaprClient;
-use weft_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as ReqType;
-use weft_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as RespType;
 use weft_shm::method as shm_method;
+use weft_tests::procfs;
+use weft_tests::subscribe::ShmSubscription;
 use weft_tests::{write_component, Weft, WeftOptions};
 
 type Client = DaprClient<Channel>;
@@ -253,48 +252,19 @@ fn sub_metadata(per_partition: usize) -> HashMap<String, String> {
 
 /// Subscribes and acks every event as soon as it arrives; deliveries go to `out`.
 async fn subscribe(
-    mut client: Client,
+    client: Client,
     pubsub: &str,
     topic: &str,
     per_partition: usize,
     out: mpsc::UnboundedSender<Got>,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel::<pb::SubscribeTopicEventsRequestAlpha1>();
-    tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
-        subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
-            pb::SubscribeTopicEventsRequestInitialAlpha1 {
-                pubsub_name: pubsub.into(),
-                topic: topic.into(),
-                metadata: sub_metadata(per_partition),
-                dead_letter_topic: None,
-            },
-        )),
-    })?;
-    let mut stream = client
-        .subscribe_topic_events_alpha1(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
-        Ok(Ok(Some(pb::SubscribeTopicEventsResponseAlpha1 {
-            subscribe_topic_events_response_type: Some(RespType::InitialResponse(_)),
-        }))) => {}
-        other => bail!("no initial response: {other:?}"),
-    }
-    tokio::spawn(async move {
-        let _client = client;
-        while let Ok(Some(m)) = stream.message().await {
-            let Some(RespType::EventMessage(ev)) = m.subscribe_topic_events_response_type else {
-                continue;
-            };
+    weft_tests::subscribe::grpc(
+        client,
+        pubsub,
+        topic,
+        sub_metadata(per_partition),
+        move |ev| {
             let at_ns = now_ns();
-            let _ = tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
-                subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
-                    pb::SubscribeTopicEventsRequestProcessedAlpha1 {
-                        id: ev.id.clone(),
-                        status: Some(pb::TopicEventResponse { status: 0 }),
-                    },
-                )),
-            });
             if let Some((key, seq, sent_ns)) = parse_payload(&ev.data) {
                 let _ = out.send(Got {
                     key,
@@ -303,64 +273,25 @@ async fn subscribe(
                     at_ns,
                 });
             }
-        }
-    });
+        },
+    )
+    .await?;
     Ok(())
 }
 
-/// A SubscribeTopicEventsAlpha1 call over shared memory (method 12); acks
-/// are MORE records on the same call.
-struct ShmSub {
-    c: weft_shm::Client,
-    corr: u64,
-}
+/// A SubscribeTopicEventsAlpha1 call over shared memory whose events are
+/// this benchmark's payloads.
+struct ShmSub(ShmSubscription);
 
 impl ShmSub {
     /// Opens the call on `c` and waits for its initial response.
     fn open(
-        mut c: weft_shm::Client,
+        c: weft_shm::Client,
         pubsub: &str,
         topic: &str,
         per_partition: usize,
     ) -> anyhow::Result<Self> {
-        let init = pb::SubscribeTopicEventsRequestAlpha1 {
-            subscribe_topic_events_request_type: Some(ReqType::InitialRequest(
-                pb::SubscribeTopicEventsRequestInitialAlpha1 {
-                    pubsub_name: pubsub.into(),
-                    topic: topic.into(),
-                    metadata: sub_metadata(per_partition),
-                    dead_letter_topic: None,
-                },
-            )),
-        };
-        let corr = c
-            .open_stream(
-                shm_method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1,
-                &init.encode_to_vec(),
-            )
-            .map_err(|e| anyhow::anyhow!("shm subscribe: {e}"))?;
-        let mut s = Self { c, corr };
-        match s.next_msg(Duration::from_secs(60))? {
-            Some(pb::SubscribeTopicEventsResponseAlpha1 {
-                subscribe_topic_events_response_type: Some(RespType::InitialResponse(_)),
-            }) => Ok(s),
-            other => bail!("shm subscribe: no initial response: {other:?}"),
-        }
-    }
-
-    /// The next message; `None` when nothing came within `within`.
-    fn next_msg(
-        &mut self,
-        within: Duration,
-    ) -> anyhow::Result<Option<pb::SubscribeTopicEventsResponseAlpha1>> {
-        match self.c.next_item(self.corr, within) {
-            Ok(Some(body)) => Ok(Some(pb::SubscribeTopicEventsResponseAlpha1::decode(
-                &body[..],
-            )?)),
-            Ok(None) => bail!("the shm subscription ended"),
-            Err(e) if e.code == weft_shm::code::DEADLINE_EXCEEDED => Ok(None),
-            Err(e) => bail!("the shm subscription failed: {e}"),
-        }
+        ShmSubscription::open(c, pubsub, topic, sub_metadata(per_partition)).map(Self)
     }
 
     /// The next event, acked with SUCCESS as soon as it arrives (before it
@@ -370,28 +301,11 @@ impl ShmSub {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(m) = self.next_msg(left)? else {
+            let Some(ev) = self.0.next_event(left)? else {
                 return Ok(None);
             };
-            let Some(RespType::EventMessage(ev)) = m.subscribe_topic_events_response_type else {
-                continue;
-            };
             let at_ns = now_ns();
-            let ack = pb::SubscribeTopicEventsRequestAlpha1 {
-                subscribe_topic_events_request_type: Some(ReqType::EventProcessed(
-                    pb::SubscribeTopicEventsRequestProcessedAlpha1 {
-                        id: ev.id,
-                        status: Some(pb::TopicEventResponse { status: 0 }),
-                    },
-                )),
-            };
-            self.c
-                .send_more(
-                    shm_method::SUBSCRIBE_TOPIC_EVENTS_ALPHA1,
-                    self.corr,
-                    &ack.encode_to_vec(),
-                )
-                .map_err(|e| anyhow::anyhow!("shm ack: {e}"))?;
+            self.0.ack(ev.id)?;
             if let Some((key, seq, sent_ns)) = parse_payload(&ev.data) {
                 return Ok(Some(Got {
                     key,
@@ -450,7 +364,7 @@ async fn subscribe_shm(
                     }
                 }
             }
-            let _ = sub.c.cancel(sub.corr);
+            sub.0.cancel();
         })?;
     ready_rx.await.context("the shm subscriber thread died")?
 }
@@ -641,7 +555,7 @@ async fn latency(
                         lat.push((g.at_ns - g.sent_ns) as f64 / 1000.0);
                     }
                 }
-                let _ = sub.c.cancel(sub.corr);
+                sub.0.cancel();
                 Ok(sorted(lat))
             })
             .await?
@@ -823,14 +737,6 @@ async fn shm_floor(target: &Target, n: usize) -> anyhow::Result<(f64, f64)> {
     .await?
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
     let res = tempfile::tempdir()?;
     write_component(
@@ -882,7 +788,7 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
     }
     let mut lat_rows = String::new();
     let mut base_rows = String::new();
-    let tick = cpu_tick_hz();
+    let tick = procfs::ticks_per_sec();
     for (name, pubsub, n) in backends {
         let mut via = Vec::new();
         for &tr in &cfg.transports {
@@ -891,10 +797,13 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
                     "pubsub_bench: {name} over {}, {mode} in flight per partition: throughput, {n} messages",
                     tr.name()
                 );
-                let (c0, b0) = (cpu_ticks(target.weft.pid()), cpu_ticks(std::process::id()));
+                let (c0, b0) = (
+                    procfs::cpu_ticks(target.weft.pid()),
+                    procfs::cpu_ticks(std::process::id()),
+                );
                 let t = throughput(&target, tr, pubsub, &cfg, n, mode).await?;
-                let cpu = (cpu_ticks(target.weft.pid()) - c0) as f64 / tick;
-                let bench_cpu = (cpu_ticks(std::process::id()) - b0) as f64 / tick;
+                let cpu = (procfs::cpu_ticks(target.weft.pid()) - c0) as f64 / tick;
+                let bench_cpu = (procfs::cpu_ticks(std::process::id()) - b0) as f64 / tick;
                 eprintln!(
                     "pubsub_bench: {name} over {}, {mode} in flight per partition: {:.0} deliveries/s",
                     tr.name(),
@@ -964,16 +873,6 @@ async fn run(cfg: Config, command: String) -> anyhow::Result<String> {
     out.push_str("\nThroughput of the component alone (in this process, no runtime, no gRPC; ack at once):\n\n| backend | in flight/partition | messages | in-process deliveries/s | via weft gRPC deliveries/s | via weft shm deliveries/s |\n|---|---|---|---|---|---|\n");
     out.push_str(&base_rows);
     Ok(out)
-}
-
-fn cpu_tick_hz() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn resolve_weft_bin() -> anyhow::Result<PathBuf> {
