@@ -199,9 +199,28 @@ pub struct Weft {
 
 impl Weft {
     /// Starts a runtime and waits (at most 30 s) until its health endpoint answers.
+    ///
+    /// Its gRPC and HTTP ports are free ports picked here; if another
+    /// process took one between the pick and the runtime's bind (tests run
+    /// in parallel), the start is tried again on new ports (three times).
     pub async fn start(opts: WeftOptions) -> anyhow::Result<Self> {
-        let grpc_port = free_port();
-        let http_port = free_port();
+        let mut attempt = 1;
+        loop {
+            match Self::start_on(&opts, free_port(), free_port()).await {
+                Err(e)
+                    if attempt < 3
+                        && e.to_string().contains("Address already in use")
+                        && (e.to_string().contains("(--grpc-port)")
+                            || e.to_string().contains("(--http-port)")) =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn start_on(opts: &WeftOptions, grpc_port: u16, http_port: u16) -> anyhow::Result<Self> {
         let (data_dir, data_guard) = match &opts.data_dir {
             Some(d) => (d.clone(), None),
             None => {
