@@ -240,6 +240,20 @@ impl Plan {
     }
 }
 
+/// BulkPublishEvent entries for `msgs`: `"<key>:<seq>"`, partition key
+/// `key-<key>`.
+fn bulk_entries(msgs: &[(u32, u32)]) -> Vec<pb::BulkPublishRequestEntry> {
+    msgs.iter()
+        .enumerate()
+        .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
+            entry_id: i.to_string(),
+            event: format!("{k}:{s}").into_bytes(),
+            content_type: "text/plain".into(),
+            metadata: HashMap::from([("partitionKey".to_string(), key_name(*k))]),
+        })
+        .collect()
+}
+
 /// Publishes `msgs` in order with BulkPublishEvent, `batch` entries per call,
 /// one call at a time (so per-key order is publish order).
 async fn publish(
@@ -250,16 +264,7 @@ async fn publish(
     batch: usize,
 ) {
     for (b, chunk) in msgs.chunks(batch).enumerate() {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
-                entry_id: i.to_string(),
-                event: format!("{k}:{s}").into_bytes(),
-                content_type: "text/plain".into(),
-                metadata: HashMap::from([("partitionKey".to_string(), key_name(*k))]),
-            })
-            .collect();
+        let entries = bulk_entries(chunk);
         let req = pb::BulkPublishRequest {
             pubsub_name: pubsub.into(),
             topic: topic.into(),
@@ -1824,16 +1829,7 @@ async fn publish_through_outage(
                     }
                 }
             } else {
-                let entries = batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, s))| pb::BulkPublishRequestEntry {
-                        entry_id: i.to_string(),
-                        event: format!("{k}:{s}").into_bytes(),
-                        content_type: "text/plain".into(),
-                        metadata: HashMap::from([("partitionKey".to_string(), key_name(*k))]),
-                    })
-                    .collect();
+                let entries = bulk_entries(batch);
                 let req = pb::BulkPublishRequest {
                     pubsub_name: "kafka".into(),
                     topic: topic.into(),

@@ -308,14 +308,9 @@ async fn one_call(
     }
 }
 
-/// A failure of the connection rather than an answer of the runtime.
-fn is_transport(s: &tonic::Status) -> bool {
-    std::error::Error::source(s).is_some()
-        && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_requests_and_bytes_never_stop_the_runtime() {
+/// The generator for a test: seeded from `WEFT_RANDOM_SEED` (to replay a
+/// failure) or the clock, the seed printed.
+fn seeded() -> (u64, Rng) {
     let seed = std::env::var("WEFT_RANDOM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -327,7 +322,18 @@ async fn random_requests_and_bytes_never_stop_the_runtime() {
                 | 1
         });
     eprintln!("WEFT_RANDOM_SEED={seed}");
-    let mut r = Rng(seed);
+    (seed, Rng(seed))
+}
+
+/// A failure of the connection rather than an answer of the runtime.
+fn is_transport(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
+        && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_and_bytes_never_stop_the_runtime() {
+    let (seed, mut r) = seeded();
     let reg = tempfile::tempdir().unwrap();
     let mut w = Weft::start(WeftOptions::new("random-inputs").env(
         "WEFT_LOCAL_REGISTRY_DIR",
@@ -463,18 +469,7 @@ fn shm_body(r: &mut Rng, id: u32) -> (Vec<u8>, bool) {
 #[test]
 fn random_shared_memory_calls_never_stop_the_runtime() {
     use weft_shm::method::{self as m, Kind};
-    let seed = std::env::var("WEFT_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("WEFT_RANDOM_SEED={seed}");
-    let mut r = Rng(seed);
+    let (seed, mut r) = seeded();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("random.shm");

@@ -162,7 +162,7 @@ impl ComponentHealth {
         )
     }
 
-    /// Whether no check has run yet.
+    /// Whether there is no component to check.
     pub fn is_empty(&self) -> bool {
         self.checks.is_empty()
     }
