@@ -102,6 +102,91 @@ fn segment_files(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// GetState's in-place path (a plain request read where it lies, the
+/// answer written from the store's bytes) answers exactly as gRPC and as
+/// the ordinary path (the same request with metadata, which that path
+/// leaves to the decoder): values of every shape, TTL metadata, missing
+/// keys, and the errors of bad requests.
+#[test]
+fn get_state_in_place_answers_as_the_ordinary_path_and_grpc() {
+    let env = start("shm-get-in-place");
+    let mut c = Client::connect(&env.socket, opts("shm-get-in-place")).unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let items = [
+        ("plain", b"hello".to_vec(), None),
+        ("empty", Vec::new(), None),
+        ("binary", vec![0, 255, 0xc3, 0x28, 0x80], None),
+        ("big", big, None),
+        ("ttl", b"expires".to_vec(), Some("300")),
+    ];
+    for (key, value, ttl) in &items {
+        let mut item = StateItem {
+            key: (*key).into(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        if let Some(ttl) = ttl {
+            item.metadata.insert("ttlInSeconds".into(), (*ttl).into());
+        }
+        c.unary::<_, ()>(
+            m::SAVE_STATE,
+            &pb::SaveStateRequest {
+                store_name: "statestore".into(),
+                states: vec![item],
+            },
+        )
+        .unwrap();
+    }
+    let mut g = env.rt.block_on(env.weft.client());
+    let ordinary = |key: &str| pb::GetStateRequest {
+        metadata: [("contentType".to_string(), "x".to_string())].into(),
+        ..get(key)
+    };
+    for key in ["plain", "empty", "binary", "big", "ttl", "missing"] {
+        let in_place: pb::GetStateResponse = c.unary(m::GET_STATE, &get(key)).unwrap();
+        let decoded: pb::GetStateResponse = c.unary(m::GET_STATE, &ordinary(key)).unwrap();
+        let grpc = env.rt.block_on(g.get_state(get(key))).unwrap().into_inner();
+        assert_eq!(in_place, decoded, "{key}");
+        assert_eq!(in_place, grpc, "{key}");
+        match items.iter().find(|i| i.0 == key) {
+            Some((_, value, ttl)) => {
+                assert_eq!(&in_place.data, value, "{key}");
+                assert!(!in_place.etag.is_empty(), "{key}");
+                assert_eq!(
+                    in_place.metadata.contains_key("ttlExpireTime"),
+                    ttl.is_some(),
+                    "{key}: {:?}",
+                    in_place.metadata
+                );
+            }
+            None => assert_eq!(in_place, pb::GetStateResponse::default()),
+        }
+    }
+    // Bad requests: the in-place path declines them and they get the
+    // ordinary path's errors, which are gRPC's.
+    for (store, key) in [
+        ("nope", "k"),
+        ("", "k"),
+        ("statestore", ""),
+        ("statestore", "a||b"),
+    ] {
+        let req = pb::GetStateRequest {
+            store_name: store.into(),
+            key: key.into(),
+            ..Default::default()
+        };
+        let e = c
+            .unary::<_, pb::GetStateResponse>(m::GET_STATE, &req)
+            .unwrap_err();
+        let ge = env.rt.block_on(g.get_state(req)).unwrap_err();
+        assert_eq!(e.code, ge.code() as u32, "{store}/{key}: {e}");
+        assert_eq!(e.message, ge.message(), "{store}/{key}");
+    }
+    // The session is still usable after all of that.
+    let got: pb::GetStateResponse = c.unary(m::GET_STATE, &get("plain")).unwrap();
+    assert_eq!(got.data, b"hello");
+}
+
 #[test]
 fn every_implemented_rpc_answers_as_over_grpc() {
     let env = start("shm-rpc");

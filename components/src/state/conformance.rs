@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Concurrency, Consistency, DeleteRequest, Feature, Operation, SetRequest, StateEntry,
+    Concurrency, Consistency, DeleteRequest, EntryRef, Feature, Operation, SetRequest, StateEntry,
     StateError, StateStore,
 };
 
@@ -149,11 +149,36 @@ fn delete_with(key: &str, concurrency: Concurrency, etag: Option<&str>) -> Delet
     }
 }
 
+/// Reads `key` with `get` and, when the store answers reads in place
+/// ([`StateStore::get_now`]), checks that the lent item is the same.
 async fn get(store: &dyn StateStore, check: &str, key: &str) -> Option<StateEntry> {
-    store
+    let got = store
         .get(key, Consistency::Strong)
         .await
-        .unwrap_or_else(|e| panic!("[{check}] get '{key}' failed: {e}"))
+        .unwrap_or_else(|e| panic!("[{check}] get '{key}' failed: {e}"));
+    let mut lent = None;
+    let answered = store.get_now(key, Consistency::Strong, &mut |e: Option<EntryRef<'_>>| {
+        lent = Some(e.map(|e| StateEntry {
+            value: e.value.to_vec(),
+            etag: e.etag.to_string(),
+            expires_at: e.expires_at,
+        }));
+    });
+    if let Some(r) = answered {
+        r.unwrap_or_else(|e| panic!("[{check}] get_now '{key}' failed: {e}"));
+        let lent = lent.unwrap_or_else(|| panic!("[{check}] get_now '{key}' never lent"));
+        // An item may expire between the two reads.
+        let expired_between = lent.is_none()
+            && got
+                .as_ref()
+                .and_then(|e| e.expires_at)
+                .is_some_and(|at| at <= SystemTime::now());
+        assert!(
+            lent == got || expired_between,
+            "[{check}] get_now '{key}' lent {lent:?}, get returned {got:?}"
+        );
+    }
+    got
 }
 
 /// Reads `key`, which must exist.

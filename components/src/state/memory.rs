@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Concurrency, Consistency, DeleteRequest, Feature, Operation, SetRequest, StateEntry,
+    Concurrency, Consistency, DeleteRequest, EntryRef, Feature, Operation, SetRequest, StateEntry,
     StateError, StateStore,
 };
 
@@ -75,6 +75,14 @@ struct Item {
 impl Item {
     fn is_live(&self, now: SystemTime) -> bool {
         self.expires_at.is_none_or(|at| at > now)
+    }
+
+    fn lend(&self) -> EntryRef<'_> {
+        EntryRef {
+            value: &self.value,
+            etag: &self.etag,
+            expires_at: self.expires_at,
+        }
     }
 
     fn entry(&self) -> StateEntry {
@@ -184,6 +192,27 @@ impl StateStore for MemoryStore {
             }
             None => Ok(None),
         }
+    }
+
+    fn get_now(
+        &self,
+        key: &str,
+        _consistency: Consistency,
+        read: &mut dyn FnMut(Option<EntryRef<'_>>),
+    ) -> Option<Result<(), StateError>> {
+        let mut inner = self.lock();
+        // The clock is read only for items that can expire.
+        match inner.items.get(key) {
+            Some(item) if item.expires_at.is_none() || item.is_live(SystemTime::now()) => {
+                read(Some(item.lend()))
+            }
+            Some(_) => {
+                inner.items.remove(key);
+                read(None)
+            }
+            None => read(None),
+        }
+        Some(Ok(()))
     }
 
     async fn bulk_get(&self, keys: &[String]) -> Result<Vec<Option<StateEntry>>, StateError> {

@@ -79,6 +79,15 @@ pub struct StateEntry {
     pub expires_at: Option<SystemTime>,
 }
 
+/// A stored item lent for the duration of a read answered in place
+/// ([`StateStore::get_now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub value: &'a [u8],
+    pub etag: &'a str,
+    pub expires_at: Option<SystemTime>,
+}
+
 /// Write one item.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SetRequest {
@@ -151,6 +160,21 @@ pub trait StateStore: Send + Sync + 'static {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<StateEntry>, StateError>;
+
+    /// Reads one item without waiting, lending it to `read` (`None`: it
+    /// does not exist or has expired) instead of copying it out, so the
+    /// caller can write it straight to where it goes. Stores whose reads
+    /// may wait (on a connection, a file, a lock held across I/O) keep the
+    /// default, which declines: the caller then uses [`StateStore::get`].
+    /// `read` runs at most once and must not block.
+    fn get_now(
+        &self,
+        _key: &str,
+        _consistency: Consistency,
+        _read: &mut dyn FnMut(Option<EntryRef<'_>>),
+    ) -> Option<Result<(), StateError>> {
+        None
+    }
 
     /// Reads many items, in the order of `keys`.
     async fn bulk_get(&self, keys: &[String]) -> Result<Vec<Option<StateEntry>>, StateError> {

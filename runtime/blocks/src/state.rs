@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use weft_components::state::{
-    Concurrency, Consistency, DeleteRequest, Feature, Operation, SetRequest, StateEntry,
+    Concurrency, Consistency, DeleteRequest, EntryRef, Feature, Operation, SetRequest, StateEntry,
     StateError, StateStore,
 };
 use weft_proto::common::{self, state_options::StateConcurrency, state_options::StateConsistency};
@@ -61,20 +61,38 @@ impl KeyPrefix {
     /// The stored key of the app's `key` (request field `field`): empty
     /// keys and keys holding the separator are refused, naming the field.
     pub fn apply(&self, key: &str, field: &str) -> Result<String, BlockError> {
+        let mut stored = String::new();
+        self.apply_into(key, field, &mut stored)?;
+        Ok(stored)
+    }
+
+    /// [`KeyPrefix::apply`] into `stored` (cleared first), reusing its
+    /// allocation.
+    pub fn apply_into(
+        &self,
+        key: &str,
+        field: &str,
+        stored: &mut String,
+    ) -> Result<(), BlockError> {
         if key.is_empty() {
             return Err(BlockError::missing_field(field));
         }
+        stored.clear();
         match self {
-            KeyPrefix::None => Ok(key.to_string()),
+            KeyPrefix::None => stored.push_str(key),
             KeyPrefix::Fixed(prefix) => {
                 if key.contains(KEY_SEPARATOR) {
                     return Err(BlockError::invalid_argument(format!(
                         "{field} '{key}' must not contain '{KEY_SEPARATOR}'"
                     )));
                 }
-                Ok(format!("{prefix}{KEY_SEPARATOR}{key}"))
+                stored.reserve(prefix.len() + KEY_SEPARATOR.len() + key.len());
+                stored.push_str(prefix);
+                stored.push_str(KEY_SEPARATOR);
+                stored.push_str(key);
             }
         }
+        Ok(())
     }
 }
 
@@ -222,6 +240,60 @@ impl StateBlock {
                 etag: e.etag,
             },
             None => pb::GetStateResponse::default(),
+        })
+    }
+
+    /// GetState answered without waiting, for transports that can write
+    /// the answer where it goes (the shared-memory session thread):
+    /// `answer` is lent the stored item (`None`: not found) while the store
+    /// holds it, with the response metadata. Declines (`None`, nothing
+    /// done) unless the store reads in place ([`StateStore::get_now`]) and
+    /// the call is plain: a known store, a valid key, no resiliency policy
+    /// on the store, tracing off. The caller then uses
+    /// [`StateBlock::get_state`], which also gives the declined calls'
+    /// errors. Metrics are recorded as for `get_state`.
+    pub fn get_state_now<R>(
+        &self,
+        ctx: &CallContext,
+        store_name: &str,
+        key: &str,
+        consistency_raw: i32,
+        answer: impl FnOnce(Option<GetStateView<'_>>) -> R,
+    ) -> Option<Result<R, BlockError>> {
+        if self.telemetry.tracing() {
+            return None;
+        }
+        let h = self.stores.get(store_name)?;
+        let target = Target::ComponentOutbound(store_name);
+        if self.resiliency.active().is_some_and(|r| r.covers(target)) {
+            return None;
+        }
+        thread_local! {
+            static STORED_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        STORED_KEY.with_borrow_mut(|stored| {
+            h.prefix.apply_into(key, "key", stored).ok()?;
+            let started = ctx.timed.then(std::time::Instant::now);
+            let mut answer = Some(answer);
+            let mut out = None;
+            let r = h
+                .store
+                .get_now(stored, consistency(consistency_raw), &mut |e| {
+                    if let Some(answer) = answer.take() {
+                        out = Some(answer(e.map(|e| GetStateView {
+                            metadata: expiry_metadata(e.expires_at),
+                            entry: e,
+                        })));
+                    }
+                })?;
+            h.ops.get.record(r.is_ok(), started);
+            Some(match (r, out) {
+                (Ok(()), Some(out)) => Ok(out),
+                (Ok(()), None) => Err(BlockError::Internal(format!(
+                    "state store '{store_name}' read in place without lending the item"
+                ))),
+                (Err(e), _) => Err(state_error(h, store_name, e)),
+            })
         })
     }
 
@@ -484,9 +556,22 @@ fn delete_request(
     })
 }
 
+/// A stored item lent to a GetState answered in place, with the
+/// response's metadata.
+pub struct GetStateView<'a> {
+    pub entry: EntryRef<'a>,
+    /// `ttlExpireTime` for an item with a TTL; empty (no allocation) for
+    /// the rest.
+    pub metadata: HashMap<String, String>,
+}
+
 fn entry_metadata(e: &StateEntry) -> HashMap<String, String> {
+    expiry_metadata(e.expires_at)
+}
+
+fn expiry_metadata(expires_at: Option<SystemTime>) -> HashMap<String, String> {
     let mut m = HashMap::new();
-    if let Some(at) = e.expires_at {
+    if let Some(at) = expires_at {
         if let Ok(d) = at.duration_since(SystemTime::UNIX_EPOCH) {
             m.insert(TTL_EXPIRE_METADATA.to_string(), rfc3339(d));
         }

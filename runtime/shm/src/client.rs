@@ -11,6 +11,7 @@
 //! instead.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -156,13 +157,64 @@ enum WaitError {
     Other(Status),
 }
 
+/// The largest request buffer a client keeps for its next request.
+const MAX_KEPT_REQUEST: usize = 64 * 1024;
+/// Emptied call queues a client keeps for reuse.
+const MAX_SPARE_QUEUES: usize = 64;
+
+/// Hashes correlation ids, which the client hands out in sequence: one
+/// multiplication spreads them over the table (SipHash on every poll of a
+/// spinning wait cost more than the rest of the wait's turn).
+#[derive(Default)]
+struct CorrelationHasher(u64);
+
+impl Hasher for CorrelationHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A deadline that reads the clock only when first asked, so a wait that
+/// ends within its first turns never does.
+struct Due {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Due {
+    fn after(timeout: Duration) -> Self {
+        Self { timeout, at: None }
+    }
+
+    /// Whether the deadline passed; the first call starts the timeout.
+    fn passed(&mut self) -> bool {
+        let now = Instant::now();
+        now > *self.at.get_or_insert(now + self.timeout)
+    }
+}
+
 /// A session with a runtime.
 pub struct Client {
     path: PathBuf,
     opts: ClientOptions,
     session: Option<Session>,
     next_correlation: u64,
-    live: HashMap<u64, VecDeque<Frame>>,
+    /// Calls and streams waiting for records, by correlation id.
+    live: HashMap<u64, VecDeque<Frame>, BuildHasherDefault<CorrelationHasher>>,
+    /// Emptied queues of finished calls, reused so a call allocates none.
+    spare: Vec<VecDeque<Frame>>,
+    /// The last request [`Client::unary`] encoded (its allocation reused).
+    encoded: Vec<u8>,
     idler: Idler,
     last_goodbye: Option<Status>,
 }
@@ -176,7 +228,9 @@ impl Client {
             opts,
             session: None,
             next_correlation: 1,
-            live: HashMap::new(),
+            live: HashMap::default(),
+            spare: Vec::new(),
+            encoded: Vec::new(),
             last_goodbye: None,
         };
         c.session = Some(c.handshake()?);
@@ -321,11 +375,11 @@ impl Client {
         for attempt in 0..2 {
             self.ensure_session()?;
             let corr = self.take_correlation();
-            self.live.insert(corr, VecDeque::new());
+            self.track(corr);
             let sent_at = match self.send(method, flags, corr, body) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.live.remove(&corr);
+                    self.untrack(corr);
                     match e {
                         WaitError::Dead {
                             consumed: false, ..
@@ -336,8 +390,8 @@ impl Client {
                     }
                 }
             };
-            let r = self.wait_end(corr, Instant::now() + self.opts.call_timeout, sent_at, true);
-            self.live.remove(&corr);
+            let r = self.wait_end(corr, self.opts.call_timeout, sent_at, true);
+            self.untrack(corr);
             match r {
                 Ok(f) => return Ok(f),
                 Err(WaitError::Dead {
@@ -357,7 +411,16 @@ impl Client {
         method: u32,
         req: &Req,
     ) -> Result<Resp, Status> {
-        let body = self.call(method, &req.encode_to_vec())?;
+        // The request is encoded into a buffer kept between calls.
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        encoded.reserve(req.encoded_len());
+        req.encode_raw(&mut encoded);
+        let r = self.call(method, &encoded);
+        if encoded.capacity() <= MAX_KEPT_REQUEST {
+            self.encoded = encoded;
+        }
+        let body = r?;
         Resp::decode(&body[..]).map_err(|e| {
             Status::new(
                 code::INTERNAL,
@@ -382,11 +445,11 @@ impl Client {
     pub fn open_stream(&mut self, method: u32, body: &[u8]) -> Result<u64, Status> {
         self.ensure_session()?;
         let corr = self.take_correlation();
-        self.live.insert(corr, VecDeque::new());
+        self.track(corr);
         match self.send(method, 0, corr, body) {
             Ok(_) => Ok(corr),
             Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => {
-                self.live.remove(&corr);
+                self.untrack(corr);
                 Err(status)
             }
         }
@@ -423,16 +486,16 @@ impl Client {
         if !self.live.contains_key(&stream) {
             return Ok(None);
         }
-        let r = self.wait_end(stream, Instant::now() + timeout, 0, false);
+        let r = self.wait_end(stream, timeout, 0, false);
         match r {
             Ok(f) if f.envelope.is_end() => {
-                self.live.remove(&stream);
+                self.untrack(stream);
                 f.into_result().map(|_| None)
             }
             Ok(f) => f.into_result().map(Some),
             Err(WaitError::Other(s)) if s.code == code::DEADLINE_EXCEEDED => Err(s),
             Err(WaitError::Dead { status, .. } | WaitError::Other(status)) => {
-                self.live.remove(&stream);
+                self.untrack(stream);
                 Err(status)
             }
         }
@@ -440,7 +503,7 @@ impl Client {
 
     /// Cancels a call or stream; later records for it are dropped.
     pub fn cancel(&mut self, correlation: u64) -> Result<(), Status> {
-        self.live.remove(&correlation);
+        self.untrack(correlation);
         if self.is_dead() {
             return Ok(());
         }
@@ -471,7 +534,7 @@ impl Client {
             status: 0,
         }
         .encode();
-        let deadline = Instant::now() + self.opts.call_timeout;
+        let mut deadline = Due::after(self.opts.call_timeout);
         let s = self.session.as_mut().expect("session");
         if ENVELOPE_LEN + body.len() > s.tx.max_payload() {
             return Err(WaitError::Other(Status::new(
@@ -507,7 +570,7 @@ impl Client {
                     } else {
                         std::thread::yield_now();
                     }
-                    if Instant::now() > deadline {
+                    if deadline.passed() {
                         return Err(WaitError::Other(Status::new(
                             code::DEADLINE_EXCEEDED,
                             "the request ring stayed full",
@@ -577,20 +640,27 @@ impl Client {
     fn wait_end(
         &mut self,
         corr: u64,
-        deadline: Instant,
+        timeout: Duration,
         sent_at: u64,
         cancel_on_timeout: bool,
     ) -> Result<Frame, WaitError> {
         self.idler.reset();
+        let mut deadline = Due::after(timeout);
         let mut checks = 0u32;
+        // Only pumping adds records: the queue is looked at after it did.
+        let mut arrived = true;
         loop {
-            if let Some(f) = self.live.get_mut(&corr).and_then(|q| q.pop_front()) {
-                return Ok(f);
+            if arrived {
+                if let Some(f) = self.live.get_mut(&corr).and_then(|q| q.pop_front()) {
+                    return Ok(f);
+                }
+                arrived = false;
             }
             match self.pump() {
                 Ok(0) => {}
                 Ok(_) => {
                     self.idler.reset();
+                    arrived = true;
                     continue;
                 }
                 Err(st) => return Err(self.dead(st, sent_at)),
@@ -602,7 +672,7 @@ impl Client {
                     let st = self.read_goodbye();
                     return Err(self.dead(st, sent_at));
                 }
-                if Instant::now() > deadline {
+                if deadline.passed() {
                     return Err(self.timed_out(corr, cancel_on_timeout));
                 }
             }
@@ -651,7 +721,7 @@ impl Client {
                             | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    if Instant::now() > deadline {
+                    if deadline.passed() {
                         return Err(self.timed_out(corr, cancel_on_timeout));
                     }
                 }
@@ -659,6 +729,23 @@ impl Client {
                     let st = Status::unavailable(format!("weft shared-memory socket failed: {e}"));
                     return Err(self.dead(st, sent_at));
                 }
+            }
+        }
+    }
+
+    /// Starts waiting for records of `corr`, with a queue from the spares.
+    fn track(&mut self, corr: u64) {
+        let q = self.spare.pop().unwrap_or_default();
+        self.live.insert(corr, q);
+    }
+
+    /// Stops waiting for records of `corr`; its queue goes back to the
+    /// spares.
+    fn untrack(&mut self, corr: u64) {
+        if let Some(mut q) = self.live.remove(&corr) {
+            if self.spare.len() < MAX_SPARE_QUEUES && q.capacity() <= 16 {
+                q.clear();
+                self.spare.push(q);
             }
         }
     }

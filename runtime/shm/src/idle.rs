@@ -70,15 +70,22 @@ impl Idler {
     }
 
     /// Called on each empty poll; says what to do next. The clock is read
-    /// only every 32 polls to keep spinning cheap.
+    /// only every 32 polls, from the 32nd on, to keep spinning cheap.
     pub fn next_step(&mut self) -> Step {
         if self.cfg.spin.is_zero() && self.cfg.yield_for.is_zero() {
             return Step::Sleep;
         }
-        let since = *self.since.get_or_insert_with(Instant::now);
         self.polls = self.polls.wrapping_add(1);
         if self.polls.is_multiple_of(32) {
-            let idle = since.elapsed();
+            // Idle time counts from the first look at the clock, 32 polls
+            // in: a wait that ends sooner never reads it.
+            let idle = match self.since {
+                Some(since) => since.elapsed(),
+                None => {
+                    self.since = Some(Instant::now());
+                    Duration::ZERO
+                }
+            };
             self.step = if idle < self.cfg.spin {
                 Step::Spin
             } else if idle < self.cfg.spin + self.cfg.yield_for {

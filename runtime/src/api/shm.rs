@@ -49,6 +49,7 @@ use weft_shm::segment::{self, Segment};
 
 use crate::api::common::{self, TokenCheck};
 use crate::api::headers;
+use crate::api::shm_in_place::{metadata_field, GetStateParts, GetStateRef};
 use crate::config::ShmSettings;
 
 /// How long a client may take over the handshake.
@@ -247,6 +248,9 @@ struct Shared {
     closed: AtomicBool,
     /// Set when a task hit a protocol error; the thread ends the session.
     fatal: Mutex<Option<String>>,
+    /// Whether `fatal` holds a reason (read without the lock on every turn
+    /// of the session loop).
+    failed: AtomicBool,
     /// Calls answered from tokio tasks: correlation id → task.
     in_flight: Mutex<HashMap<u64, Option<AbortHandle>>>,
     /// Open bidirectional calls: correlation id → where their MORE records
@@ -446,13 +450,15 @@ impl Shared {
             };
             tx.try_write(&[&env.encode(), too_large.as_bytes()])
         } else {
-            match parts {
-                [one] => tx.try_write(&[&env.encode(), one]),
-                [a, b, c] => tx.try_write(&[&env.encode(), a, b, c]),
-                _ => {
-                    let body = parts.concat();
-                    tx.try_write(&[&env.encode(), &body])
-                }
+            let env = env.encode();
+            let mut all: [&[u8]; 8] = [&[]; 8];
+            if parts.len() < all.len() {
+                all[0] = &env;
+                all[1..=parts.len()].copy_from_slice(parts);
+                tx.try_write(&all[..=parts.len()])
+            } else {
+                let body = parts.concat();
+                tx.try_write(&[&env, &body])
             }
         };
         match written {
@@ -522,6 +528,7 @@ impl Shared {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(reason);
         }
+        self.failed.store(true, Ordering::Release);
         let _ = self.wake.shutdown(std::net::Shutdown::Read);
     }
 
@@ -689,6 +696,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         wake,
         closed: AtomicBool::new(false),
         fatal: Mutex::new(None),
+        failed: AtomicBool::new(false),
         in_flight: Mutex::new(HashMap::new()),
         client_streams: Mutex::new(HashMap::new()),
         ring_full: ctx.blocks.telemetry.metrics.shm_ring_full.clone(),
@@ -732,6 +740,12 @@ impl Session<'_> {
             return End::protocol(Code::Internal, "cannot configure the socket");
         }
         let mut idler = Idler::new(self.ctx.idle);
+        // Calls are polled on this thread inside the runtime's context (a
+        // call that has to wait registers with its reactor and timers).
+        let _rt = self.ctx.handle.enter();
+        // Only handling requests adds to the in-flight table, so its size
+        // is looked at after a poll that handled some.
+        let mut check_in_flight = false;
         loop {
             if self.ctx.stopping.load(Ordering::Acquire) {
                 return End {
@@ -740,18 +754,24 @@ impl Session<'_> {
                     goodbye: true,
                 };
             }
-            if let Some(reason) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
-                return End::protocol(Code::InvalidArgument, reason);
+            if self.shared.failed.load(Ordering::Acquire) {
+                if let Some(reason) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
+                    return End::protocol(Code::InvalidArgument, reason);
+                }
             }
-            if self.in_flight() >= MAX_IN_FLIGHT {
-                std::thread::sleep(Duration::from_micros(100));
-                continue;
+            if check_in_flight {
+                if self.in_flight() >= MAX_IN_FLIGHT {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                check_in_flight = false;
             }
             let polled = rx.poll(BATCH, |payload| self.handle(payload));
             match polled {
                 Ok(0) => {}
                 Ok(_) => {
                     idler.reset();
+                    check_in_flight = true;
                     continue;
                 }
                 Err(PollError::Ring(e)) => {
@@ -809,9 +829,7 @@ impl Session<'_> {
     /// code always, its latency in the timed sample, its server span when
     /// tracing is on (made the context's current span).
     fn measure(&self, index: usize, ctx: &mut CallContext) -> Measure {
-        let n = self.sample.get();
-        self.sample.set(n.wrapping_add(1));
-        let timed = n.is_multiple_of(SHM_TIMING_EVERY);
+        let timed = self.next_sample();
         ctx.timed = timed;
         let telemetry = &self.ctx.blocks.telemetry;
         let (service, name) = common::rpc_of(method::ALL[index].name);
@@ -825,6 +843,67 @@ impl Session<'_> {
             trace_id: trace_id_of(ctx),
             name,
         }
+    }
+
+    /// Whether the next call is in the timed sample.
+    fn next_sample(&self) -> bool {
+        let n = self.sample.get();
+        self.sample.set(n.wrapping_add(1));
+        n.is_multiple_of(SHM_TIMING_EVERY)
+    }
+
+    /// GetState read and answered in place (see `shm_in_place`): the
+    /// store lends the item and the response is written into the ring from
+    /// it; only a full ring makes a copy, written once the store let go.
+    /// `None`: the call is not plain enough (the block declined) and takes
+    /// the ordinary path.
+    fn get_state_in_place(
+        &self,
+        index: usize,
+        answer: Envelope,
+        req: &GetStateRef<'_>,
+    ) -> Option<Result<(), End>> {
+        let mut ctx = CallContext::app().with_authentication(self.authentication);
+        ctx.timed = self.next_sample();
+        let started = ctx.timed.then(Instant::now);
+        let r = self.ctx.blocks.state.get_state_now(
+            &ctx,
+            req.store_name,
+            req.key,
+            req.consistency,
+            |found| {
+                let metadata = found
+                    .as_ref()
+                    .map_or_else(Vec::new, |v| metadata_field(&v.metadata));
+                let parts = match &found {
+                    Some(v) => GetStateParts::new(v.entry.value, v.entry.etag, &metadata),
+                    None => GetStateParts::new(&[], "", &[]),
+                };
+                let slices = parts.slices();
+                match self.shared.try_respond(answer, &slices) {
+                    Ok(TryRespond::Written) => Ok(None),
+                    Ok(TryRespond::Full) => Ok(Some(slices.concat())),
+                    Err(e) => Err(End::protocol(Code::InvalidArgument, e.to_string())),
+                }
+            },
+        )?;
+        let api = &self.ctx.api[index];
+        Some(match r {
+            Ok(Ok(None)) => {
+                api.record(Code::Ok, started);
+                Ok(())
+            }
+            Ok(Ok(Some(copied))) => {
+                api.record(Code::Ok, started);
+                self.shared.respond_blocking(answer, &[&copied])
+            }
+            Ok(Err(end)) => Err(end),
+            Err(e) => {
+                api.record(e.code(), started);
+                common::log_failure("shm", method::ALL[index].name, None, &e);
+                self.answer(true, answer, Err(e), false)
+            }
+        })
     }
 
     fn in_flight(&self) -> usize {
@@ -955,6 +1034,13 @@ impl Session<'_> {
                 format!("correlation id {corr} reused while its call is in flight"),
             ));
         }
+        if m.id == method::GET_STATE && reply && block.is_none() {
+            if let Some(done) =
+                GetStateRef::read(body).and_then(|req| self.get_state_in_place(index, answer, &req))
+            {
+                return done;
+            }
+        }
         let mut ctx = self.call_context(block, corr)?;
         let measure = self.measure(index, &mut ctx);
         let deadline = ctx.deadline;
@@ -972,11 +1058,9 @@ impl Session<'_> {
                 };
                 // Poll once here: calls that do not wait finish without a
                 // thread hop.
-                let polled = {
-                    let _rt = self.ctx.handle.enter();
-                    fut.as_mut()
-                        .poll(&mut TaskContext::from_waker(Waker::noop()))
-                };
+                let polled = fut
+                    .as_mut()
+                    .poll(&mut TaskContext::from_waker(Waker::noop()));
                 match polled {
                     Poll::Ready(r) => {
                         measure.done(&r);
