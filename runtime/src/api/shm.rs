@@ -44,11 +44,12 @@ use weft_shm::method;
 use weft_shm::record::{
     context_prefix, decode_envelope, flags, split_context, Envelope, ENVELOPE_LEN,
 };
-use weft_shm::ring::{Consumer, PollError, Producer};
+use weft_shm::ring::{Consumer, PollError, Producer, RingError};
 use weft_shm::segment::{self, Segment};
 
 use crate::api::common::{self, TokenCheck};
 use crate::api::headers;
+use crate::api::shm_drive::Driver;
 use crate::api::shm_in_place::{metadata_field, GetStateParts, GetStateRef};
 use crate::config::ShmSettings;
 
@@ -62,6 +63,8 @@ const BATCH: usize = 64;
 /// Calls one session may have waiting in tokio before the session thread
 /// stops reading requests (back-pressure through the ring).
 const MAX_IN_FLIGHT: usize = 4096;
+/// Stream messages written to the ring together at most.
+const STREAM_WRITE_BATCH: usize = 64;
 
 /// Settings shared by every session.
 struct ServerCtx {
@@ -346,6 +349,14 @@ impl<T> futures::Stream for Requests<T> {
     }
 }
 
+/// A bidirectional call the block accepted: its stream of messages to the
+/// app and, for a call the session thread serves itself, the future that
+/// serves it (otherwise the block runs it on tokio).
+struct Opening<M> {
+    stream: mpsc::Receiver<Result<M, BlockError>>,
+    serve_here: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
 /// Why a response could not be written.
 #[derive(Debug, thiserror::Error)]
 enum RespondError {
@@ -358,6 +369,35 @@ enum RespondError {
 enum TryRespond {
     Written,
     Full,
+}
+
+/// Writes one record answering with `env` whose body is `parts`
+/// (concatenated); `false` when the ring is full. A body too large for the
+/// ring is replaced by a RESOURCE_EXHAUSTED error that ends the call.
+fn write_record(tx: &mut Producer, env: Envelope, parts: &[&[u8]]) -> Result<bool, RingError> {
+    let max = tx.max_payload() - ENVELOPE_LEN;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > max {
+        let too_large = format!(
+            "the response of {len} bytes exceeds the largest shared-memory message ({max} bytes, half the runtime->app ring); use a larger response ring or gRPC"
+        );
+        let env = Envelope {
+            status: Code::ResourceExhausted as u32,
+            flags: (env.flags | flags::END) & !flags::CONTEXT,
+            ..env
+        };
+        return tx.try_write(&[&env.encode(), too_large.as_bytes()]);
+    }
+    let env = env.encode();
+    let mut all: [&[u8]; 8] = [&[]; 8];
+    if parts.len() < all.len() {
+        all[0] = &env;
+        all[1..=parts.len()].copy_from_slice(parts);
+        tx.try_write(&all[..=parts.len()])
+    } else {
+        let body = parts.concat();
+        tx.try_write(&[&env, &body])
+    }
 }
 
 /// A block's answer to one call, before it is written: the response body,
@@ -436,44 +476,39 @@ impl Shared {
     /// a RESOURCE_EXHAUSTED error.
     fn try_respond(&self, env: Envelope, parts: &[&[u8]]) -> Result<TryRespond, RespondError> {
         let mut tx = self.tx.lock().map_err(|_| RespondError::Poisoned)?;
-        let max = tx.max_payload() - ENVELOPE_LEN;
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let too_large;
-        let written = if len > max {
-            too_large = format!(
-                "the response of {len} bytes exceeds the largest shared-memory message ({max} bytes, half the runtime->app ring); use a larger response ring or gRPC"
-            );
-            let env = Envelope {
-                status: Code::ResourceExhausted as u32,
-                flags: (env.flags | flags::END) & !flags::CONTEXT,
-                ..env
-            };
-            tx.try_write(&[&env.encode(), too_large.as_bytes()])
+        let written = write_record(&mut tx, env, parts).map_err(RespondError::Ring)?;
+        if written {
+            self.wake_app(&tx);
+            Ok(TryRespond::Written)
         } else {
-            let env = env.encode();
-            let mut all: [&[u8]; 8] = [&[]; 8];
-            if parts.len() < all.len() {
-                all[0] = &env;
-                all[1..=parts.len()].copy_from_slice(parts);
-                tx.try_write(&all[..=parts.len()])
-            } else {
-                let body = parts.concat();
-                tx.try_write(&[&env, &body])
-            }
-        };
-        match written {
-            Ok(true) => {
-                if tx.consumer_needs_wakeup() {
-                    self.wakeups.inc();
-                    let _ = control::send_wake(&self.wake);
-                }
-                Ok(TryRespond::Written)
-            }
-            Ok(false) => {
+            self.ring_full.inc();
+            Ok(TryRespond::Full)
+        }
+    }
+
+    /// Writes as many of `bodies` (records of `env`) as fit, in order,
+    /// under one lock and with at most one wake-up; returns how many.
+    fn try_respond_many(&self, env: Envelope, bodies: &[Vec<u8>]) -> Result<usize, RespondError> {
+        let mut tx = self.tx.lock().map_err(|_| RespondError::Poisoned)?;
+        let mut n = 0;
+        for body in bodies {
+            if !write_record(&mut tx, env, &[body]).map_err(RespondError::Ring)? {
                 self.ring_full.inc();
-                Ok(TryRespond::Full)
+                break;
             }
-            Err(e) => Err(RespondError::Ring(e)),
+            n += 1;
+        }
+        if n > 0 {
+            self.wake_app(&tx);
+        }
+        Ok(n)
+    }
+
+    /// Wakes the app if it went to sleep waiting for records.
+    fn wake_app(&self, tx: &Producer) {
+        if tx.consumer_needs_wakeup() {
+            self.wakeups.inc();
+            let _ = control::send_wake(&self.wake);
         }
     }
 
@@ -514,6 +549,30 @@ impl Shared {
                 Err(e) => return self.fail(e.to_string()),
             }
         }
+    }
+
+    /// Writes stream messages from a tokio task (all of `bodies`, which it
+    /// empties), waiting while the ring is full.
+    async fn respond_many_async(&self, env: Envelope, bodies: &mut Vec<Vec<u8>>) {
+        let mut done = 0;
+        while done < bodies.len() {
+            if self.closed.load(Ordering::Acquire) {
+                break;
+            }
+            match self.try_respond_many(env, &bodies[done..]) {
+                Ok(n) => {
+                    done += n;
+                    if done < bodies.len() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    break;
+                }
+            }
+        }
+        bodies.clear();
     }
 
     /// Writes a call's final record.
@@ -638,6 +697,16 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
                 .into(),
         ),
     };
+    let driver = match Driver::new() {
+        Ok(d) => d,
+        Err(e) => {
+            return welcome_error(
+                &mut sock,
+                Code::ResourceExhausted,
+                format!("weft cannot open a session (eventfd: {e})"),
+            )
+        }
+    };
     let size = |s: u32| u64::from(if s == 0 { DEFAULT_RING } else { s });
     let layout = match Layout::new(size(hello.a2r_capacity), size(hello.r2a_capacity)) {
         Ok(l) => l,
@@ -716,6 +785,7 @@ fn run_session(ctx: &ServerCtx, mut sock: UnixStream, id: u64, peer_pid: u32, al
         id,
         authentication,
         sample: Cell::new(0),
+        driver,
     };
     let mut rx = rx;
     let end = session.serve(&mut rx);
@@ -731,6 +801,8 @@ struct Session<'a> {
     authentication: Authentication,
     /// Calls seen, for the timed sample (one in `SHM_TIMING_EVERY`).
     sample: Cell<u64>,
+    /// The calls this thread serves itself (topic subscriptions).
+    driver: Driver,
 }
 
 impl Session<'_> {
@@ -748,6 +820,8 @@ impl Session<'_> {
         let mut check_in_flight = false;
         loop {
             if self.ctx.stopping.load(Ordering::Acquire) {
+                // What the served calls have to say about it goes first.
+                self.driver.run_all();
                 return End {
                     code: Code::Unavailable,
                     message: "weft is shutting down".into(),
@@ -765,6 +839,9 @@ impl Session<'_> {
                     continue;
                 }
                 check_in_flight = false;
+            }
+            if self.driver.is_woken() && self.driver.run() {
+                idler.reset();
             }
             let polled = rx.poll(BATCH, |payload| self.handle(payload));
             match polled {
@@ -793,7 +870,12 @@ impl Session<'_> {
                 Err(e) => return End::protocol(Code::InvalidArgument, e.to_string()),
             }
             let mut buf = [0u8; 256];
-            let r = sock.read(&mut buf);
+            // With calls of its own to serve, the thread also wakes for them.
+            let r = if self.driver.is_empty() || self.driver.wait(sock, SLEEP_SLICE) {
+                sock.read(&mut buf)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
             rx.disarm_wakeup();
             match r {
                 Ok(0) => {
@@ -1109,12 +1191,22 @@ impl Session<'_> {
                 match first {
                     m @ BidiMessage::Topics(_) => {
                         self.open_bidi(opened, m, BidiMessage::into_topics, |requests| {
-                            Ok(blocks.pubsub.subscribe_topic_events(&ctx, requests))
+                            let (stream, serve) = blocks.pubsub.topic_events(&ctx, requests);
+                            Ok(Opening {
+                                stream,
+                                serve_here: Some(Box::pin(serve)),
+                            })
                         })
                     }
                     m @ BidiMessage::Invocations(_) => {
                         self.open_bidi(opened, m, BidiMessage::into_invocations, |requests| {
-                            blocks.invoke.serve_invocations(&ctx, requests)
+                            blocks
+                                .invoke
+                                .serve_invocations(&ctx, requests)
+                                .map(|stream| Opening {
+                                    stream,
+                                    serve_here: None,
+                                })
                         })
                     }
                 }
@@ -1135,7 +1227,7 @@ impl Session<'_> {
         start: F,
     ) where
         M: Message + 'static,
-        F: FnOnce(Requests<T>) -> Result<mpsc::Receiver<Result<M, BlockError>>, BlockError>,
+        F: FnOnce(Requests<T>) -> Result<Opening<M>, BlockError>,
     {
         // The app's messages answer what the runtime sent (acks of events
         // it handed out, results of invocations it wrote), so the client
@@ -1148,10 +1240,9 @@ impl Session<'_> {
         if let Ok(mut m) = self.shared.client_streams.lock() {
             m.insert(corr, ClientStream { method, tx });
         }
-        let out = {
-            // The blocks spawn their stream tasks.
-            let _rt = self.ctx.handle.enter();
-            start(Requests { rx, pick })
+        let (out, serve_here) = match start(Requests { rx, pick }) {
+            Ok(o) => (Ok(o.stream), o.serve_here),
+            Err(e) => (Err(e), None),
         };
         let Opened {
             env,
@@ -1162,13 +1253,27 @@ impl Session<'_> {
             ..
         } = opened;
         measure.done(&out);
-        self.spawn(corr, true, async move {
-            move |shared: Arc<Shared>| async move {
-                let sent = stream_out(&shared, env, out, with_context);
-                until_deadline(sent, &shared, env, deadline, name, with_context).await;
-                shared.end_client_stream_of(corr, &ours);
+        let send = move |shared: Arc<Shared>| async move {
+            let sent = stream_out(&shared, env, out, with_context);
+            until_deadline(sent, &shared, env, deadline, name, with_context).await;
+            shared.end_client_stream_of(corr, &ours);
+        };
+        match serve_here {
+            // The block's side and the sending both run on this thread.
+            Some(serve) => {
+                if let Ok(mut m) = self.shared.in_flight.lock() {
+                    m.insert(corr, None);
+                }
+                let send = send(self.shared.clone());
+                self.driver.add(
+                    corr,
+                    Box::pin(async move {
+                        futures::join!(serve, send);
+                    }),
+                );
             }
-        });
+            None => self.spawn(corr, true, async move { send }),
+        }
     }
 
     /// A further message of a bidirectional call's client stream.
@@ -1283,8 +1388,9 @@ impl Session<'_> {
         let Some(task) = task else {
             return Ok(()); // already finished: nothing to do
         };
-        if let Some(h) = task {
-            h.abort();
+        match task {
+            Some(h) => h.abort(),
+            None => self.driver.remove(corr),
         }
         let env = Envelope {
             method: 0,
@@ -1297,6 +1403,10 @@ impl Session<'_> {
     }
 
     fn close(self, end: End) {
+        // Calls served here end (are dropped) with the session, inside the
+        // runtime's context.
+        let _rt = self.ctx.handle.enter();
+        self.driver.clear();
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         shared.seg.set_session_state(SESSION_CLOSED);
@@ -1425,15 +1535,29 @@ async fn stream_out<M: Message>(
             return;
         }
     };
+    // Messages that are ready together (the events a burst of acks let
+    // out) are written together: one lock of the ring and at most one
+    // wake-up of the app for all of them.
+    let mut ready: Vec<Vec<u8>> = Vec::new();
     while let Some(item) = rx.recv().await {
-        match item {
-            Ok(msg) => {
-                if !shared.is_live(env.correlation) {
-                    return;
-                }
-                shared.respond_async(env, &[&msg.encode_to_vec()]).await;
+        let mut next = Some(item);
+        while let Some(Ok(msg)) = next {
+            ready.push(msg.encode_to_vec());
+            next = if ready.len() < STREAM_WRITE_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !ready.is_empty() {
+            if !shared.is_live(env.correlation) {
+                return;
             }
-            Err(e) => {
+            shared.respond_many_async(env, &mut ready).await;
+        }
+        match next {
+            None | Some(Ok(_)) => {}
+            Some(Err(e)) => {
                 if shared.finish(env.correlation) {
                     shared
                         .respond_reply(end, &Reply::new(Err(e), with_context))

@@ -256,7 +256,7 @@ async fn subscribe(
     pubsub: &str,
     topic: &str,
     per_partition: usize,
-    out: mpsc::UnboundedSender<Got>,
+    out: mpsc::UnboundedSender<Vec<Got>>,
 ) -> anyhow::Result<()> {
     weft_tests::subscribe::grpc(
         client,
@@ -266,12 +266,12 @@ async fn subscribe(
         move |ev| {
             let at_ns = now_ns();
             if let Some((key, seq, sent_ns)) = parse_payload(&ev.data) {
-                let _ = out.send(Got {
+                let _ = out.send(vec![Got {
                     key,
                     seq,
                     sent_ns,
                     at_ns,
-                });
+                }]);
             }
         },
     )
@@ -320,14 +320,18 @@ impl ShmSub {
 
 /// The shm twin of [`subscribe`]: a dedicated thread owns one shm session
 /// with one subscription, acks every event at once and forwards the
-/// deliveries to `out` until `out` is closed.
+/// deliveries to `out` until `out` is closed, in batches (up to
+/// `HANDOFF_BATCH`, or what arrived before a 1 ms pause): handing each
+/// delivery over alone woke the checking thread once per event, which on
+/// two vCPUs took CPU from the runtime and the subscriber themselves.
 async fn subscribe_shm(
     target: &Target,
     pubsub: &str,
     topic: &str,
     per_partition: usize,
-    out: mpsc::UnboundedSender<Got>,
+    out: mpsc::UnboundedSender<Vec<Got>>,
 ) -> anyhow::Result<()> {
+    const HANDOFF_BATCH: usize = 64;
     let (socket, app, idle) = (
         target.shm_socket.clone(),
         target.app.clone(),
@@ -350,14 +354,27 @@ async fn subscribe_shm(
                     return;
                 }
             };
+            let mut batch = Vec::with_capacity(HANDOFF_BATCH);
             while !out.is_closed() {
-                match sub.next(Duration::from_millis(200)) {
+                let within = if batch.is_empty() {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_millis(1)
+                };
+                match sub.next(within) {
                     Ok(Some(g)) => {
-                        if out.send(g).is_err() {
+                        batch.push(g);
+                        if batch.len() >= HANDOFF_BATCH
+                            && out.send(std::mem::take(&mut batch)).is_err()
+                        {
                             break;
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        if !batch.is_empty() && out.send(std::mem::take(&mut batch)).is_err() {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         eprintln!("pubsub_bench: {e:#}");
                         return;
@@ -482,22 +499,24 @@ async fn throughput(
     let mut lat = Vec::with_capacity(n);
     let deadline = Instant::now() + Duration::from_secs(600);
     while got < n {
-        let g = tokio::time::timeout_at(deadline.into(), out_rx.recv())
+        let batch = tokio::time::timeout_at(deadline.into(), out_rx.recv())
             .await
             .with_context(|| format!("only {got} of {n} delivered within 600 s"))?
             .context("subscription ended")?;
-        let k = g.key as usize;
-        if g.seq == next[k] {
-            next[k] += 1;
-            got += 1;
-        } else if g.seq < next[k] {
-            duplicates += 1;
-        } else {
-            out_of_order += 1;
-            next[k] = g.seq + 1;
-            got += 1;
+        for g in batch {
+            let k = g.key as usize;
+            if g.seq == next[k] {
+                next[k] += 1;
+                got += 1;
+            } else if g.seq < next[k] {
+                duplicates += 1;
+            } else {
+                out_of_order += 1;
+                next[k] = g.seq + 1;
+                got += 1;
+            }
+            lat.push(g.at_ns.saturating_sub(g.sent_ns) as f64 / 1000.0);
         }
-        lat.push(g.at_ns.saturating_sub(g.sent_ns) as f64 / 1000.0);
     }
     let secs = start.elapsed().as_secs_f64();
     drop(out_rx); // ends an shm subscriber thread
@@ -583,7 +602,9 @@ async fn latency_grpc(weft: &Weft, pubsub: &'static str, msgs: usize) -> anyhow:
         let g = tokio::time::timeout(Duration::from_secs(30), out_rx.recv())
             .await
             .context("no delivery within 30 s")?
-            .context("subscription ended")?;
+            .context("subscription ended")?
+            .pop()
+            .context("an empty batch of deliveries")?;
         if i >= msgs / 10 {
             lat.push((g.at_ns - g.sent_ns) as f64 / 1000.0);
         }

@@ -29,7 +29,32 @@ impl PubSubBlock {
     /// runtime's. The first request must be `initial_request`; the stream
     /// ends with an error naming what was wrong, or when the app's side ends
     /// (then unacked events go to the group's other members).
-    pub fn subscribe_topic_events<S>(&self, _ctx: &CallContext, requests: S) -> EventStream
+    pub fn subscribe_topic_events<S>(&self, ctx: &CallContext, requests: S) -> EventStream
+    where
+        S: Stream<Item = Result<pb::SubscribeTopicEventsRequestAlpha1, BlockError>>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        let (rx, run) = self.topic_events(ctx, requests);
+        tokio::spawn(run);
+        rx
+    }
+
+    /// [`PubSubBlock::subscribe_topic_events`] for a transport that runs
+    /// the subscription itself (the shared-memory session thread, which
+    /// then hands acks to it and writes its events without a thread hop):
+    /// the stream and the future that serves it, which the caller polls to
+    /// completion (dropping it ends the subscription as the app leaving
+    /// would). It needs a tokio runtime context (timers) when polled.
+    pub fn topic_events<S>(
+        &self,
+        _ctx: &CallContext,
+        requests: S,
+    ) -> (
+        EventStream,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    )
     where
         S: Stream<Item = Result<pb::SubscribeTopicEventsRequestAlpha1, BlockError>>
             + Send
@@ -38,13 +63,13 @@ impl PubSubBlock {
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        let run = async move {
             if let Err(e) = run_stream(inner, requests, &tx).await {
                 tracing::debug!(error = %e, "topic subscription stream closed with an error");
                 let _ = tx.send(Err(e)).await;
             }
-        });
-        rx
+        };
+        (rx, run)
     }
 }
 
