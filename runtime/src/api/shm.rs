@@ -77,6 +77,12 @@ struct ServerCtx {
     max_body_size: usize,
     segment_dir: PathBuf,
     idle: IdleConfig,
+    /// Session threads spinning or yielding right now, and how many may
+    /// (one less than the vCPUs, at least one): the rest sleep as soon as
+    /// their ring is empty, so spinning never takes every core from the
+    /// threads with work (apps, tokio, the other runtime).
+    spinners: AtomicUsize,
+    max_spinners: usize,
     stopping: AtomicBool,
     sessions: AtomicUsize,
     next_session: AtomicU64,
@@ -121,6 +127,10 @@ pub fn start(
             spin: settings.spin,
             yield_for: settings.yield_for,
         },
+        spinners: AtomicUsize::new(0),
+        max_spinners: std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1),
         stopping: AtomicBool::new(false),
         sessions: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
@@ -812,6 +822,11 @@ impl Session<'_> {
             return End::protocol(Code::Internal, "cannot configure the socket");
         }
         let mut idler = Idler::new(self.ctx.idle);
+        let spins = self.ctx.idle != IdleConfig::SLEEP;
+        let mut slot = SpinSlot {
+            ctx: self.ctx,
+            held: false,
+        };
         // Calls are polled on this thread inside the runtime's context (a
         // call that has to wait registers with its reactor and timers).
         let _rt = self.ctx.handle.enter();
@@ -856,9 +871,10 @@ impl Session<'_> {
                 }
                 Err(PollError::Handler(end)) => return end,
             }
-            if !idler.idle() {
+            if spins && slot.hold() && !idler.idle() {
                 continue;
             }
+            slot.release();
             // Sleep: raise the flag, fence, re-check, then block on the socket.
             rx.arm_wakeup();
             match rx.is_empty() {
@@ -1437,6 +1453,40 @@ impl Session<'_> {
         } else {
             tracing::info!(session = self.id, reason = %end.message, "shared-memory session ended");
         }
+    }
+}
+
+/// A session thread's claim on one of the runtime's spinning places
+/// (`ServerCtx::max_spinners`); given back when it sleeps or ends.
+struct SpinSlot<'a> {
+    ctx: &'a ServerCtx,
+    held: bool,
+}
+
+impl SpinSlot<'_> {
+    /// Holds a place, taking a free one if needed: `false` when none is.
+    fn hold(&mut self) -> bool {
+        if !self.held {
+            if self.ctx.spinners.fetch_add(1, Ordering::AcqRel) < self.ctx.max_spinners {
+                self.held = true;
+            } else {
+                self.ctx.spinners.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.held
+    }
+
+    fn release(&mut self) {
+        if self.held {
+            self.ctx.spinners.fetch_sub(1, Ordering::AcqRel);
+            self.held = false;
+        }
+    }
+}
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -198,6 +198,8 @@ pub struct RunArgs {
 
     /// Microseconds a shared-memory session busy-waits for the next request
     /// before yielding (lower latency, more CPU while an app is active).
+    /// At most one session fewer than the vCPUs (at least one) spins or
+    /// yields at a time; the others sleep at once.
     #[arg(long, env = "WEFT_SHM_SPIN_MICROS", default_value_t = 50)]
     pub shm_spin_micros: u64,
 
