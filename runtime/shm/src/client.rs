@@ -11,7 +11,6 @@
 //! instead.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -162,28 +161,6 @@ const MAX_KEPT_REQUEST: usize = 64 * 1024;
 /// Emptied call queues a client keeps for reuse.
 const MAX_SPARE_QUEUES: usize = 64;
 
-/// Hashes correlation ids, which the client hands out in sequence: one
-/// multiplication spreads them over the table (SipHash on every poll of a
-/// spinning wait cost more than the rest of the wait's turn).
-#[derive(Default)]
-struct CorrelationHasher(u64);
-
-impl Hasher for CorrelationHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// A deadline that reads the clock only when first asked, so a wait that
 /// ends within its first turns never does.
 struct Due {
@@ -209,8 +186,10 @@ pub struct Client {
     opts: ClientOptions,
     session: Option<Session>,
     next_correlation: u64,
-    /// Calls and streams waiting for records, by correlation id.
-    live: HashMap<u64, VecDeque<Frame>, BuildHasherDefault<CorrelationHasher>>,
+    /// Calls and streams waiting for records, by correlation id (hashed
+    /// with foldhash: SipHash on every turn of a spinning wait cost more
+    /// than the rest of the turn).
+    live: HashMap<u64, VecDeque<Frame>, foldhash::fast::RandomState>,
     /// Emptied queues of finished calls, reused so a call allocates none.
     spare: Vec<VecDeque<Frame>>,
     /// The last request [`Client::unary`] encoded (its allocation reused).

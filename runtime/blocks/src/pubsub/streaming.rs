@@ -194,34 +194,15 @@ where
 
 type StreamTx = mpsc::Sender<Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>;
 
-/// Hashes the sequence numbers of [`Outbox`] (no need for SipHash: they are
-/// ours, not the app's).
-#[derive(Default)]
-struct SeqHasher(u64);
-
-impl std::hash::Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// The events of a streaming subscription: those out to the app (by the
 /// number in their id, `<subscription>-<n>`) and those waiting for room on
 /// the stream.
 struct Outbox {
     prefix: String,
     next: u64,
-    pending: HashMap<u64, PendingEvent, std::hash::BuildHasherDefault<SeqHasher>>,
+    /// Events out to the app by number (foldhash: the numbers are ours,
+    /// not the app's, so SipHash is not needed).
+    pending: HashMap<u64, PendingEvent, foldhash::fast::RandomState>,
     backlog: VecDeque<pb::SubscribeTopicEventsResponseAlpha1>,
 }
 
