@@ -173,10 +173,16 @@ impl Due {
         Self { timeout, at: None }
     }
 
+    /// Starts the timeout now unless it already runs (before the wait
+    /// blocks, so a blocked wait still counts from then).
+    fn start(&mut self) -> Instant {
+        let timeout = self.timeout;
+        *self.at.get_or_insert_with(|| Instant::now() + timeout)
+    }
+
     /// Whether the deadline passed; the first call starts the timeout.
     fn passed(&mut self) -> bool {
-        let now = Instant::now();
-        now > *self.at.get_or_insert(now + self.timeout)
+        Instant::now() > self.start()
     }
 }
 
@@ -675,6 +681,7 @@ impl Client {
                 }
                 Ok(true) => {}
             }
+            deadline.start();
             let mut buf = [0u8; 64];
             let r = s.sock.read(&mut buf);
             s.rx.disarm_wakeup();

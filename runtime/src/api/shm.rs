@@ -970,11 +970,12 @@ impl Session<'_> {
             req.key,
             req.consistency,
             |found| {
-                let metadata = found
-                    .as_ref()
-                    .map_or_else(Vec::new, |v| metadata_field(&v.metadata));
-                let parts = match &found {
-                    Some(v) => GetStateParts::new(v.entry.value, v.entry.etag, &metadata),
+                let (entry, metadata) = match found {
+                    Some(v) => (Some(v.entry), metadata_field(v.metadata)),
+                    None => (None, Vec::new()),
+                };
+                let parts = match entry {
+                    Some(e) => GetStateParts::new(e.value, e.etag, &metadata),
                     None => GetStateParts::new(&[], "", &[]),
                 };
                 let slices = parts.slices();

@@ -124,12 +124,12 @@ impl<'a> GetStateParts<'a> {
 
 /// The encoded metadata field (3) of a `GetStateResponse`; empty (no
 /// allocation) for an empty map, the common case.
-pub fn metadata_field(metadata: &HashMap<String, String>) -> Vec<u8> {
+pub fn metadata_field(metadata: HashMap<String, String>) -> Vec<u8> {
     if metadata.is_empty() {
         return Vec::new();
     }
     pb::GetStateResponse {
-        metadata: metadata.clone(),
+        metadata,
         ..Default::default()
     }
     .encode_to_vec()
@@ -191,8 +191,8 @@ mod tests {
             "ttlExpireTime".to_string(),
             "2030-01-01T00:00:00Z".to_string(),
         );
-        let encoded_metadata = metadata_field(&metadata);
-        assert!(metadata_field(&HashMap::new()).is_empty());
+        let encoded_metadata = metadata_field(metadata.clone());
+        assert!(metadata_field(HashMap::new()).is_empty());
         for (data, etag, meta) in [
             (&b"value"[..], "etag-1", &[][..]),
             (&[][..], "", &[][..]),
