@@ -118,10 +118,23 @@ pub fn use_weft_beside_this_binary() -> Result<(), String> {
 /// A free TCP port on 127.0.0.1 (released before returning; the race with
 /// other processes is acceptable for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` different free TCP ports on 127.0.0.1: each is held until all are
+/// picked, so two picks cannot return the same port (the kernel may hand a
+/// just-released port out again).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1"))
+        .collect();
+    std::array::from_fn(|i| {
+        held[i]
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port()
+    })
 }
 
 /// Writes a component file into `dir`.
@@ -206,7 +219,8 @@ impl Weft {
     pub async fn start(opts: WeftOptions) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::start_on(&opts, free_port(), free_port()).await {
+            let [grpc_port, http_port] = free_ports();
+            match Self::start_on(&opts, grpc_port, http_port).await {
                 Err(e)
                     if attempt < 3
                         && e.to_string().contains("Address already in use")

@@ -1,7 +1,7 @@
 //! The `weft` command line: version, help, and refusing to start on bad
 //! configuration with the file, component and field named.
 
-use weft_tests::{free_port, run_to_exit, write_component};
+use weft_tests::{free_port, free_ports, run_to_exit, write_component};
 
 #[test]
 fn version_and_help() {
@@ -39,8 +39,7 @@ fn start_with_resources(
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let data = dir.path().join("data");
-    let grpc = free_port().to_string();
-    let http = free_port().to_string();
+    let [grpc, http] = free_ports().map(|p| p.to_string());
     let (status, out) = run_to_exit(&[
         "run",
         "--app-id",
@@ -146,6 +145,7 @@ fn port_in_use_is_named() {
 #[test]
 fn missing_resources_dir_is_named() {
     let data = tempfile::tempdir().unwrap();
+    let [grpc, http] = free_ports().map(|p| p.to_string());
     let (status, out) = run_to_exit(&[
         "run",
         "--app-id",
@@ -155,9 +155,9 @@ fn missing_resources_dir_is_named() {
         "--data-dir",
         data.path().to_str().unwrap(),
         "--grpc-port",
-        &free_port().to_string(),
+        &grpc,
         "--http-port",
-        &free_port().to_string(),
+        &http,
     ]);
     assert!(!status.success(), "{out}");
     assert!(out.contains("/nonexistent/weft-resources"), "{out}");

@@ -11,7 +11,7 @@ use tonic::Code;
 use weft_proto::common::StateItem;
 use weft_proto::runtime as pb;
 use weft_shm::{method as m, Client, ClientOptions};
-use weft_tests::{free_port, run_to_exit, write_component, Weft, WeftOptions};
+use weft_tests::{free_ports, run_to_exit, write_component, Weft, WeftOptions};
 
 const SECRETS: &str =
     r#"{"db": {"password": "pa55-w0rd"}, "token": "tok-123", "internal": "hidden-value"}"#;
@@ -278,7 +278,7 @@ fn bad_secret_key_refs_stop_the_runtime_naming_the_field_and_never_the_value() {
             std::fs::write(res.join(file), text).unwrap();
         }
         let data = dir.path().join(format!("{name}-data"));
-        let (grpc, http) = (free_port().to_string(), free_port().to_string());
+        let [grpc, http] = free_ports().map(|p| p.to_string());
         let (status, out) = run_to_exit(&[
             "run",
             "--app-id",
