@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
+use weft_blocks::pubsub::EncodedResponse;
 use weft_blocks::telemetry::{trace_id_of, ApiMetrics, Telemetry, SHM_TIMING_EVERY};
 use weft_blocks::{Authentication, BlockError, Blocks, CallContext, Code, Shutdown};
 use weft_proto::appchannel as ac;
@@ -365,6 +366,31 @@ impl<T> futures::Stream for Requests<T> {
 struct Opening<M> {
     stream: mpsc::Receiver<Result<M, BlockError>>,
     serve_here: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// A message of a server stream, as the record body that carries it.
+trait IntoRecord: Send + 'static {
+    fn into_record(self) -> Vec<u8>;
+}
+
+impl IntoRecord for pb::SubscribeConfigurationResponse {
+    fn into_record(self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+impl IntoRecord for ac::ServeInvocationsResponse {
+    fn into_record(self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+/// Topic events come already in protobuf form, written from the broker's
+/// message (see `PubSubBlock::topic_events`).
+impl IntoRecord for EncodedResponse {
+    fn into_record(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 /// Why a response could not be written.
@@ -1208,7 +1234,9 @@ impl Session<'_> {
                 match first {
                     m @ BidiMessage::Topics(_) => {
                         self.open_bidi(opened, m, BidiMessage::into_topics, |requests| {
-                            let (stream, serve) = blocks.pubsub.topic_events(&ctx, requests);
+                            let (stream, serve) = blocks
+                                .pubsub
+                                .topic_events::<EncodedResponse, _>(&ctx, requests);
                             Ok(Opening {
                                 stream,
                                 serve_here: Some(Box::pin(serve)),
@@ -1243,7 +1271,7 @@ impl Session<'_> {
         pick: fn(BidiMessage) -> Option<T>,
         start: F,
     ) where
-        M: Message + 'static,
+        M: IntoRecord,
         F: FnOnce(Requests<T>) -> Result<Opening<M>, BlockError>,
     {
         // The app's messages answer what the runtime sent (acks of events
@@ -1565,7 +1593,7 @@ async fn until_deadline(
 
 /// Sends a server stream (or the runtime's side of a bidirectional call):
 /// every item, then the END marker.
-async fn stream_out<M: Message>(
+async fn stream_out<M: IntoRecord>(
     shared: &Shared,
     env: Envelope,
     r: Result<mpsc::Receiver<Result<M, BlockError>>, BlockError>,
@@ -1593,7 +1621,7 @@ async fn stream_out<M: Message>(
     while let Some(item) = rx.recv().await {
         let mut next = Some(item);
         while let Some(Ok(msg)) = next {
-            ready.push(msg.encode_to_vec());
+            ready.push(msg.into_record());
             next = if ready.len() < STREAM_WRITE_BATCH {
                 rx.try_recv().ok()
             } else {

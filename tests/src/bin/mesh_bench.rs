@@ -560,23 +560,20 @@ fn rss_kb(pid: u32) -> (u64, u64) {
     )
 }
 
-/// Resident kB that are shared-memory pages (the rings, mapped by the app
-/// too), part of the resident figure.
-fn shmem_kb(pid: u32) -> u64 {
-    procfs::status_kb(pid, "RssShmem:")
-}
-
-/// "16.5 MB" or, when part of it is shared memory, "16.5 MB (2.0 shm)".
-fn mb(total_kb: u64, shm_kb: u64) -> String {
-    if shm_kb == 0 {
-        format!("{:.1} MB", total_kb as f64 / 1024.0)
-    } else {
-        format!(
-            "{:.1} MB ({:.1} shm)",
-            total_kb as f64 / 1024.0,
-            shm_kb as f64 / 1024.0
-        )
-    }
+/// "21.0 MB (anon 4.1, file 15.0, shm 1.9)": a process's resident memory
+/// and its parts — anonymous (heap, stacks: the process's own), file-backed
+/// (the pages of its binary and libraries, shared with every process that
+/// maps the same files, here both runtimes) and shared memory (the rings,
+/// mapped by the app too).
+fn resident(pid: u32) -> String {
+    let kb = |field| procfs::status_kb(pid, field) as f64 / 1024.0;
+    format!(
+        "{:.1} MB (anon {:.1}, file {:.1}, shm {:.1})",
+        kb("VmRSS:"),
+        kb("RssAnon:"),
+        kb("RssFile:"),
+        kb("RssShmem:")
+    )
 }
 
 /// The runtimes of one path at the fixed rate.
@@ -584,9 +581,8 @@ struct Usage {
     label: String,
     cpu_a: f64,
     cpu_b: f64,
-    /// The larger runtime's resident kB, and how much of it is shared memory.
-    rss_kb: u64,
-    shm_kb: u64,
+    /// The larger runtime's resident memory, with its parts.
+    resident: String,
     peak_kb: u64,
 }
 
@@ -670,8 +666,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
             label: p.variant.label().to_string(),
             cpu_a: cpu[i].0 as f64 / procfs::ticks_per_sec() / secs * 100.0,
             cpu_b: cpu[i].1 as f64 / procfs::ticks_per_sec() / secs * 100.0,
-            rss_kb: rss_a.max(rss_b),
-            shm_kb: shmem_kb(larger),
+            resident: resident(larger),
             peak_kb: hwm_a.max(hwm_b),
         });
     }
@@ -717,7 +712,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
             u.label,
             u.cpu_a,
             u.cpu_b,
-            mb(u.rss_kb, u.shm_kb),
+            u.resident,
             u.peak_kb as f64 / 1024.0
         );
     }
@@ -749,13 +744,11 @@ async fn run(c: Config) -> anyhow::Result<()> {
             let (rate, errors) = max_throughput(callers, c.secs, body.clone()).await;
             (rate, errors, Vec::new())
         };
-        let (rss_a, _) = rss_kb(p.a.pid());
-        let (rss_b, _) = rss_kb(p.b.pid());
         println!(
             "| {} | {rate:.0} | {errors} | A {}, B {} |",
             p.variant.label(),
-            mb(rss_a, shmem_kb(p.a.pid())),
-            mb(rss_b, shmem_kb(p.b.pid()))
+            resident(p.a.pid()),
+            resident(p.b.pid())
         );
     }
     FINISHING.store(true, Ordering::Relaxed);

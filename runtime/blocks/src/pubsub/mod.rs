@@ -57,6 +57,7 @@ use weft_proto::runtime as pb;
 use crate::error::BlockError;
 use crate::telemetry::{OpMetrics, Telemetry};
 
+pub use streaming::{EncodedResponse, ResponseForm};
 pub use subscription::{PendingEvent, TopicSubscription};
 
 /// Request metadata: publish the data without a CloudEvents envelope.
@@ -83,7 +84,8 @@ pub const EVENT_TYPE: &str = "com.dapr.event.sent";
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 /// Responses of a streaming subscription.
-pub type EventStream = mpsc::Receiver<Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>;
+pub type EventStream<F = pb::SubscribeTopicEventsResponseAlpha1> =
+    mpsc::Receiver<Result<F, BlockError>>;
 
 /// How a subscription was made (reported by GetMetadata).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,12 +47,17 @@ impl PubSubBlock {
     /// the stream and the future that serves it, which the caller polls to
     /// completion (dropping it ends the subscription as the app leaving
     /// would). It needs a tokio runtime context (timers) when polled.
-    pub fn topic_events<S>(
+    ///
+    /// `F` is the form the responses take: the message itself, or
+    /// [`EncodedResponse`] for a transport that writes them as protobuf
+    /// bytes (events are then written straight from the broker's message,
+    /// with no message built in between).
+    pub fn topic_events<F: ResponseForm, S>(
         &self,
         _ctx: &CallContext,
         requests: S,
     ) -> (
-        EventStream,
+        EventStream<F>,
         impl std::future::Future<Output = ()> + Send + 'static,
     )
     where
@@ -73,10 +78,10 @@ impl PubSubBlock {
     }
 }
 
-async fn run_stream<S>(
+async fn run_stream<F: ResponseForm, S>(
     inner: Arc<Inner>,
     mut requests: S,
-    tx: &mpsc::Sender<Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>,
+    tx: &StreamTx<F>,
 ) -> Result<(), BlockError>
 where
     S: Stream<Item = Result<pb::SubscribeTopicEventsRequestAlpha1, BlockError>>
@@ -116,12 +121,7 @@ where
             SubscriptionKind::Streaming,
         )
         .await?;
-    let initial_response = pb::SubscribeTopicEventsResponseAlpha1 {
-        subscribe_topic_events_response_type: Some(RespType::InitialResponse(
-            pb::SubscribeTopicEventsResponseInitialAlpha1 {},
-        )),
-    };
-    if tx.send(Ok(initial_response)).await.is_err() {
+    if tx.send(Ok(F::initial())).await.is_err() {
         return Ok(());
     }
     let mut out = Outbox::new(sub.id());
@@ -192,27 +192,74 @@ where
     }
 }
 
-type StreamTx = mpsc::Sender<Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>;
+type StreamTx<F> = mpsc::Sender<Result<F, BlockError>>;
+
+/// The form of a streaming subscription's responses.
+pub trait ResponseForm: Send + 'static + Sized {
+    /// The response to `initial_request`.
+    fn initial() -> Self;
+    /// The response carrying `event`, under the delivery id `id`.
+    fn event(event: &mut PendingEvent, id: &str) -> Self;
+}
+
+fn initial_response() -> pb::SubscribeTopicEventsResponseAlpha1 {
+    pb::SubscribeTopicEventsResponseAlpha1 {
+        subscribe_topic_events_response_type: Some(RespType::InitialResponse(
+            pb::SubscribeTopicEventsResponseInitialAlpha1 {},
+        )),
+    }
+}
+
+impl ResponseForm for pb::SubscribeTopicEventsResponseAlpha1 {
+    fn initial() -> Self {
+        initial_response()
+    }
+
+    fn event(event: &mut PendingEvent, id: &str) -> Self {
+        pb::SubscribeTopicEventsResponseAlpha1 {
+            subscribe_topic_events_response_type: Some(RespType::EventMessage(
+                event.to_event(Some(id.to_string())),
+            )),
+        }
+    }
+}
+
+/// A `SubscribeTopicEventsResponseAlpha1` in protobuf form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedResponse(pub Vec<u8>);
+
+impl ResponseForm for EncodedResponse {
+    fn initial() -> Self {
+        EncodedResponse(prost::Message::encode_to_vec(&initial_response()))
+    }
+
+    fn event(event: &mut PendingEvent, id: &str) -> Self {
+        EncodedResponse(event.encode_event(id))
+    }
+}
 
 /// The events of a streaming subscription: those out to the app (by the
 /// number in their id, `<subscription>-<n>`) and those waiting for room on
 /// the stream.
-struct Outbox {
+struct Outbox<F> {
     prefix: String,
     next: u64,
     /// Events out to the app by number (foldhash: the numbers are ours,
     /// not the app's, so SipHash is not needed).
     pending: HashMap<u64, PendingEvent, foldhash::fast::RandomState>,
-    backlog: VecDeque<pb::SubscribeTopicEventsResponseAlpha1>,
+    backlog: VecDeque<F>,
+    /// The id of the event being queued (reused).
+    id: String,
 }
 
-impl Outbox {
+impl<F: ResponseForm> Outbox<F> {
     fn new(subscription: u64) -> Self {
         Self {
             prefix: format!("{subscription}-"),
             next: 0,
             pending: HashMap::default(),
             backlog: VecDeque::new(),
+            id: String::new(),
         }
     }
 
@@ -226,17 +273,13 @@ impl Outbox {
 
     /// Numbers the event, keeps it until its ack and queues it on the
     /// stream; `false` when the stream is closed.
-    fn push(&mut self, mut event: PendingEvent, tx: &StreamTx) -> bool {
+    fn push(&mut self, mut event: PendingEvent, tx: &StreamTx<F>) -> bool {
         let n = self.next;
         self.next += 1;
-        let mut id = String::with_capacity(self.prefix.len() + 20);
-        id.push_str(&self.prefix);
-        let _ = write!(id, "{n}");
-        let msg = pb::SubscribeTopicEventsResponseAlpha1 {
-            subscribe_topic_events_response_type: Some(RespType::EventMessage(
-                event.to_event(Some(id)),
-            )),
-        };
+        self.id.clear();
+        self.id.push_str(&self.prefix);
+        let _ = write!(self.id, "{n}");
+        let msg = F::event(&mut event, &self.id);
         self.pending.insert(n, event);
         if !self.backlog.is_empty() {
             self.backlog.push_back(msg);
@@ -254,11 +297,7 @@ impl Outbox {
 
     /// Sends the backlog's first event with `permit`, then as many more as
     /// fit; `false` when the stream is closed.
-    fn flush(
-        &mut self,
-        permit: mpsc::Permit<'_, Result<pb::SubscribeTopicEventsResponseAlpha1, BlockError>>,
-        tx: &StreamTx,
-    ) -> bool {
+    fn flush(&mut self, permit: mpsc::Permit<'_, Result<F, BlockError>>, tx: &StreamTx<F>) -> bool {
         if let Some(msg) = self.backlog.pop_front() {
             permit.send(Ok(msg));
         }

@@ -14,7 +14,7 @@ use weft_components::pubsub::{
 use weft_proto::runtime as pb;
 use weft_proto::runtime::topic_event_response::TopicEventResponseStatus as Status;
 
-use super::envelope::to_event;
+use super::envelope::{encode_event, to_event};
 use super::{
     check_topic, Inner, SubscriptionKind, SubscriptionRequest, CONSUMER_GROUP, GROUP_INSTANCE_ID,
     MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_PARTITION, RETRY_BACKOFF, REVOKE_TIMEOUT,
@@ -275,6 +275,30 @@ impl PendingEvent {
             self.trace_delivery(&mut ev);
         }
         ev
+    }
+
+    /// [`to_event`](Self::to_event) with delivery id `id`, as the
+    /// `SubscribeTopicEventsResponseAlpha1` carrying it in protobuf form,
+    /// written straight from the broker's message (a traced runtime builds
+    /// the message, as its consumer span changes the trace context).
+    pub fn encode_event(&mut self, id: &str) -> Vec<u8> {
+        if self.ctx.telemetry.tracing() {
+            let ev = self.to_event(Some(id.to_string()));
+            return prost::Message::encode_to_vec(&pb::SubscribeTopicEventsResponseAlpha1 {
+                subscribe_topic_events_response_type: Some(
+                    pb::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType::EventMessage(ev),
+                ),
+            });
+        }
+        let mut out = Vec::new();
+        encode_event(
+            &self.delivery.message,
+            &self.ctx.pubsub_name,
+            &self.ctx.path,
+            id,
+            &mut out,
+        );
+        out
     }
 
     fn trace_delivery(&mut self, ev: &mut pb::TopicEventRequest) {

@@ -221,6 +221,143 @@ fn event_decoding_round_trips() {
     );
 }
 
+/// The event written straight to protobuf (the shared-memory stream's
+/// form) decodes to the event `to_event` builds, for every shape a message
+/// takes: envelopes this runtime wrote, envelopes an app wrote (escaped and
+/// non-string attributes, extensions of every JSON type, pretty-printed
+/// data, base64 data), headers an envelope attribute overrides, and raw
+/// payloads without an envelope.
+#[test]
+fn encoded_event_decodes_to_the_built_event() {
+    use prost::Message as _;
+    let b = block();
+    let mut messages = Vec::new();
+    for (data, ct) in [
+        (
+            &br#"{"b":[1,2.5,"x"],"a":{"k":null}}"#[..],
+            "application/json",
+        ),
+        (b"plain text", "text/plain"),
+        (&[0, 159, 146, 150][..], "application/octet-stream"),
+        (b"", "text/plain"),
+    ] {
+        let (m, _) = envelope(&b, data, ct, &[("partitionKey", "k1"), ("h", "v")]);
+        messages.push((m.data, m.headers, m.key));
+    }
+    let app_written = [
+        r#"{"specversion":"1.0","id":"e\"1\u00e9","source":"s","type":"t","datacontenttype":"application/json","data":{ "z": 1,  "y": "a b" },"n":3,"o":{"p":[true,null]},"s":"x\ny","h":"from-envelope","nul":null}"#,
+        r#"{"specversion":"1.0","id":"e2","data_base64":"AAEC","datacontenttype":"application/octet-stream"}"#,
+        r#"{"specversion":"1.0","id":7,"source":null,"data":"text \u0041","datacontenttype":"text/plain"}"#,
+        r#"{"specversion":"1.0","data":"\"quoted\"","datacontenttype":"application/json"}"#,
+        r#"{"specversion":"1.0","data_base64":"not base64!","data":"ignored"}"#,
+        r#"{"specversion":1,"id":"not an envelope"}"#,
+        r#"[1,2,3]"#,
+        r#"{"specversion":"1.0","data":null}"#,
+    ];
+    for text in app_written {
+        let headers = HashMap::from([
+            ("h".to_string(), "from-header".to_string()),
+            ("content-type".to_string(), "application/x".to_string()),
+        ]);
+        messages.push((text.as_bytes().to_vec(), headers, None));
+    }
+    messages.push((vec![1, 2, 3], HashMap::new(), Some("k2".into())));
+    for (i, (data, headers, key)) in messages.into_iter().enumerate() {
+        let m = Message {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 41 + i as i64,
+            key,
+            data,
+            headers,
+            attempt: 2,
+        };
+        let built = to_event(&m, "pubsub", "/route", Some(format!("d-{i}")));
+        let mut encoded = Vec::new();
+        encode_event(&m, "pubsub", "/route", &format!("d-{i}"), &mut encoded);
+        let decoded = weft_proto::runtime::SubscribeTopicEventsResponseAlpha1::decode(&encoded[..])
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+        let want = weft_proto::runtime::SubscribeTopicEventsResponseAlpha1 {
+            subscribe_topic_events_response_type: Some(RespType::EventMessage(built.clone())),
+        };
+        assert_eq!(
+            decoded,
+            want,
+            "message {i}: {}",
+            String::from_utf8_lossy(&m.data)
+        );
+        let ext = built.extensions.unwrap().fields;
+        assert_eq!(ext["offset"], number_value(41.0 + i as f64), "message {i}");
+        assert_eq!(ext["attempt"], number_value(2.0), "message {i}");
+    }
+}
+
+/// What `to_event` makes of envelopes an app wrote itself.
+#[test]
+fn app_written_envelopes_as_delivered() {
+    let m = |data: &str| Message {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        data: data.as_bytes().to_vec(),
+        headers: HashMap::from([("h".to_string(), "from-header".to_string())]),
+        attempt: 0,
+    };
+    let ev = to_event(
+        &m(
+            r#"{"specversion":"1.0","id":"e\"1","data":{ "z": 1, "y": "a b" },"datacontenttype":"application/json","h":"from-envelope","n":3}"#,
+        ),
+        "p",
+        "",
+        Some("d".into()),
+    );
+    assert_eq!(
+        ev.data, br#"{"y":"a b","z":1}"#,
+        "pretty-printed JSON data is compacted"
+    );
+    let ext = ev.extensions.unwrap().fields;
+    assert_eq!(ext["cloudEventId"], string_value("e\"1"));
+    assert_eq!(
+        ext["h"],
+        string_value("from-envelope"),
+        "the envelope overrides a header"
+    );
+    assert_eq!(ext["n"], number_value(3.0));
+    let ev = to_event(
+        &m(r#"{"specversion":"1.0","data":"text \u0041","datacontenttype":"text/plain"}"#),
+        "p",
+        "",
+        None,
+    );
+    assert_eq!(ev.data, b"text A");
+    let ev = to_event(
+        &m(r#"{"specversion":"1.0","data_base64":"AAEC"}"#),
+        "p",
+        "",
+        None,
+    );
+    assert_eq!(ev.data, vec![0, 1, 2]);
+    let ev = to_event(
+        &m(r#"{"specversion":"1.0","data":"\"q\"","datacontenttype":"application/json"}"#),
+        "p",
+        "",
+        None,
+    );
+    assert_eq!(ev.data, br#""\"q\"""#, "a JSON string stays JSON");
+    let ev = to_event(
+        &m(r#"{"specversion":2,"data":"x"}"#),
+        "p",
+        "",
+        Some("d".into()),
+    );
+    assert_eq!(
+        (ev.id.as_str(), ev.data.as_slice()),
+        ("d", br#"{"specversion":2,"data":"x"}"#.as_slice()),
+        "no string specversion: no envelope, the payload as it is"
+    );
+}
+
 /// The envelope as the map-based path builds it (what `envelope`
 /// writes directly).
 fn envelope_via_map(
@@ -541,4 +678,23 @@ async fn streaming_subscription_acks_and_rejects_unknown_ids() {
         "{}",
         err.message()
     );
+}
+
+#[test]
+fn content_types_are_compared_without_case_or_parameters() {
+    for ct in [
+        "application/json",
+        " Application/JSON ; charset=utf-8",
+        "text/json",
+        "application/vnd.api+JSON",
+    ] {
+        assert!(is_json(ct), "{ct}");
+    }
+    for ct in ["", "json", "application/jsonx", "text/plain; a=+json"] {
+        assert!(!is_json(ct), "{ct}");
+    }
+    assert!(is_binary("APPLICATION/octet-stream;x=1"));
+    assert!(!is_binary("application/octet"));
+    assert!(is_cloudevent("application/CloudEvents+json; charset=utf-8"));
+    assert!(!is_cloudevent("application/json"));
 }
