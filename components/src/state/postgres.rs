@@ -238,10 +238,11 @@ impl PostgresStore {
         self.table_ready
             .get_or_try_init(|| async {
                 // Two processes creating the table at once can make one of
-                // them fail with a duplicate; the second attempt sees it.
+                // them fail on a catalog entry of the other's (see
+                // `create_table` below); the second attempt sees the table.
                 match self.create_table().await {
                     Err(sqlx::Error::Database(db))
-                        if matches!(db.code().as_deref(), Some("23505" | "42P07")) =>
+                        if matches!(db.code().as_deref(), Some("23505" | "42P07" | "42710")) =>
                     {
                         self.create_table().await
                     }
@@ -614,8 +615,12 @@ pub(crate) fn table_settings(
 }
 
 /// `CREATE TABLE IF NOT EXISTS table (columns)`, where another runtime
-/// creating it at the same moment (both passing IF NOT EXISTS) counts as
-/// done.
+/// creating it at the same moment counts as done. Both pass IF NOT EXISTS,
+/// and the one that commits second fails on a catalog entry the first one
+/// made: the table's name (42P07), its row type's name (42710, "type …
+/// already exists") or the unique index under either (23505). Those count
+/// when the table is there afterwards (not when, say, a type of that name
+/// was all there was).
 pub(crate) async fn create_table(
     pool: &PgPool,
     table: &str,
@@ -628,9 +633,17 @@ pub(crate) async fn create_table(
         Ok(_) => Ok(()),
         Err(e) => {
             let code = e.as_database_error().and_then(|d| d.code());
-            match code.as_deref() {
-                Some("23505") | Some("42P07") => Ok(()),
-                _ => Err(e),
+            if !matches!(code.as_deref(), Some("23505" | "42P07" | "42710")) {
+                return Err(e);
+            }
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(pool)
+                .await?;
+            if exists {
+                Ok(())
+            } else {
+                Err(e)
             }
         }
     }
@@ -775,5 +788,54 @@ mod tests {
         let err = parse_connection_string("port=abc password=secret").unwrap_err();
         assert!(!err.contains("secret"), "{err}");
         assert!(parse_connection_string("just-a-host").is_err());
+    }
+
+    /// Runtimes starting together create their table at the same moment:
+    /// every one of them must succeed (the losers of that race fail on
+    /// catalog entries the winner made; see `create_table`). Sixteen warm
+    /// connections create one fresh table at once, twenty times.
+    #[cfg_attr(
+        weft_no_pg,
+        ignore = "needs PostgreSQL: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\""
+    )]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tables_created_at_the_same_moment() {
+        const AT_ONCE: usize = 16;
+        let url = std::env::var("WEFT_TEST_PG_URL").expect(
+            "WEFT_TEST_PG_URL is not set: scripts/services.sh start postgres; eval \"$(scripts/services.sh env)\"",
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(AT_ONCE as u32)
+            .connect(&url)
+            .await
+            .expect("connect to the test server");
+        let mut warm = Vec::new();
+        for _ in 0..AT_ONCE {
+            warm.push(pool.acquire().await.expect("a connection"));
+        }
+        drop(warm);
+        for round in 0..20 {
+            let table = format!("weft_race_{}", uuid::Uuid::new_v4().simple());
+            let start = std::sync::Arc::new(tokio::sync::Barrier::new(AT_ONCE));
+            let tasks: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    let (pool, table, start) = (pool.clone(), table.clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        create_table(&pool, &table, "k TEXT PRIMARY KEY").await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                if let Err(e) = t.await.expect("task") {
+                    panic!("round {round}: {e}");
+                }
+            }
+            sqlx::query(&format!("DROP TABLE {table}"))
+                .execute(&pool)
+                .await
+                .expect("drop the table");
+        }
+        pool.close().await;
     }
 }
