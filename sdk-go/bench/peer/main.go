@@ -588,12 +588,18 @@ func run() int {
 	// Idle memory: 2 s after every sidecar is healthy, before any call.
 	time.Sleep(2 * time.Second)
 	idle := map[string]int64{}
+	idleAnon := map[string]int64{}
 	for _, p := range all {
 		idle[p.name+" A"] = statusKB(p.a.pid(), "VmRSS")
 		idle[p.name+" B"] = statusKB(p.b.pid(), "VmRSS")
+		idleAnon[p.name+" A"] = statusKB(p.a.pid(), "RssAnon")
+		idleAnon[p.name+" B"] = statusKB(p.b.pid(), "RssAnon")
 	}
-	// Peak RSS under load, sampled every 100 ms.
+	// Peak RSS (and its anonymous part: heap and stacks, not the pages of
+	// the binary, which every process running it shares) under load,
+	// sampled every 100 ms.
 	peak := map[string]int64{}
+	peakAnon := map[string]int64{}
 	var peakMu sync.Mutex
 	stopSampler := make(chan struct{})
 	go func() {
@@ -613,6 +619,9 @@ func run() int {
 				}{{p.name + " A", p.a}, {p.name + " B", p.b}} {
 					if v := statusKB(s.sc.pid(), "VmRSS"); v > peak[s.k] {
 						peak[s.k] = v
+					}
+					if v := statusKB(s.sc.pid(), "RssAnon"); v > peakAnon[s.k] {
+						peakAnon[s.k] = v
 					}
 				}
 			}
@@ -681,7 +690,7 @@ func run() int {
 		hwm[p.name+" B"] = statusKB(p.b.pid(), "VmHWM")
 	}
 	peakMu.Lock()
-	report(all, idle, peak, hwm)
+	report(all, idle, peak, hwm, idleAnon, peakAnon)
 	peakMu.Unlock()
 	return 0
 }
@@ -923,7 +932,7 @@ func med(cs []cell, f func(cell) float64) float64 {
 	return median(v)
 }
 
-func report(all []*pair, idle, peak, hwm map[string]int64) {
+func report(all []*pair, idle, peak, hwm, idleAnon, peakAnon map[string]int64) {
 	fmt.Printf("\n### Results (rounds separated by /)\n")
 	fmt.Printf("\nState, 100-byte value:\n\n| op | callers | client → sidecar | p50 µs | p99 µs | ops/s | sidecar CPU µs/call | host load, cores |\n|---|---:|---|---:|---:|---:|---:|---:|\n")
 	for _, k := range res.order {
@@ -1049,4 +1058,12 @@ func report(all []*pair, idle, peak, hwm map[string]int64) {
 	}
 	r := func(m map[string]int64, s string) float64 { return float64(m["weft"+s]) / float64(m["daprd"+s]) }
 	fmt.Printf("\nweft/daprd memory: idle A %.2f, B %.2f; peak A %.2f, B %.2f\n", r(idle, " A"), r(idle, " B"), r(peak, " A"), r(peak, " B"))
+	fmt.Printf("\nAnonymous memory (RssAnon, MB: heap and stacks; the rest of VmRSS is file-backed, the binary's and libraries' pages shared by every process mapping them)\n\n| sidecar | idle | peak under load |\n|---|---:|---:|\n")
+	for _, p := range all {
+		for _, s := range []string{" A", " B"} {
+			k := p.name + s
+			fmt.Printf("| %s | %.1f | %.1f |\n", k, float64(idleAnon[k])/1024, float64(peakAnon[k])/1024)
+		}
+	}
+	fmt.Printf("\nweft/daprd anonymous memory: idle A %.2f, B %.2f; peak A %.2f, B %.2f\n", r(idleAnon, " A"), r(idleAnon, " B"), r(peakAnon, " A"), r(peakAnon, " B"))
 }

@@ -626,8 +626,15 @@ async fn run(c: Config) -> anyhow::Result<()> {
     let mut mesh_lat: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
     let mut mesh_err = vec![0u64; pairs.len()];
     let mut cpu = vec![(0u64, 0u64, 0f64); pairs.len()];
+    // Voluntary context switches (threads that blocked and were woken) of
+    // this process (both apps and the caller), weft A and weft B.
+    let me = std::process::id();
+    let mut direct_switches = 0u64;
+    let mut switches = vec![[0u64; 3]; pairs.len()];
     for _ in 0..c.rounds {
+        let s0 = procfs::voluntary_switches(me);
         let (l, e) = fixed_rate(&direct, c.rate, c.secs, body.clone()).await;
+        direct_switches += procfs::voluntary_switches(me) - s0;
         direct_lat.extend(l);
         direct_err += e;
         for (i, (p, m)) in pairs.iter().zip(&meshes).enumerate() {
@@ -636,7 +643,12 @@ async fn run(c: Config) -> anyhow::Result<()> {
                 procfs::cpu_ticks(p.b.pid()),
                 Instant::now(),
             );
+            let pids = [me, p.a.pid(), p.b.pid()];
+            let s0 = pids.map(procfs::voluntary_switches);
             let (l, e) = fixed_rate(m, c.rate, c.secs, body.clone()).await;
+            for (k, pid) in pids.into_iter().enumerate() {
+                switches[i][k] += procfs::voluntary_switches(pid) - s0[k];
+            }
             cpu[i].0 += procfs::cpu_ticks(p.a.pid()) - a0;
             cpu[i].1 += procfs::cpu_ticks(p.b.pid()) - b0;
             cpu[i].2 += t0.elapsed().as_secs_f64();
@@ -700,6 +712,25 @@ async fn run(c: Config) -> anyhow::Result<()> {
             add(50.0),
             add(90.0),
             add(99.0)
+        );
+    }
+    let calls = |lat: &Vec<u64>| lat.len().max(1) as f64;
+    println!("\n| wake-ups per call (voluntary context switches) | apps and caller | weft A | weft B | total |");
+    println!("|---|---:|---:|---:|---:|");
+    let direct_per_call = direct_switches as f64 / calls(&rows[0].lat);
+    println!(
+        "| {} | {direct_per_call:.1} | | | {direct_per_call:.1} |",
+        rows[0].label
+    );
+    for (i, r) in rows.iter().skip(1).enumerate() {
+        let per = switches[i].map(|n| n as f64 / calls(&r.lat));
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.label,
+            per[0],
+            per[1],
+            per[2],
+            per.iter().sum::<f64>()
         );
     }
     println!(
