@@ -616,3 +616,82 @@ async fn shared_memory_calls_continue_the_callers_trace() {
     // The client is gone, and so is its session.
     assert!(text.contains("weft_shm_sessions 0"), "{text}");
 }
+
+/// A subscription over shared memory in a traced runtime: the event it
+/// hands out carries the consumer span's trace context (a child of the
+/// publisher's producer span), as over gRPC, and the span ends with the
+/// app's ack.
+#[tokio::test]
+async fn shared_memory_deliveries_carry_the_consumer_span() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = tracing_config(dir.path(), &receiver.grpc_endpoint, "grpc");
+    let socket = dir.path().join("shm.sock");
+    let weft = Weft::start(
+        WeftOptions::new("shm-orders")
+            .arg("--config")
+            .arg(&config)
+            .arg("--shm-socket")
+            .arg(&socket.to_string_lossy()),
+    )
+    .await
+    .expect("start weft");
+    let sub = tokio::task::spawn_blocking(move || {
+        let client = weft_shm::Client::connect(&socket, weft_shm::ClientOptions::new("shm-orders"))
+            .expect("shm session");
+        weft_tests::subscribe::ShmSubscription::open(client, "pubsub", "traced", Default::default())
+            .expect("subscribe over shm")
+    })
+    .await
+    .unwrap();
+
+    let trace_id = "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c";
+    let mut c = weft.client().await;
+    let mut req = Request::new(pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "traced".into(),
+        data: br#"{"order":2}"#.to_vec(),
+        data_content_type: "application/json".into(),
+        metadata: Default::default(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        traceparent(trace_id, "2c2c2c2c2c2c2c2c").parse().unwrap(),
+    );
+    c.publish_event(req).await.expect("publish");
+
+    let ev = tokio::task::spawn_blocking(move || {
+        let mut sub = sub;
+        let ev = sub
+            .next_event(Duration::from_secs(30))
+            .expect("subscription")
+            .expect("an event within 30 s");
+        sub.ack(ev.id.clone()).expect("ack");
+        ev
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev.data, br#"{"order":2}"#);
+    let (delivered_trace, delivered_span) = parse(&ext(&ev, "traceparent"));
+    assert_eq!(delivered_trace, trace_id);
+
+    let spans = receiver
+        .spans
+        .trace(trace_id, WAIT, |trace| {
+            trace.iter().any(|s| s.kind == CONSUMER)
+        })
+        .await
+        .unwrap_or_else(|all| panic!("the delivery span did not arrive:\n{}", describe(&all)));
+    let all = describe(&spans);
+    let producer = find(&spans, "shm-orders", "publish traced", PRODUCER)
+        .unwrap_or_else(|| panic!("producer span:\n{all}"));
+    let consumer = find(&spans, "shm-orders", "process traced", CONSUMER)
+        .unwrap_or_else(|| panic!("consumer span:\n{all}"));
+    assert_eq!(consumer.span_id, delivered_span, "{all}");
+    assert_eq!(consumer.parent_span_id, producer.span_id, "{all}");
+    assert_eq!(
+        consumer.attr("weft.delivery.outcome"),
+        Some("success"),
+        "{all}"
+    );
+}
