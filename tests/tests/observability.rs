@@ -255,6 +255,51 @@ async fn answer(sub: &Sub, id: &str, status: EventStatus) {
         .unwrap();
 }
 
+/// Publishes `data` (JSON) to `topic` of component `pubsub` as a caller in
+/// trace `trace_id`, span `parent`.
+async fn publish_traced(
+    c: &mut DaprClient<Channel>,
+    topic: &str,
+    data: &[u8],
+    trace_id: &str,
+    parent: &str,
+) {
+    let mut req = Request::new(pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: topic.into(),
+        data: data.to_vec(),
+        data_content_type: "application/json".into(),
+        metadata: Default::default(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        traceparent(trace_id, parent).parse().unwrap(),
+    );
+    c.publish_event(req).await.expect("publish");
+}
+
+/// A runtime `app_id` exporting its spans to `endpoint` over `protocol`,
+/// serving shared memory on the socket returned (in `dir`).
+async fn traced_shm_runtime(
+    dir: &std::path::Path,
+    app_id: &str,
+    endpoint: &str,
+    protocol: &str,
+) -> (Weft, std::path::PathBuf) {
+    let config = tracing_config(dir, endpoint, protocol);
+    let socket = dir.join("shm.sock");
+    let weft = Weft::start(
+        WeftOptions::new(app_id)
+            .arg("--config")
+            .arg(&config)
+            .arg("--shm-socket")
+            .arg(&socket.to_string_lossy()),
+    )
+    .await
+    .expect("start weft");
+    (weft, socket)
+}
+
 fn ext(ev: &pb::TopicEventRequest, key: &str) -> String {
     match ev
         .extensions
@@ -311,18 +356,14 @@ async fn publish_delivery_trace(kafka: Option<&str>) {
     let mut sub = subscribe(&mut c, topic).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut req = Request::new(pb::PublishEventRequest {
-        pubsub_name: "pubsub".into(),
-        topic: topic.into(),
-        data: br#"{"order":1}"#.to_vec(),
-        data_content_type: "application/json".into(),
-        metadata: Default::default(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        traceparent(trace_id, "b7ad6b7169203331").parse().unwrap(),
-    );
-    c.publish_event(req).await.expect("publish");
+    publish_traced(
+        &mut c,
+        topic,
+        br#"{"order":1}"#,
+        trace_id,
+        "b7ad6b7169203331",
+    )
+    .await;
 
     // First delivery: the app asks for a retry; the second is acked.
     let first = next_event(&mut sub).await;
@@ -407,17 +448,9 @@ async fn tracing_off_forwards_the_callers_trace_context_and_metrics_still_count(
         .expect("start weft");
     let mut c = weft.client().await;
     let mut sub = subscribe(&mut c, "t").await;
-    let tp = traceparent("11111111111111111111111111111111", "2222222222222222");
-    let mut req = Request::new(pb::PublishEventRequest {
-        pubsub_name: "pubsub".into(),
-        topic: "t".into(),
-        data: b"{}".to_vec(),
-        data_content_type: "application/json".into(),
-        metadata: Default::default(),
-    });
-    req.metadata_mut()
-        .insert("traceparent", tp.parse().unwrap());
-    c.publish_event(req).await.unwrap();
+    let (trace_id, parent) = ("11111111111111111111111111111111", "2222222222222222");
+    let tp = traceparent(trace_id, parent);
+    publish_traced(&mut c, "t", b"{}", trace_id, parent).await;
     let ev = next_event(&mut sub).await;
     assert_eq!(ext(&ev, "traceparent"), tp);
     answer(&sub, &ev.id, EventStatus::Success).await;
@@ -546,17 +579,8 @@ async fn shared_memory_calls_continue_the_callers_trace() {
 
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = tracing_config(dir.path(), &receiver.http_endpoint, "http");
-    let socket = dir.path().join("shm.sock");
-    let weft = Weft::start(
-        WeftOptions::new("shm-traced")
-            .arg("--config")
-            .arg(&config)
-            .arg("--shm-socket")
-            .arg(&socket.to_string_lossy()),
-    )
-    .await
-    .expect("start weft");
+    let (weft, socket) =
+        traced_shm_runtime(dir.path(), "shm-traced", &receiver.http_endpoint, "http").await;
     let trace_id = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
     let parent = "1b1b1b1b1b1b1b1b";
     let ctx = ac::CallContext {
@@ -625,17 +649,8 @@ async fn shared_memory_calls_continue_the_callers_trace() {
 async fn shared_memory_deliveries_carry_the_consumer_span() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = tracing_config(dir.path(), &receiver.grpc_endpoint, "grpc");
-    let socket = dir.path().join("shm.sock");
-    let weft = Weft::start(
-        WeftOptions::new("shm-orders")
-            .arg("--config")
-            .arg(&config)
-            .arg("--shm-socket")
-            .arg(&socket.to_string_lossy()),
-    )
-    .await
-    .expect("start weft");
+    let (weft, socket) =
+        traced_shm_runtime(dir.path(), "shm-orders", &receiver.grpc_endpoint, "grpc").await;
     let sub = tokio::task::spawn_blocking(move || {
         let client = weft_shm::Client::connect(&socket, weft_shm::ClientOptions::new("shm-orders"))
             .expect("shm session");
@@ -647,18 +662,14 @@ async fn shared_memory_deliveries_carry_the_consumer_span() {
 
     let trace_id = "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c";
     let mut c = weft.client().await;
-    let mut req = Request::new(pb::PublishEventRequest {
-        pubsub_name: "pubsub".into(),
-        topic: "traced".into(),
-        data: br#"{"order":2}"#.to_vec(),
-        data_content_type: "application/json".into(),
-        metadata: Default::default(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        traceparent(trace_id, "2c2c2c2c2c2c2c2c").parse().unwrap(),
-    );
-    c.publish_event(req).await.expect("publish");
+    publish_traced(
+        &mut c,
+        "traced",
+        br#"{"order":2}"#,
+        trace_id,
+        "2c2c2c2c2c2c2c2c",
+    )
+    .await;
 
     let ev = tokio::task::spawn_blocking(move || {
         let mut sub = sub;

@@ -404,8 +404,8 @@ impl<'a> EventParts<'a> {
         let mut parts = match envelope {
             Some((spec_version, ce)) => {
                 let content_type = text(ce.content_type);
-                let data = match (ce.data_base64.map(|b| (b, raw_text(b))), ce.data) {
-                    (Some((_, Some(b))), _) => {
+                let data = match (ce.data_base64.and_then(raw_text), ce.data) {
+                    (Some(b), _) => {
                         Cow::Owned(base64_decode(&b).unwrap_or_else(|| b.into_owned().into_bytes()))
                     }
                     (_, None) => Cow::Borrowed(&[][..]),
