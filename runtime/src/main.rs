@@ -4,6 +4,9 @@ use weft::config::{CaCommand, Cli, Command, LogFormat, RunArgs, RuntimeConfig};
 use weft::shutdown::Shutdown;
 use weft::Runtime;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
