@@ -45,6 +45,8 @@ import (
 
 	"weft.dev/sdk-go/bench/internal/lat"
 	"weft.dev/sdk-go/client"
+	commonv1 "weft.dev/sdk-go/proto/dapr/common/v1"
+	weftv1 "weft.dev/sdk-go/proto/weft/runtime/v1"
 )
 
 var (
@@ -306,7 +308,13 @@ spec:
 }
 
 func startWeftPair(appPort int) *pair {
-	dir := filepath.Join(tmp, "weft")
+	return startWeftPairAs("weft", "peer", filepath.Join(tmp, "weft"), appPort)
+}
+
+// startWeftPairAs starts weft sidecars <prefix>-a and <prefix>-b in dir;
+// B forwards to the app on appPort, or has no app port when it is 0 (its
+// app then serves invocations over a stream).
+func startWeftPairAs(name, prefix, dir string, appPort int) *pair {
 	res := filepath.Join(dir, "resources")
 	write(filepath.Join(res, "state.yaml"), fmt.Sprintf(component, "statestore", "state.in-memory"))
 	write(filepath.Join(res, "pubsub.yaml"), fmt.Sprintf(component, "pubsub", "pubsub.embedded"))
@@ -328,9 +336,9 @@ func startWeftPair(appPort int) *pair {
 		s.proc = start("weft-"+id, env, *weftBin, args...)
 		return s
 	}
-	p := &pair{name: "weft"}
-	p.b = mk("peer-b", appPort)
-	p.a = mk("peer-a", 0)
+	p := &pair{name: name}
+	p.b = mk(prefix+"-b", appPort)
+	p.a = mk(prefix+"-a", 0)
 	return p
 }
 
@@ -629,14 +637,6 @@ func run() int {
 		}
 	}()
 
-	ctx := context.Background()
-	shmC, err := client.New(ctx, client.WithTransport(client.TransportShm), client.WithAppID("peer-a"), client.WithShmSocket(wp.a.shm), client.WithAddress("127.0.0.1:"+strconv.Itoa(wp.a.grpc)))
-	if err != nil {
-		log.Printf("sdk-go shm client: %v", err)
-		return 1
-	}
-	defer shmC.Close()
-
 	groups := strings.Split(*cellsFlag, ",")
 	has := func(g string) bool {
 		for _, x := range groups {
@@ -646,6 +646,26 @@ func run() int {
 		}
 		return false
 	}
+	ctx := context.Background()
+	var err error
+	var shmPath *shmInvoke
+	if has("invoke") {
+		sp := startWeftPairAs("weft, sdk-go over shared memory", "peers", filepath.Join(tmp, "weft-shm"), 0)
+		waitHealthy(sp.a.proc, sp.a.http)
+		waitHealthy(sp.b.proc, sp.b.http)
+		if shmPath, err = newShmInvoke(ctx, sp); err != nil {
+			log.Printf("shared-memory invocation path: %v", err)
+			return 1
+		}
+		defer shmPath.close()
+	}
+	shmC, err := client.New(ctx, client.WithTransport(client.TransportShm), client.WithAppID("peer-a"), client.WithShmSocket(wp.a.shm), client.WithAddress("127.0.0.1:"+strconv.Itoa(wp.a.grpc)))
+	if err != nil {
+		log.Printf("sdk-go shm client: %v", err)
+		return 1
+	}
+	defer shmC.Close()
+
 	if has("pubsub") {
 		// Prove each subscription is live (and warm the path up).
 		for _, p := range pairs {
@@ -667,7 +687,7 @@ func run() int {
 			}
 		}
 		if has("invoke") {
-			invokeCells(pairs, mp, dp)
+			invokeCells(pairs, mp, dp, shmPath)
 		}
 		if has("pubsub") {
 			for _, p := range pairs {
@@ -755,11 +775,12 @@ type invokeResult struct {
 	OpsPerS float64 `json:"ops_per_s"`
 }
 
-func invokeCells(pairs []*pair, mp, dp *pair) {
+func invokeCells(pairs []*pair, mp, dp *pair, sh *shmInvoke) {
 	type path struct {
-		name string
-		args []string
-		pids []int
+		name  string
+		args  []string
+		pids  []int
+		local func() error // measured in this process instead of a peerleg
 	}
 	paths := []path{{name: "direct (app A → app B)", args: []string{"-direct", "127.0.0.1:" + strconv.Itoa(dp.appGRP)}}}
 	withM := append([]*pair{}, pairs...)
@@ -773,19 +794,29 @@ func invokeCells(pairs []*pair, mp, dp *pair) {
 		}
 		paths = append(paths, path{name: p.name, args: []string{"-addr", "127.0.0.1:" + strconv.Itoa(p.a.grpc), "-app-id", id}, pids: []int{p.a.pid(), p.b.pid()}})
 	}
+	if sh != nil {
+		paths = append(paths, path{name: sh.p.name, pids: []int{sh.p.a.pid(), sh.p.b.pid()}, local: sh.call})
+	}
 	for _, mode := range []string{"rate", "closed"} {
 		for _, pa := range paths {
-			args := append([]string{"invoke"}, pa.args...)
-			args = append(args, "-warmup", warm.String(), "-duration", invokeDur.String())
-			if mode == "rate" {
-				args = append(args, "-rate", strconv.Itoa(*rate))
-			} else {
-				args = append(args, "-rate", "0", "-conc", strconv.Itoa(*callers))
-			}
-			out, cpu, load := leg(pa.pids, args...)
 			var r invokeResult
-			if err := json.Unmarshal(out, &r); err != nil {
-				log.Fatalf("invoke leg: %q: %v", out, err)
+			var cpu []float64
+			var load float64
+			if pa.local != nil {
+				r, cpu, load = localInvoke(pa.local, pa.pids, mode)
+			} else {
+				args := append([]string{"invoke"}, pa.args...)
+				args = append(args, "-warmup", warm.String(), "-duration", invokeDur.String())
+				if mode == "rate" {
+					args = append(args, "-rate", strconv.Itoa(*rate))
+				} else {
+					args = append(args, "-rate", "0", "-conc", strconv.Itoa(*callers))
+				}
+				var out []byte
+				out, cpu, load = leg(pa.pids, args...)
+				if err := json.Unmarshal(out, &r); err != nil {
+					log.Fatalf("invoke leg: %q: %v", out, err)
+				}
 			}
 			key := "invoke|" + mode + "|" + pa.name
 			c := cell{p50: r.P50us, p90: r.P90us, p99: r.P99us, ops: r.OpsPerS, calls: r.Calls, errors: r.Errors, cpuUs: perCall(cpu, r.Calls), load: load}
@@ -797,6 +828,88 @@ func invokeCells(pairs []*pair, mp, dp *pair) {
 			}
 		}
 	}
+}
+
+// localInvoke measures call in this process as peerleg's invoke mode
+// does: open loop at -rate, or -callers closed-loop callers; the
+// sidecars' CPU is sampled over the measured phase only.
+func localInvoke(call func() error, pids []int, mode string) (invokeResult, []float64, float64) {
+	if mode == "rate" {
+		lat.OpenLoop(call, *rate, *warm)
+		w := openWindow(pids...)
+		o := lat.OpenLoop(call, *rate, *invokeDur)
+		cpu, load := w.close()
+		return invokeResult{Calls: o.Calls, Errors: o.Errors, FirstEr: o.FirstEr, P50us: o.P50us, P90us: o.P90us, P99us: o.P99us, OpsPerS: o.OpsPerS}, cpu, load
+	}
+	lat.Run(*callers, 0, *warm, call)
+	w := openWindow(pids...)
+	o := lat.Run(*callers, 0, *invokeDur, call)
+	cpu, load := w.close()
+	return invokeResult{Calls: o.Ops, Errors: o.Errors, FirstEr: o.FirstEr, P50us: o.P50us, P99us: o.P99us, OpsPerS: o.OpsPerS}, cpu, load
+}
+
+// shmInvoke is the invocation path with weft's own SDK on both ends over
+// shared memory: app A calls InvokeMethod on sidecar A's shared-memory
+// transport; app B, behind sidecar B (no app port), answers over a
+// ServeInvocations stream on B's shared-memory transport. Both apps live
+// in this process, as the Dapr SDK apps live in peerleg processes.
+type shmInvoke struct {
+	p       *pair
+	a, b    *client.Client
+	stream  *client.InvocationStream
+	content *client.DataContent
+}
+
+func newShmInvoke(ctx context.Context, p *pair) (*shmInvoke, error) {
+	open := func(sc *sidecar, id string) (*client.Client, error) {
+		return client.New(ctx, client.WithTransport(client.TransportShm), client.WithAppID(id),
+			client.WithShmSocket(sc.shm), client.WithAddress("127.0.0.1:"+strconv.Itoa(sc.grpc)))
+	}
+	b, err := open(p.b, "peers-b")
+	if err != nil {
+		return nil, fmt.Errorf("app B: %w", err)
+	}
+	st, err := b.ServeInvocations(ctx)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("app B: ServeInvocations: %w", err)
+	}
+	go func() {
+		// Echo, one invocation after another (the answer is immediate).
+		for {
+			inv, err := st.Recv()
+			if err != nil {
+				return
+			}
+			req := inv.GetRequest()
+			_ = st.Send(&weftv1.InvocationResult{Id: inv.GetId(), Response: &commonv1.InvokeResponse{Data: req.GetData(), ContentType: req.GetContentType()}})
+		}
+	}()
+	a, err := open(p.a, "peers-a")
+	if err != nil {
+		st.Close()
+		b.Close()
+		return nil, fmt.Errorf("app A: %w", err)
+	}
+	body := make([]byte, 1024)
+	for i := range body {
+		body[i] = byte(i)
+	}
+	return &shmInvoke{p: p, a: a, b: b, stream: st, content: &client.DataContent{ContentType: "application/octet-stream", Data: body}}, nil
+}
+
+func (s *shmInvoke) call() error {
+	out, err := s.a.InvokeMethodWithContent(context.Background(), "peers-b", "echo", "post", s.content)
+	if err == nil && len(out) != len(s.content.Data) {
+		return fmt.Errorf("echo returned %d bytes", len(out))
+	}
+	return err
+}
+
+func (s *shmInvoke) close() {
+	s.stream.Close()
+	s.a.Close()
+	s.b.Close()
 }
 
 type appStats struct {
@@ -1024,6 +1137,14 @@ func report(all []*pair, idle, peak, hwm, idleAnon, peakAnon map[string]int64) {
 			}
 			fmt.Printf("weft's CPU per call (A+B) as a fraction of daprd's: %.2f at %d/s, %.2f at maximum throughput\n",
 				cpu("weft", "rate")/cpu("daprd", "rate"), *rate, cpu("weft", "closed")/cpu("daprd", "closed"))
+		}
+		if sA := added["weft, sdk-go over shared memory"]; len(dA[0]) > 0 && len(sA[0]) > 0 {
+			fmt.Printf("weft with sdk-go over shared memory (local hops), added latency as a fraction of daprd's: p50 %.2f, p99 %.2f",
+				median(sA[0])/median(dA[0]), median(sA[1])/median(dA[1]))
+			if mA := added["daprd mTLS"]; len(mA[0]) > 0 {
+				fmt.Printf("; of daprd with mTLS: p50 %.2f, p99 %.2f", median(sA[0])/median(mA[0]), median(sA[1])/median(mA[1]))
+			}
+			fmt.Println()
 		}
 	}
 

@@ -1,5 +1,6 @@
-// Package lat runs a closed-loop latency measurement: n goroutines each
-// keep one call in flight; every call's latency is recorded.
+// Package lat runs latency measurements: closed loop (n goroutines each
+// keep one call in flight) or open loop (calls started on a fixed
+// schedule); every call's latency is recorded.
 package lat
 
 import (
@@ -89,4 +90,65 @@ func phase(conc int, dur time.Duration, op func() error, record bool) ([]int64, 
 	}
 	wg.Wait()
 	return all, errs, first, time.Since(start)
+}
+
+// Open is the result of an open-loop phase.
+type Open struct {
+	Calls   int     `json:"calls"`
+	Errors  int     `json:"errors"`
+	FirstEr string  `json:"first_error,omitempty"`
+	Seconds float64 `json:"seconds"`
+	P50us   float64 `json:"p50_us"`
+	P90us   float64 `json:"p90_us"`
+	P99us   float64 `json:"p99_us"`
+	OpsPerS float64 `json:"ops_per_s"`
+}
+
+// OpenLoop starts one call every 1/rate seconds, each in its own
+// goroutine, so a slow call never delays the next; a call's latency counts
+// from its scheduled start.
+func OpenLoop(call func() error, rate int, dur time.Duration) Open {
+	n := int(float64(rate) * dur.Seconds())
+	lats := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	period := time.Second / time.Duration(rate)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		due := start.Add(time.Duration(i) * period)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Add(1)
+		go func(i int, due time.Time) {
+			defer wg.Done()
+			errs[i] = call()
+			lats[i] = int64(time.Since(due))
+		}(i, due)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	r := Open{Seconds: el.Seconds()}
+	ok := lats[:0]
+	for i, l := range lats {
+		if errs[i] != nil {
+			r.Errors++
+			if r.FirstEr == "" {
+				r.FirstEr = errs[i].Error()
+			}
+			continue
+		}
+		ok = append(ok, l)
+	}
+	r.Calls = len(ok)
+	if len(ok) > 0 {
+		slices.Sort(ok)
+		q := func(p float64) float64 {
+			i := int(p*float64(len(ok))+0.5) - 1
+			return float64(ok[max(0, min(i, len(ok)-1))]) / 1e3
+		}
+		r.P50us, r.P90us, r.P99us = q(0.5), q(0.9), q(0.99)
+		r.OpsPerS = float64(len(ok)) / el.Seconds()
+	}
+	return r
 }

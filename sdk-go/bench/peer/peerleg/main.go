@@ -28,7 +28,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,16 +140,7 @@ func stateMode(args []string) {
 // === invoke ===
 
 // InvokeResult of a fixed-rate or closed-loop invocation phase.
-type InvokeResult struct {
-	Calls   int     `json:"calls"`
-	Errors  int     `json:"errors"`
-	FirstEr string  `json:"first_error,omitempty"`
-	Seconds float64 `json:"seconds"`
-	P50us   float64 `json:"p50_us"`
-	P90us   float64 `json:"p90_us"`
-	P99us   float64 `json:"p99_us"`
-	OpsPerS float64 `json:"ops_per_s"`
-}
+type InvokeResult = lat.Open
 
 func invokeMode(args []string) {
 	fs := flag.NewFlagSet("invoke", flag.ExitOnError)
@@ -176,9 +166,9 @@ func invokeMode(args []string) {
 		calls[i] = invoker(*addr, *direct, *appID, body)
 	}
 	if *rate > 0 {
-		openLoop(calls[0], *rate, *warm)
+		lat.OpenLoop(calls[0], *rate, *warm)
 		fmt.Println("start")
-		emit(openLoop(calls[0], *rate, *dur))
+		emit(lat.OpenLoop(calls[0], *rate, *dur))
 		return
 	}
 	// Closed loop: the callers take the connections in turn.
@@ -225,55 +215,6 @@ func invoker(addr, direct, appID string, body []byte) func() error {
 		}
 		return err
 	}
-}
-
-// openLoop starts one call every 1/rate seconds, each in its own goroutine,
-// so a slow call never delays the next; a call's latency counts from its
-// scheduled start.
-func openLoop(call func() error, rate int, dur time.Duration) InvokeResult {
-	n := int(float64(rate) * dur.Seconds())
-	lats := make([]int64, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	period := time.Second / time.Duration(rate)
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		due := start.Add(time.Duration(i) * period)
-		if d := time.Until(due); d > 0 {
-			time.Sleep(d)
-		}
-		wg.Add(1)
-		go func(i int, due time.Time) {
-			defer wg.Done()
-			errs[i] = call()
-			lats[i] = int64(time.Since(due))
-		}(i, due)
-	}
-	wg.Wait()
-	el := time.Since(start)
-	r := InvokeResult{Seconds: el.Seconds()}
-	ok := lats[:0]
-	for i, l := range lats {
-		if errs[i] != nil {
-			r.Errors++
-			if r.FirstEr == "" {
-				r.FirstEr = errs[i].Error()
-			}
-			continue
-		}
-		ok = append(ok, l)
-	}
-	r.Calls = len(ok)
-	if len(ok) > 0 {
-		slices.Sort(ok)
-		q := func(p float64) float64 {
-			i := int(p*float64(len(ok))+0.5) - 1
-			return float64(ok[max(0, min(i, len(ok)-1))]) / 1e3
-		}
-		r.P50us, r.P90us, r.P99us = q(0.5), q(0.9), q(0.99)
-		r.OpsPerS = float64(len(ok)) / el.Seconds()
-	}
-	return r
 }
 
 // === publish ===
