@@ -765,16 +765,6 @@ func shmCell(c *client.Client, p *pair, n int) {
 	fmt.Printf("  %-40s %s  sidecar CPU %.1f µs/call  host %.2f cores\n", key, r, cl.cpuUs[0], load)
 }
 
-type invokeResult struct {
-	Calls   int     `json:"calls"`
-	Errors  int     `json:"errors"`
-	FirstEr string  `json:"first_error"`
-	P50us   float64 `json:"p50_us"`
-	P90us   float64 `json:"p90_us"`
-	P99us   float64 `json:"p99_us"`
-	OpsPerS float64 `json:"ops_per_s"`
-}
-
 func invokeCells(pairs []*pair, mp, dp *pair, sh *shmInvoke) {
 	type path struct {
 		name  string
@@ -799,7 +789,7 @@ func invokeCells(pairs []*pair, mp, dp *pair, sh *shmInvoke) {
 	}
 	for _, mode := range []string{"rate", "closed"} {
 		for _, pa := range paths {
-			var r invokeResult
+			var r lat.Open
 			var cpu []float64
 			var load float64
 			if pa.local != nil {
@@ -833,19 +823,19 @@ func invokeCells(pairs []*pair, mp, dp *pair, sh *shmInvoke) {
 // localInvoke measures call in this process as peerleg's invoke mode
 // does: open loop at -rate, or -callers closed-loop callers; the
 // sidecars' CPU is sampled over the measured phase only.
-func localInvoke(call func() error, pids []int, mode string) (invokeResult, []float64, float64) {
+func localInvoke(call func() error, pids []int, mode string) (lat.Open, []float64, float64) {
 	if mode == "rate" {
 		lat.OpenLoop(call, *rate, *warm)
 		w := openWindow(pids...)
 		o := lat.OpenLoop(call, *rate, *invokeDur)
 		cpu, load := w.close()
-		return invokeResult{Calls: o.Calls, Errors: o.Errors, FirstEr: o.FirstEr, P50us: o.P50us, P90us: o.P90us, P99us: o.P99us, OpsPerS: o.OpsPerS}, cpu, load
+		return o, cpu, load
 	}
 	lat.Run(*callers, 0, *warm, call)
 	w := openWindow(pids...)
 	o := lat.Run(*callers, 0, *invokeDur, call)
 	cpu, load := w.close()
-	return invokeResult{Calls: o.Ops, Errors: o.Errors, FirstEr: o.FirstEr, P50us: o.P50us, P99us: o.P99us, OpsPerS: o.OpsPerS}, cpu, load
+	return o.Open(), cpu, load
 }
 
 // shmInvoke is the invocation path with weft's own SDK on both ends over

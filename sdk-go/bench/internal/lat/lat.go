@@ -104,6 +104,11 @@ type Open struct {
 	OpsPerS float64 `json:"ops_per_s"`
 }
 
+// Open gives a closed-loop result in the open-loop shape (no p90).
+func (r Result) Open() Open {
+	return Open{Calls: r.Ops, Errors: r.Errors, FirstEr: r.FirstEr, Seconds: r.Seconds, P50us: r.P50us, P99us: r.P99us, OpsPerS: r.OpsPerS}
+}
+
 // OpenLoop starts one call every 1/rate seconds, each in its own
 // goroutine, so a slow call never delays the next; a call's latency counts
 // from its scheduled start.

@@ -139,9 +139,6 @@ func stateMode(args []string) {
 
 // === invoke ===
 
-// InvokeResult of a fixed-rate or closed-loop invocation phase.
-type InvokeResult = lat.Open
-
 func invokeMode(args []string) {
 	fs := flag.NewFlagSet("invoke", flag.ExitOnError)
 	addr := fs.String("addr", "", "sidecar gRPC address (InvokeService through it)")
@@ -181,7 +178,7 @@ func invokeMode(args []string) {
 	run(*warm)
 	fmt.Println("start")
 	r := run(*dur)
-	emit(InvokeResult{Calls: r.Ops, Errors: r.Errors, FirstEr: r.FirstEr, Seconds: r.Seconds, P50us: r.P50us, P99us: r.P99us, OpsPerS: r.OpsPerS})
+	emit(r.Open())
 }
 
 func invoker(addr, direct, appID string, body []byte) func() error {
