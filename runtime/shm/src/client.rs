@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::code;
 use crate::control::{self, Goodbye, Hello, Welcome, GOODBYE_BYTE, MAPPED_MAGIC};
-use crate::idle::{IdleConfig, Idler};
+use crate::idle::{IdleConfig, Idler, SpinBound, SpinSlot};
 use crate::layout::{Header, RingId, SESSION_CLOSED};
 use crate::record::{
     context_prefix, decode_envelope, flags, split_context, Envelope, ENVELOPE_LEN,
@@ -90,6 +90,15 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// How many of this process's waiting calls may spin or yield at once (one
+/// less than the vCPUs); the others sleep on their socket at once. Sixteen
+/// threads each spinning for its answer on two vCPUs would take the CPU
+/// from the runtime that produces the answers.
+fn spin_bound() -> &'static SpinBound {
+    static BOUND: std::sync::OnceLock<SpinBound> = std::sync::OnceLock::new();
+    BOUND.get_or_init(SpinBound::for_this_machine)
 }
 
 /// A response record.
@@ -630,6 +639,8 @@ impl Client {
         cancel_on_timeout: bool,
     ) -> Result<Frame, WaitError> {
         self.idler.reset();
+        let spins = self.opts.idle != IdleConfig::SLEEP;
+        let mut slot = SpinSlot::new(spin_bound());
         let mut deadline = Due::after(timeout);
         let mut checks = 0u32;
         // Only pumping adds records: the queue is looked at after it did.
@@ -661,9 +672,10 @@ impl Client {
                     return Err(self.timed_out(corr, cancel_on_timeout));
                 }
             }
-            if !self.idler.idle() {
+            if spins && slot.hold() && !self.idler.idle() {
                 continue;
             }
+            slot.release();
             // Sleep: raise the flag, fence, re-check, then block on the socket.
             s.rx.arm_wakeup();
             let empty = s.rx.is_empty();

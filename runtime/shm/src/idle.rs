@@ -1,6 +1,7 @@
 //! The idle strategy of a waiting side: spin, then yield, then sleep on the
 //! socket (docs/shm-protocol.md §7.3).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long to spin and then yield before sleeping on the socket.
@@ -28,6 +29,74 @@ impl Default for IdleConfig {
             spin: Duration::from_micros(50),
             yield_for: Duration::from_micros(50),
         }
+    }
+}
+
+/// How many threads of a process may spin or yield at once: one less than
+/// the vCPUs, at least one. Past that a waiting side sleeps as soon as it
+/// has nothing to do, so that spinning never takes every core from the
+/// threads that have work (the other side of the ring among them).
+#[derive(Debug)]
+pub struct SpinBound {
+    spinners: AtomicUsize,
+    max: usize,
+}
+
+impl SpinBound {
+    pub fn new(max: usize) -> Self {
+        Self {
+            spinners: AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// One less than this machine's vCPUs, at least one.
+    pub fn for_this_machine() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)))
+    }
+
+    /// Threads holding a place now.
+    pub fn spinning(&self) -> usize {
+        self.spinners.load(Ordering::Relaxed)
+    }
+}
+
+/// A waiting thread's claim on a place of a [`SpinBound`]; given back when
+/// it sleeps ([`SpinSlot::release`]) or is dropped.
+#[derive(Debug)]
+pub struct SpinSlot<'a> {
+    bound: &'a SpinBound,
+    held: bool,
+}
+
+impl<'a> SpinSlot<'a> {
+    pub fn new(bound: &'a SpinBound) -> Self {
+        Self { bound, held: false }
+    }
+
+    /// Holds a place, taking a free one if needed: `false` when none is.
+    pub fn hold(&mut self) -> bool {
+        if !self.held {
+            if self.bound.spinners.fetch_add(1, Ordering::AcqRel) < self.bound.max {
+                self.held = true;
+            } else {
+                self.bound.spinners.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.held
+    }
+
+    pub fn release(&mut self) {
+        if self.held {
+            self.bound.spinners.fetch_sub(1, Ordering::AcqRel);
+            self.held = false;
+        }
+    }
+}
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -130,5 +199,21 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_micros(20));
         i.reset();
         assert!(!i.idle());
+    }
+
+    #[test]
+    fn a_spin_bound_gives_out_its_places_and_takes_them_back() {
+        let bound = SpinBound::new(1);
+        let mut a = SpinSlot::new(&bound);
+        let mut b = SpinSlot::new(&bound);
+        assert!(a.hold());
+        assert!(a.hold(), "holding twice keeps one place");
+        assert!(!b.hold(), "the only place is taken");
+        assert_eq!(bound.spinning(), 1);
+        a.release();
+        assert!(b.hold());
+        drop(b);
+        assert_eq!(bound.spinning(), 0);
+        assert_eq!(SpinBound::new(0).max, 1, "at least one may spin");
     }
 }

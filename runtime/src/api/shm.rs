@@ -37,7 +37,7 @@ use weft_proto::appchannel as ac;
 use weft_proto::mesh::Header as MetadataEntry;
 use weft_proto::runtime as pb;
 use weft_shm::control::{self, Goodbye, Hello, Welcome, MAPPED_MAGIC};
-use weft_shm::idle::{IdleConfig, Idler};
+use weft_shm::idle::{IdleConfig, Idler, SpinBound, SpinSlot};
 use weft_shm::layout::{
     features, Header, Layout, RingId, DEFAULT_RING, PROTOCOL_VERSION, SESSION_CLOSED,
 };
@@ -78,12 +78,11 @@ struct ServerCtx {
     max_body_size: usize,
     segment_dir: PathBuf,
     idle: IdleConfig,
-    /// Session threads spinning or yielding right now, and how many may
-    /// (one less than the vCPUs, at least one): the rest sleep as soon as
-    /// their ring is empty, so spinning never takes every core from the
-    /// threads with work (apps, tokio, the other runtime).
-    spinners: AtomicUsize,
-    max_spinners: usize,
+    /// How many session threads may spin or yield at once (one less than
+    /// the vCPUs): the rest sleep as soon as their ring is empty, so
+    /// spinning never takes every core from the threads with work (apps,
+    /// tokio, the other runtime).
+    spin_bound: SpinBound,
     stopping: AtomicBool,
     sessions: AtomicUsize,
     next_session: AtomicU64,
@@ -128,10 +127,7 @@ pub fn start(
             spin: settings.spin,
             yield_for: settings.yield_for,
         },
-        spinners: AtomicUsize::new(0),
-        max_spinners: std::thread::available_parallelism()
-            .map_or(1, |n| n.get().saturating_sub(1))
-            .max(1),
+        spin_bound: SpinBound::for_this_machine(),
         stopping: AtomicBool::new(false),
         sessions: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
@@ -849,10 +845,7 @@ impl Session<'_> {
         }
         let mut idler = Idler::new(self.ctx.idle);
         let spins = self.ctx.idle != IdleConfig::SLEEP;
-        let mut slot = SpinSlot {
-            ctx: self.ctx,
-            held: false,
-        };
+        let mut slot = SpinSlot::new(&self.ctx.spin_bound);
         // Calls are polled on this thread inside the runtime's context (a
         // call that has to wait registers with its reactor and timers).
         let _rt = self.ctx.handle.enter();
@@ -1482,40 +1475,6 @@ impl Session<'_> {
         } else {
             tracing::info!(session = self.id, reason = %end.message, "shared-memory session ended");
         }
-    }
-}
-
-/// A session thread's claim on one of the runtime's spinning places
-/// (`ServerCtx::max_spinners`); given back when it sleeps or ends.
-struct SpinSlot<'a> {
-    ctx: &'a ServerCtx,
-    held: bool,
-}
-
-impl SpinSlot<'_> {
-    /// Holds a place, taking a free one if needed: `false` when none is.
-    fn hold(&mut self) -> bool {
-        if !self.held {
-            if self.ctx.spinners.fetch_add(1, Ordering::AcqRel) < self.ctx.max_spinners {
-                self.held = true;
-            } else {
-                self.ctx.spinners.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        self.held
-    }
-
-    fn release(&mut self) {
-        if self.held {
-            self.ctx.spinners.fetch_sub(1, Ordering::AcqRel);
-            self.held = false;
-        }
-    }
-}
-
-impl Drop for SpinSlot<'_> {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
