@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod otlp;
 pub mod procfs;
 pub mod prometheus;
+pub mod relay_floor;
 pub mod services;
 pub mod subscribe;
 

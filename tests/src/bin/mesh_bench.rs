@@ -19,7 +19,10 @@
 //!   A's shared-memory transport, app B receives its calls over
 //!   `weft.ServeInvocations` on weft B's (both blocking clients on threads of
 //!   this process, with the client's default idle strategy);
-//! * with `--plaintext`, the development plain-text mesh (Unix sockets).
+//! * with `--plaintext`, the development plain-text mesh (Unix sockets);
+//! * with `--floor`, the floor under all of these: bare relays in the
+//!   runtimes' places, doing none of their work (`weft_tests::relay_floor`),
+//!   against a bare echo called directly, in the same rounds.
 //!
 //! * Fixed rate: calls start on a fixed schedule (open loop, `--rate` per
 //!   second with a `--payload`-byte body) for `--secs`, each in its own
@@ -49,9 +52,11 @@ use weft_proto::runtime as pb;
 use weft_proto::runtime::app_callback_client::AppCallbackClient;
 use weft_proto::runtime::dapr_client::DaprClient;
 use weft_shm::client::{Client as ShmClient, ClientOptions as ShmOptions};
+use weft_shm::idle::IdleConfig;
 use weft_tests::certs::{ca_init, ca_issue, flags};
 use weft_tests::invoke_app::InvokeApp;
 use weft_tests::procfs;
+use weft_tests::relay_floor::{self, Caller as FloorCaller, Hops};
 use weft_tests::{free_port, Weft, WeftOptions};
 
 const USAGE: &str = "\
@@ -64,6 +69,9 @@ usage: mesh_bench [options]
   --payload N     request body bytes (default 1024)
   --clients N     closed-loop callers for maximum throughput (default 16)
   --plaintext     also measure the development plain-text mesh (Unix-socket local hops)
+  --floor         also measure bare relays in the runtimes' places (no TLS,
+                  HTTP/2 or protobuf; threads of this process), the least
+                  any runtime there can add on this machine
   --app-idle-micros N
                   the shared-memory apps spin N µs, then yield N µs, before
                   sleeping on the socket (default: the client's default, 50)
@@ -81,6 +89,7 @@ struct Config {
     payload: usize,
     clients: usize,
     plaintext: bool,
+    floor: bool,
 }
 
 /// How the shared-memory apps wait (`--app-idle-micros`).
@@ -102,6 +111,7 @@ fn parse_args() -> anyhow::Result<Option<Config>> {
         payload: 1024,
         clients: 16,
         plaintext: false,
+        floor: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -120,6 +130,7 @@ fn parse_args() -> anyhow::Result<Option<Config>> {
             "--payload" => c.payload = value()?.parse().context("--payload")?,
             "--clients" => c.clients = value()?.parse().context("--clients")?,
             "--plaintext" => c.plaintext = true,
+            "--floor" => c.floor = true,
             "--app-idle-micros" => {
                 let n = Duration::from_micros(value()?.parse().context("--app-idle-micros")?);
                 let _ = APP_IDLE.set(weft_shm::idle::IdleConfig {
@@ -360,13 +371,11 @@ fn shm_caller(path: &std::path::Path) -> anyhow::Result<ShmClient> {
 
 /// Threads (one shared-memory session each) that share the fixed-rate
 /// schedule, so that a slow call rarely holds back the next one.
-const SHM_RATE_THREADS: u64 = 4;
+const SHM_RATE_THREADS: usize = 4;
 
 /// [`fixed_rate`] for shared-memory callers: [`SHM_RATE_THREADS`] blocking
-/// threads take the slots of the schedule in turn. A call's latency runs
-/// from its send, like the gRPC paths' (a sleep's overshoot is not the
-/// call's) — unless the thread's previous call overran this slot: then from
-/// the slot, since an open loop would have sent it on time.
+/// threads take the slots of the schedule in turn
+/// ([`relay_floor::fixed_rate`]).
 fn fixed_rate_shm(
     path: &std::path::Path,
     rate: u64,
@@ -374,56 +383,13 @@ fn fixed_rate_shm(
     body: &[u8],
 ) -> anyhow::Result<(Vec<u64>, u64)> {
     let request = prost::Message::encode_to_vec(&invoke_b(body));
-    let interval = Duration::from_nanos(1_000_000_000 / rate);
-    let total = (rate as f64 * secs) as u64;
     let mut clients = Vec::new();
     for _ in 0..SHM_RATE_THREADS {
         clients.push(shm_caller(path)?);
     }
-    let start = Instant::now() + Duration::from_millis(10);
-    let per_thread = std::thread::scope(|scope| {
-        let threads: Vec<_> = clients
-            .into_iter()
-            .enumerate()
-            .map(|(first, mut client)| {
-                let request = &request;
-                scope.spawn(move || {
-                    let mut lat = Vec::new();
-                    let mut errors = 0u64;
-                    let mut previous_end = start;
-                    for n in (first as u64..total).step_by(SHM_RATE_THREADS as usize) {
-                        let at = start + interval * n as u32;
-                        let now = Instant::now();
-                        if at > now {
-                            std::thread::sleep(at - now);
-                        }
-                        let sent = Instant::now();
-                        if client
-                            .call(weft_shm::method::INVOKE_SERVICE, request)
-                            .is_err()
-                        {
-                            errors += 1;
-                        }
-                        let from = if previous_end > at { at } else { sent };
-                        previous_end = Instant::now();
-                        lat.push(previous_end.duration_since(from).as_micros() as u64);
-                    }
-                    (lat, errors)
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("shared-memory caller thread"))
-            .collect::<Vec<_>>()
+    let (lat, errors, _) = relay_floor::fixed_rate(clients, rate, secs, |c: &mut ShmClient| {
+        c.call(weft_shm::method::INVOKE_SERVICE, &request).is_ok()
     });
-    let mut lat = Vec::with_capacity(total as usize);
-    let mut errors = 0;
-    for (l, e) in per_thread {
-        lat.extend(l);
-        errors += e;
-    }
-    lat.sort_unstable();
     Ok((lat, errors))
 }
 
@@ -436,37 +402,53 @@ fn max_throughput_shm(
     body: &[u8],
 ) -> anyhow::Result<(f64, u64, Vec<ShmClient>)> {
     let request = prost::Message::encode_to_vec(&invoke_b(body));
-    let until = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    let mut threads = Vec::new();
+    let mut sessions = Vec::new();
     for _ in 0..clients {
-        let mut client = shm_caller(path)?;
-        let request = request.clone();
-        threads.push(std::thread::spawn(move || {
-            let (mut done, mut errors) = (0u64, 0u64);
-            while Instant::now() < until {
-                match client.call(weft_shm::method::INVOKE_SERVICE, &request) {
-                    Ok(_) => done += 1,
-                    Err(_) => errors += 1,
-                }
-            }
-            (done, errors, client)
-        }));
+        sessions.push(shm_caller(path)?);
     }
-    let (mut done, mut errors, mut sessions) = (0, 0, Vec::new());
-    for t in threads {
-        let (d, e, c) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("caller thread panicked"))?;
-        done += d;
-        errors += e;
-        sessions.push(c);
-    }
-    Ok((
-        done as f64 / started.elapsed().as_secs_f64(),
-        errors,
+    Ok(relay_floor::closed_loop(
         sessions,
+        secs,
+        |c: &mut ShmClient| c.call(weft_shm::method::INVOKE_SERVICE, &request).is_ok(),
     ))
+}
+
+/// One fixed-rate phase of a bare path ([`relay_floor`]): the latencies,
+/// the failed calls and the usage of the apps (callers and app B), relay A
+/// and relay B.
+fn floor_fixed_rate(
+    hops: Hops,
+    dir: &std::path::Path,
+    rate: u64,
+    secs: f64,
+    body: &[u8],
+) -> anyhow::Result<(Vec<u64>, u64, [relay_floor::Usage; 3])> {
+    let (callers, floor) =
+        relay_floor::connect(hops, SHM_RATE_THREADS, IdleConfig::default(), dir)?;
+    let (lat, errors, callers_usage) =
+        relay_floor::fixed_rate(callers, rate, secs, |c: &mut FloorCaller| c.call(body));
+    let [mut apps, a, b] = floor.finish();
+    apps.cpu += callers_usage.cpu;
+    apps.switches += callers_usage.switches;
+    Ok((lat, errors, [apps, a, b]))
+}
+
+/// The closed-loop phase of a bare path; all its mailboxes sleep at once
+/// (with one thread per caller and hop, spinning would only take the CPU
+/// from the others).
+fn floor_closed_loop(
+    hops: Hops,
+    dir: &std::path::Path,
+    clients: usize,
+    secs: f64,
+    body: &[u8],
+) -> anyhow::Result<(f64, u64)> {
+    let (callers, floor) = relay_floor::connect(hops, clients, IdleConfig::SLEEP, dir)?;
+    let (rate, errors, callers) =
+        relay_floor::closed_loop(callers, secs, |c: &mut FloorCaller| c.call(body));
+    drop(callers);
+    floor.finish();
+    Ok((rate, errors))
 }
 
 async fn channel(port: u16) -> anyhow::Result<Channel> {
@@ -581,9 +563,70 @@ struct Usage {
     label: String,
     cpu_a: f64,
     cpu_b: f64,
+    /// CPU µs per call of weft A and weft B.
+    per_call: (f64, f64),
     /// The larger runtime's resident memory, with its parts.
     resident: String,
     peak_kb: u64,
+}
+
+/// The bare paths `--floor` measures, the direct one first.
+const FLOOR_HOPS: [Hops; 3] = [Hops::Direct, Hops::Handoff, Hops::Unix];
+
+/// A bare path's fixed-rate phases summed over the rounds.
+#[derive(Default)]
+struct FloorRow {
+    lat: Vec<u64>,
+    errors: u64,
+    /// Apps (callers and app B), relay A, relay B.
+    usage: [relay_floor::Usage; 3],
+}
+
+/// The bare paths' latencies, what the relays add to the bare direct
+/// echo, and the relays' wake-ups and CPU per call.
+fn print_floors(floors: &mut [FloorRow]) {
+    for f in floors.iter_mut() {
+        f.lat.sort_unstable();
+    }
+    println!("\n## The floor: bare relays in the runtimes' places, same rounds\n");
+    println!(
+        "| path | calls | errors | p50 µs | p90 µs | p99 µs | added p50 | added p90 | added p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let direct = floors[0].lat.clone();
+    for (hops, f) in FLOOR_HOPS.iter().zip(floors.iter()) {
+        let add = |p| match hops {
+            Hops::Direct => "—".to_string(),
+            _ => (pct(&f.lat, p) as i64 - pct(&direct, p) as i64).to_string(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            hops.label(),
+            f.lat.len(),
+            f.errors,
+            pct(&f.lat, 50.0),
+            pct(&f.lat, 90.0),
+            pct(&f.lat, 99.0),
+            add(50.0),
+            add(90.0),
+            add(99.0)
+        );
+    }
+    println!("\n| per call | wake-ups: apps and callers | relay A | relay B | total | CPU relay A | CPU relay B |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (hops, f) in FLOOR_HOPS.iter().zip(floors.iter()) {
+        let [apps, a, b] = f.usage.map(|u| u.per_call(f.lat.len()));
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} µs | {:.1} µs |",
+            hops.label(),
+            apps.1,
+            a.1,
+            b.1,
+            apps.1 + a.1 + b.1,
+            a.0,
+            b.0
+        );
+    }
 }
 
 struct Row {
@@ -630,11 +673,16 @@ async fn run(c: Config) -> anyhow::Result<()> {
     // this process (both apps and the caller), weft A and weft B.
     let me = std::process::id();
     let mut direct_switches = 0u64;
+    // CPU of this process over the direct phases: one gRPC exchange per
+    // call, both of its ends (caller and app B).
+    let mut direct_ticks = 0u64;
     let mut switches = vec![[0u64; 3]; pairs.len()];
+    let mut floors: Vec<FloorRow> = FLOOR_HOPS.iter().map(|_| FloorRow::default()).collect();
     for _ in 0..c.rounds {
-        let s0 = procfs::voluntary_switches(me);
+        let (s0, t0) = (procfs::voluntary_switches(me), procfs::cpu_ticks(me));
         let (l, e) = fixed_rate(&direct, c.rate, c.secs, body.clone()).await;
         direct_switches += procfs::voluntary_switches(me) - s0;
+        direct_ticks += procfs::cpu_ticks(me) - t0;
         direct_lat.extend(l);
         direct_err += e;
         for (i, (p, m)) in pairs.iter().zip(&meshes).enumerate() {
@@ -655,6 +703,22 @@ async fn run(c: Config) -> anyhow::Result<()> {
             mesh_lat[i].extend(l);
             mesh_err[i] += e;
         }
+        if c.floor {
+            for (k, hops) in FLOOR_HOPS.into_iter().enumerate() {
+                let (d, body) = (dir.path().to_path_buf(), body.clone());
+                let (rate, secs) = (c.rate, c.secs);
+                let (l, e, u) = tokio::task::spawn_blocking(move || {
+                    floor_fixed_rate(hops, &d, rate, secs, &body)
+                })
+                .await??;
+                floors[k].lat.extend(l);
+                floors[k].errors += e;
+                for (sum, add) in floors[k].usage.iter_mut().zip(u) {
+                    sum.cpu += add.cpu;
+                    sum.switches += add.switches;
+                }
+            }
+        }
     }
     direct_lat.sort_unstable();
     rows.push(Row {
@@ -674,10 +738,13 @@ async fn run(c: Config) -> anyhow::Result<()> {
         let (rss_a, hwm_a) = rss_kb(p.a.pid());
         let (rss_b, hwm_b) = rss_kb(p.b.pid());
         let larger = if rss_a >= rss_b { p.a.pid() } else { p.b.pid() };
+        let calls = rows.last().map_or(1, |r| r.lat.len().max(1)) as f64;
+        let us = |ticks: u64| ticks as f64 / procfs::ticks_per_sec() * 1e6 / calls;
         usage.push(Usage {
             label: p.variant.label().to_string(),
             cpu_a: cpu[i].0 as f64 / procfs::ticks_per_sec() / secs * 100.0,
             cpu_b: cpu[i].1 as f64 / procfs::ticks_per_sec() / secs * 100.0,
+            per_call: (us(cpu[i].0), us(cpu[i].1)),
             resident: resident(larger),
             peak_kb: hwm_a.max(hwm_b),
         });
@@ -734,18 +801,28 @@ async fn run(c: Config) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n| runtimes at that rate | CPU weft A | CPU weft B | RSS now (max of A, B) | RSS peak |"
+        "\n| runtimes at that rate | CPU weft A | CPU weft B | CPU per call A / B | RSS now (max of A, B) | RSS peak |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let direct_us = direct_ticks as f64 / procfs::ticks_per_sec() * 1e6 / calls(&rows[0].lat);
+    println!(
+        "| {} (this process: one gRPC exchange, both ends) | | | {direct_us:.0} µs | | |",
+        rows[0].label
+    );
     for u in &usage {
         println!(
-            "| {} | {:.1} % | {:.1} % | {} | {:.1} MB |",
+            "| {} | {:.1} % | {:.1} % | {:.0} / {:.0} µs | {} | {:.1} MB |",
             u.label,
             u.cpu_a,
             u.cpu_b,
+            u.per_call.0,
+            u.per_call.1,
             u.resident,
             u.peak_kb as f64 / 1024.0
         );
+    }
+    if c.floor {
+        print_floors(&mut floors);
     }
 
     println!(
@@ -781,6 +858,17 @@ async fn run(c: Config) -> anyhow::Result<()> {
             resident(p.a.pid()),
             resident(p.b.pid())
         );
+    }
+    if c.floor {
+        for hops in FLOOR_HOPS {
+            let (d, body, clients, secs) =
+                (dir.path().to_path_buf(), body.clone(), c.clients, c.secs);
+            let (rate, errors) = tokio::task::spawn_blocking(move || {
+                floor_closed_loop(hops, &d, clients, secs, &body)
+            })
+            .await??;
+            println!("| {} | {rate:.0} | {errors} | |", hops.label());
+        }
     }
     FINISHING.store(true, Ordering::Relaxed);
     Ok(())
