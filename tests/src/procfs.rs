@@ -4,12 +4,31 @@
 /// A `kB` field of `/proc/<pid>/status` (`"VmRSS:"`, `"RssAnon:"`,
 /// `"RssShmem:"`, `"VmHWM:"` …); 0 when the process or the field is gone.
 pub fn status_kb(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_field(format!("/proc/{pid}/status"), key)
+}
+
+/// The number after `key` in a `status` file; 0 when it or the file is gone.
+fn status_field(path: impl AsRef<std::path::Path>, key: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The calling thread's time on a CPU in nanoseconds
+/// (`/proc/thread-self/schedstat`) and its voluntary context switches;
+/// zeros when they cannot be read.
+pub fn this_thread() -> (u64, u64) {
+    let cpu_ns = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (
+        cpu_ns,
+        status_field("/proc/thread-self/status", "voluntary_ctxt_switches:"),
+    )
 }
 
 /// User plus system CPU time of the process, in clock ticks (see
@@ -51,12 +70,6 @@ pub fn voluntary_switches(pid: u32) -> u64 {
     };
     tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|text| {
-            text.lines()
-                .find(|l| l.starts_with("voluntary_ctxt_switches:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
+        .map(|t| status_field(t.path().join("status"), "voluntary_ctxt_switches:"))
         .sum()
 }

@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use weft_shm::idle::{IdleConfig, Idler};
 
+use crate::procfs;
+
 /// CPU time and voluntary context switches of a set of threads.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
@@ -44,30 +46,16 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The calling thread's, from `/proc/thread-self` (zero when unreadable).
+    /// The calling thread's ([`procfs::this_thread`]).
     pub fn this_thread() -> Self {
-        let cpu_ns = std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let switches = std::fs::read_to_string("/proc/thread-self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("voluntary_ctxt_switches:"))?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let (cpu_ns, switches) = procfs::this_thread();
         Usage {
             cpu: Duration::from_nanos(cpu_ns),
             switches,
         }
     }
 
-    fn add(&mut self, o: Usage) {
+    pub fn add(&mut self, o: Usage) {
         self.cpu += o.cpu;
         self.switches += o.switches;
     }

@@ -428,8 +428,7 @@ fn floor_fixed_rate(
     let (lat, errors, callers_usage) =
         relay_floor::fixed_rate(callers, rate, secs, |c: &mut FloorCaller| c.call(body));
     let [mut apps, a, b] = floor.finish();
-    apps.cpu += callers_usage.cpu;
-    apps.switches += callers_usage.switches;
+    apps.add(callers_usage);
     Ok((lat, errors, [apps, a, b]))
 }
 
@@ -593,11 +592,12 @@ fn print_floors(floors: &mut [FloorRow]) {
         "| path | calls | errors | p50 µs | p90 µs | p99 µs | added p50 | added p90 | added p99 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let direct = floors[0].lat.clone();
+    let floors = &*floors;
+    let direct = &floors[0].lat;
     for (hops, f) in FLOOR_HOPS.iter().zip(floors.iter()) {
         let add = |p| match hops {
             Hops::Direct => "—".to_string(),
-            _ => (pct(&f.lat, p) as i64 - pct(&direct, p) as i64).to_string(),
+            _ => (pct(&f.lat, p) as i64 - pct(direct, p) as i64).to_string(),
         };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -714,8 +714,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
                 floors[k].lat.extend(l);
                 floors[k].errors += e;
                 for (sum, add) in floors[k].usage.iter_mut().zip(u) {
-                    sum.cpu += add.cpu;
-                    sum.switches += add.switches;
+                    sum.add(add);
                 }
             }
         }
